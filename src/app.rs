@@ -1,0 +1,80 @@
+//! The shared context every part of tuma works through.
+
+use std::sync::Arc;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::providers::Providers;
+use crate::queue::Wakers;
+use crate::router::Router;
+use crate::store::Db;
+use crate::templates::Templates;
+
+/// Configuration, storage, templates, routes and providers: built once at
+/// start and shared (behind an `Arc`) by intake, workers and the sweeper.
+#[derive(Debug)]
+pub struct App {
+    /// The validated configuration.
+    pub config: Config,
+    /// The database (queue and records).
+    pub db: Db,
+    /// Compiled templates.
+    pub templates: Templates,
+    /// Routing table.
+    pub router: Router,
+    /// Provider adapters with their limiters.
+    pub providers: Providers,
+    /// Where tuma's own timestamps come from.
+    pub clock: Arc<dyn Clock>,
+    /// Wakes this process's idle workers after a push.
+    pub wakers: Wakers,
+}
+
+/// Why tuma could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Templates failed to load.
+    #[error(transparent)]
+    Templates(#[from] crate::templates::TemplateError),
+    /// A provider failed to build.
+    #[error(transparent)]
+    Provider(#[from] crate::providers::BuildError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl App {
+    /// Builds the app from a configuration and an open, migrated database,
+    /// with the configured providers and the system clock.
+    pub fn new(config: Config, db: Db) -> Result<App, StartError> {
+        let providers = Providers::from_config(&config)?;
+        App::with_parts(config, db, providers, Arc::new(SystemClock))
+    }
+
+    /// Builds the app with the given providers and clock (tests, benchmarks).
+    pub fn with_parts(
+        config: Config,
+        db: Db,
+        providers: Providers,
+        clock: Arc<dyn Clock>,
+    ) -> Result<App, StartError> {
+        let templates = Templates::load(&config.templates)?;
+        let router = Router::new(&config);
+        Ok(App {
+            config,
+            db,
+            templates,
+            router,
+            providers,
+            clock,
+            wakers: Wakers::default(),
+        })
+    }
+
+    /// The size of the database pool the workers need.
+    pub fn pool_size(config: &Config) -> u32 {
+        let workers = config.worker.otp_concurrency + config.worker.notification_concurrency;
+        u32::try_from(workers + 6).unwrap_or(u32::MAX)
+    }
+}

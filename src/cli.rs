@@ -1,0 +1,579 @@
+//! The `tuma` command line.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Map, Value, json};
+
+use crate::app::App;
+use crate::config::{Config, ProviderKind, parse_duration};
+use crate::domain::segments::count_segments;
+use crate::domain::{Channel, DeliveryStatus};
+use crate::intake::{NotificationRequest, OtpRequest};
+use crate::store::{AttemptRow, Db, Delivery, ListFilter, mask_password};
+use crate::worker;
+
+/// tuma: durable OTP and notification delivery over SMS and email.
+#[derive(Debug, Parser)]
+#[command(name = "tuma", version, about)]
+pub struct Cli {
+    /// Provider, route and retry configuration.
+    #[arg(
+        long,
+        global = true,
+        env = "TUMA_CONFIG",
+        default_value = "providers.toml"
+    )]
+    config: PathBuf,
+    /// sqlite://FILE (the default, created if missing) or postgres://…
+    #[arg(
+        long,
+        global = true,
+        env = "DATABASE_URL",
+        default_value = "sqlite://tuma.db"
+    )]
+    database_url: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the workers until SIGTERM or Ctrl-C (the HTTP API joins here later).
+    Serve,
+    /// Run the workers.
+    Worker {
+        /// Deliver everything due now, then exit.
+        #[arg(long)]
+        drain: bool,
+        /// With --drain: give up (exit non-zero) after this long.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Apply database migrations.
+    Migrate,
+    /// Validate the configuration and templates; print routes and SMS segment counts.
+    Check,
+    /// Enqueue a send.
+    #[command(subcommand)]
+    Send(SendCommand),
+    /// Inspect deliveries.
+    #[command(subcommand)]
+    Deliveries(DeliveriesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SendCommand {
+    /// A one-time code.
+    Otp {
+        /// Phone number (E.164, or national with the default region) or email address.
+        #[arg(long)]
+        to: String,
+        /// The code: 4 to 10 digits.
+        #[arg(long)]
+        code: String,
+        /// sms or email; inferred from --to.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Template locale (en, sw, …).
+        #[arg(long)]
+        locale: Option<String>,
+        /// How long the code may still be sent, e.g. 5m.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// A templated notification.
+    Notification {
+        /// Phone number or email address.
+        #[arg(long)]
+        to: String,
+        /// Template name (a folder under templates/).
+        #[arg(long)]
+        template: String,
+        /// A template variable, NAME=VALUE; repeat for more.
+        #[arg(long = "var", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
+        /// Template locale (en, sw, …).
+        #[arg(long)]
+        locale: Option<String>,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct OutputArgs {
+    /// `id` prints the new delivery id alone; `json` prints the record.
+    #[arg(long, value_enum, default_value_t = SendFormat::Id)]
+    format: SendFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SendFormat {
+    Id,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeliveriesCommand {
+    /// One delivery with its attempts.
+    Show {
+        /// The delivery id.
+        id: String,
+        #[arg(long, value_enum, default_value_t = ShowFormat::Text)]
+        format: ShowFormat,
+    },
+    /// Deliveries, newest first.
+    List {
+        /// Only this status (pending, sending, sent, delivered, undelivered, failed, expired).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this channel (sms, email).
+        #[arg(long)]
+        channel: Option<String>,
+        /// Only those created within this long, e.g. 24h.
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ShowFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ListFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not NAME=VALUE")),
+    }
+}
+
+/// Runs the command line; the binary only calls this.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    // The configuration is checked before anything touches the database.
+    let config = Config::load(&cli.config)?;
+    match cli.command {
+        Command::Check => check(config),
+        Command::Migrate => {
+            let db = open(&cli.database_url, &config).await?;
+            println!(
+                "migrated {} database {}",
+                db.backend_name(),
+                mask_password(&cli.database_url)
+            );
+            Ok(())
+        }
+        Command::Serve => {
+            let app = start(&cli.database_url, config).await?;
+            worker::run(app).await?;
+            Ok(())
+        }
+        Command::Worker { drain, timeout } => {
+            let app = start(&cli.database_url, config).await?;
+            if drain {
+                worker::drain(app, timeout).await?;
+            } else {
+                worker::run(app).await?;
+            }
+            Ok(())
+        }
+        Command::Send(cmd) => {
+            let app = start(&cli.database_url, config).await?;
+            let (delivery, out) = match cmd {
+                SendCommand::Otp {
+                    to,
+                    code,
+                    channel,
+                    locale,
+                    ttl,
+                    out,
+                } => {
+                    let channel = channel
+                        .map(|c| c.parse::<Channel>())
+                        .transpose()
+                        .map_err(anyhow::Error::msg)?;
+                    let d = app
+                        .enqueue_otp(OtpRequest {
+                            to,
+                            code,
+                            channel,
+                            locale,
+                            ttl,
+                        })
+                        .await?;
+                    (d, out)
+                }
+                SendCommand::Notification {
+                    to,
+                    template,
+                    vars,
+                    locale,
+                    out,
+                } => {
+                    let vars: Map<String, Value> = vars
+                        .into_iter()
+                        .map(|(k, v)| (k, Value::String(v)))
+                        .collect();
+                    let d = app
+                        .enqueue_notification(NotificationRequest {
+                            to,
+                            template,
+                            locale,
+                            vars,
+                            send_at: None,
+                        })
+                        .await?;
+                    (d, out)
+                }
+            };
+            match out.format {
+                SendFormat::Id => println!("{}", delivery.row.id),
+                SendFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&delivery_json(&delivery, None))?
+                ),
+            }
+            app.db.close().await;
+            Ok(())
+        }
+        Command::Deliveries(cmd) => {
+            let db = open(&cli.database_url, &config).await?;
+            let out = deliveries(&db, cmd).await;
+            db.close().await;
+            out
+        }
+    }
+}
+
+async fn open(url: &str, config: &Config) -> anyhow::Result<Db> {
+    let db = Db::connect(url, App::pool_size(config)).await?;
+    db.migrate().await?;
+    Ok(db)
+}
+
+async fn start(url: &str, config: Config) -> anyhow::Result<Arc<App>> {
+    let db = open(url, &config).await?;
+    Ok(Arc::new(App::new(config, db)?))
+}
+
+fn check(config: Config) -> anyhow::Result<()> {
+    let templates = crate::templates::Templates::load(&config.templates)?;
+    crate::providers::Providers::from_config(&config)?;
+    println!("configuration {} is valid", config.file.display());
+    println!();
+    println!("providers:");
+    for p in &config.providers {
+        let detail = match &p.kind {
+            ProviderKind::Outbox(c) => format!("writes to {}", c.dir.display()),
+        };
+        println!(
+            "  {:<16} {:<15} {}/s (burst {}), timeout {}  {detail}",
+            p.name,
+            p.kind.as_str(),
+            p.rate_limit.per_second,
+            p.rate_limit.burst,
+            humantime::format_duration(p.timeout)
+        );
+    }
+    println!();
+    println!("routes (longest prefix wins; then failover in order):");
+    for r in &config.routes {
+        println!(
+            "  {:<6} {:<10} {}",
+            r.channel,
+            r.prefix.as_deref().unwrap_or("(default)"),
+            r.providers.join(" -> ")
+        );
+    }
+    println!();
+    println!(
+        "retry: {} attempts, {} doubling to {}{}",
+        config.retry.max_attempts,
+        humantime::format_duration(config.retry.initial_delay),
+        humantime::format_duration(config.retry.max_delay),
+        if config.retry.jitter {
+            ", with jitter"
+        } else {
+            ""
+        }
+    );
+    println!();
+    println!("SMS templates (with a 6-digit code and sample values):");
+    let mut problems = Vec::new();
+    for (name, locale, parts) in templates.catalogue() {
+        if !parts.contains("sms.txt") {
+            continue;
+        }
+        let mut vars = Map::new();
+        vars.insert("code".into(), json!("123456"));
+        vars.insert("ttl_minutes".into(), json!(5));
+        vars.insert("name".into(), json!("Amina Wanjiru"));
+        match templates.render(name, locale, Channel::Sms, &vars) {
+            Ok(r) => {
+                let info = count_segments(&r.text);
+                println!(
+                    "  {name:<12} {locale:<4} {} {:>3} units, {} segment{}",
+                    info.encoding,
+                    info.units,
+                    info.segments,
+                    if info.segments == 1 { "" } else { "s" }
+                );
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    let mut email = BTreeMap::new();
+    for (name, locale, parts) in templates.catalogue() {
+        if parts.contains("email.txt") {
+            email.entry(name).or_insert_with(Vec::new).push(locale);
+        }
+    }
+    println!();
+    println!("email templates:");
+    for (name, locales) in email {
+        println!("  {name:<12} {}", locales.join(", "));
+    }
+    if !problems.is_empty() {
+        bail!("templates with problems:\n  {}", problems.join("\n  "));
+    }
+    Ok(())
+}
+
+async fn deliveries(db: &Db, cmd: DeliveriesCommand) -> anyhow::Result<()> {
+    match cmd {
+        DeliveriesCommand::Show { id, format } => {
+            let Some(d) = db.delivery(&id).await? else {
+                bail!("no delivery has id {id}; `tuma deliveries list` shows recent ones");
+            };
+            let attempts = db.attempts(&id).await?;
+            match format {
+                ShowFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&delivery_json(&d, Some(&attempts)))?
+                ),
+                ShowFormat::Text => print_delivery(&d, &attempts)?,
+            }
+            Ok(())
+        }
+        DeliveriesCommand::List {
+            status,
+            channel,
+            since,
+            limit,
+            format,
+        } => {
+            let filter = ListFilter {
+                status: status
+                    .map(|s| s.parse::<DeliveryStatus>())
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
+                channel: channel
+                    .map(|c| c.parse::<Channel>())
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
+                since: since
+                    .map(|s| chrono::Duration::from_std(s).map(|d| Utc::now() - d))
+                    .transpose()
+                    .context("--since is too long")?,
+                limit: i64::from(limit),
+            };
+            let rows = db.list_deliveries(&filter).await?;
+            let mut out = std::io::stdout().lock();
+            match format {
+                ListFormat::Json => {
+                    let list: Vec<Value> = rows.iter().map(|d| delivery_json(d, None)).collect();
+                    writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+                }
+                ListFormat::Csv => {
+                    writeln!(
+                        out,
+                        "id,kind,channel,recipient,status,attempts,provider,provider_message_id,cost,currency,cost_is_estimate,segments,created_at,sent_at,last_error"
+                    )?;
+                    for d in &rows {
+                        let r = &d.row;
+                        let fields = [
+                            r.id.clone(),
+                            r.kind.clone(),
+                            r.channel.clone(),
+                            r.recipient.clone(),
+                            r.status.clone(),
+                            r.attempts.to_string(),
+                            r.provider.clone().unwrap_or_default(),
+                            r.provider_message_id.clone().unwrap_or_default(),
+                            d.cost.map(|c| c.to_decimal_string()).unwrap_or_default(),
+                            r.currency.clone().unwrap_or_default(),
+                            r.cost_is_estimate
+                                .map(|b| b.to_string())
+                                .unwrap_or_default(),
+                            r.segments.map(|s| s.to_string()).unwrap_or_default(),
+                            r.created_at.to_rfc3339(),
+                            r.sent_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                            r.last_error.clone().unwrap_or_default(),
+                        ];
+                        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+                        writeln!(out, "{}", line.join(","))?;
+                    }
+                }
+                ListFormat::Table => {
+                    writeln!(
+                        out,
+                        "{:<36}  {:<12}  {:<5}  {:<28}  {:<11}  {:>3}  {:<12}  CREATED (UTC)",
+                        "ID", "KIND", "CHAN", "RECIPIENT", "STATUS", "TRY", "PROVIDER",
+                    )?;
+                    for d in &rows {
+                        let r = &d.row;
+                        writeln!(
+                            out,
+                            "{:<36}  {:<12}  {:<5}  {:<28}  {:<11}  {:>3}  {:<12}  {}",
+                            r.id,
+                            r.kind,
+                            r.channel,
+                            r.recipient,
+                            r.status,
+                            r.attempts,
+                            r.provider.as_deref().unwrap_or("-"),
+                            r.created_at.format("%Y-%m-%d %H:%M:%S")
+                        )?;
+                    }
+                    if rows.is_empty() {
+                        writeln!(out, "(no deliveries match)")?;
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// A delivery as JSON; the OTP code is never in it (bodies are stored redacted).
+pub fn delivery_json(d: &Delivery, attempts: Option<&[AttemptRow]>) -> Value {
+    let r = &d.row;
+    let mut v = json!({
+        "id": r.id,
+        "kind": r.kind,
+        "channel": r.channel,
+        "recipient": r.recipient,
+        "status": r.status,
+        "template": r.template,
+        "locale": r.locale,
+        "provider": r.provider,
+        "provider_message_id": r.provider_message_id,
+        "cost": d.cost.map(|c| c.to_decimal_string()),
+        "currency": r.currency,
+        "cost_is_estimate": r.cost_is_estimate,
+        "segments": r.segments,
+        "encoding": r.encoding,
+        "attempts": r.attempts,
+        "max_attempts": r.max_attempts,
+        "last_error": r.last_error,
+        "subject": r.subject,
+        "body": r.body,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "sent_at": r.sent_at,
+        "expires_at": r.expires_at,
+        "next_attempt_at": r.next_attempt_at,
+    });
+    if let (Some(list), Some(obj)) = (attempts, v.as_object_mut()) {
+        obj.insert("attempt_log".into(), json!(list));
+    }
+    v
+}
+
+fn print_delivery(d: &Delivery, attempts: &[AttemptRow]) -> anyhow::Result<()> {
+    let r = &d.row;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "delivery   {}", r.id)?;
+    writeln!(out, "status     {}", r.status)?;
+    writeln!(
+        out,
+        "kind       {} via {} to {}",
+        r.kind, r.channel, r.recipient
+    )?;
+    writeln!(out, "template   {} ({})", r.template, r.locale)?;
+    if let Some(s) = &r.subject {
+        writeln!(out, "subject    {s}")?;
+    }
+    writeln!(out, "message    {}", r.body.replace('\n', "\n           "))?;
+    if let (Some(seg), Some(enc)) = (r.segments, &r.encoding) {
+        writeln!(out, "segments   {seg} ({enc})")?;
+    }
+    writeln!(out, "attempts   {} of {}", r.attempts, r.max_attempts)?;
+    if let Some(p) = &r.provider {
+        writeln!(
+            out,
+            "provider   {p} {}",
+            r.provider_message_id.as_deref().unwrap_or("")
+        )?;
+    }
+    if let Some(c) = &d.cost {
+        writeln!(
+            out,
+            "cost       {c}{}",
+            if r.cost_is_estimate == Some(true) {
+                " (estimate)"
+            } else {
+                ""
+            }
+        )?;
+    }
+    writeln!(out, "created    {}", r.created_at.to_rfc3339())?;
+    if let Some(t) = r.sent_at {
+        writeln!(out, "sent       {}", t.to_rfc3339())?;
+    }
+    if let Some(t) = r.expires_at {
+        writeln!(out, "expires    {}", t.to_rfc3339())?;
+    }
+    if let (Some(t), true) = (r.next_attempt_at, d.status == DeliveryStatus::Pending) {
+        writeln!(out, "next try   {}", t.to_rfc3339())?;
+    }
+    if let Some(e) = &r.last_error {
+        writeln!(out, "error      {e}")?;
+    }
+    for a in attempts {
+        writeln!(
+            out,
+            "  #{} {:<12} {:<9} {} {}{}",
+            a.attempt,
+            a.provider,
+            a.outcome.as_deref().unwrap_or("open"),
+            a.started_at.format("%H:%M:%S%.3f"),
+            a.latency_ms.map(|l| format!("{l}ms ")).unwrap_or_default(),
+            a.error
+                .as_deref()
+                .or(a.provider_message_id.as_deref())
+                .unwrap_or("")
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! Delivery statuses and the one place their transitions are checked.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a delivery is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Queued, perhaps waiting for a retry.
+    Pending,
+    /// Handed to a provider; no answer yet.
+    Sending,
+    /// The provider accepted it.
+    Sent,
+    /// A receipt says it reached the handset or inbox.
+    Delivered,
+    /// A receipt says it did not arrive.
+    Undelivered,
+    /// A permanent error, or every attempt used.
+    Failed,
+    /// An OTP whose TTL passed before it could be sent.
+    Expired,
+}
+
+/// A status change the rules do not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a delivery cannot go from {from} to {to}")]
+pub struct TransitionError {
+    /// The status it had.
+    pub from: DeliveryStatus,
+    /// The status asked for.
+    pub to: DeliveryStatus,
+}
+
+impl DeliveryStatus {
+    /// Every status, in life order.
+    pub const ALL: [DeliveryStatus; 7] = [
+        DeliveryStatus::Pending,
+        DeliveryStatus::Sending,
+        DeliveryStatus::Sent,
+        DeliveryStatus::Delivered,
+        DeliveryStatus::Undelivered,
+        DeliveryStatus::Failed,
+        DeliveryStatus::Expired,
+    ];
+
+    /// The lowercase name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Sending => "sending",
+            DeliveryStatus::Sent => "sent",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Undelivered => "undelivered",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Expired => "expired",
+        }
+    }
+
+    /// Whether tuma will still try to send it. Once this is false the OTP code
+    /// is wiped from the database.
+    pub fn is_sendable(self) -> bool {
+        matches!(self, DeliveryStatus::Pending | DeliveryStatus::Sending)
+    }
+
+    /// Checks a transition. The rules:
+    /// - `pending` → `sending` (an attempt starts), `expired` (TTL passed), `failed`
+    ///   (the message can no longer be built);
+    /// - `sending` → `sent`, `failed`, or back to `pending` (a retry is scheduled);
+    /// - `sent` → `delivered` / `undelivered` (receipts);
+    /// - `delivered`, `undelivered`, `failed` and `expired` are final.
+    pub fn check_transition(self, to: DeliveryStatus) -> Result<(), TransitionError> {
+        use DeliveryStatus::*;
+        let ok = matches!(
+            (self, to),
+            (Pending, Sending | Expired | Failed)
+                | (Sending, Sent | Failed | Pending)
+                | (Sent, Delivered | Undelivered)
+        );
+        if ok {
+            Ok(())
+        } else {
+            Err(TransitionError { from: self, to })
+        }
+    }
+
+    /// The statuses a delivery may be in just before moving to `to`: used as the
+    /// guard of every conditional `UPDATE`, so the database enforces the same rules.
+    pub fn allowed_sources(to: DeliveryStatus) -> Vec<DeliveryStatus> {
+        DeliveryStatus::ALL
+            .into_iter()
+            .filter(|from| from.check_transition(to).is_ok())
+            .collect()
+    }
+
+    /// The status the old app's `*_delivery_log` tables knew: pending, sent or failed.
+    pub fn legacy(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending | DeliveryStatus::Sending => "pending",
+            DeliveryStatus::Sent | DeliveryStatus::Delivered => "sent",
+            DeliveryStatus::Undelivered | DeliveryStatus::Failed | DeliveryStatus::Expired => {
+                "failed"
+            }
+        }
+    }
+}
+
+impl fmt::Display for DeliveryStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeliveryStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        DeliveryStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown status `{s}` (expected one of: {})",
+                    DeliveryStatus::ALL.map(|s| s.as_str()).join(", ")
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeliveryStatus::*;
+    use super::*;
+
+    #[test]
+    fn the_life_of_a_delivery_is_allowed() {
+        for (from, to) in [
+            (Pending, Sending),
+            (Sending, Pending),
+            (Sending, Sent),
+            (Sent, Delivered),
+            (Sent, Undelivered),
+            (Sending, Failed),
+            (Pending, Expired),
+        ] {
+            assert_eq!(from.check_transition(to), Ok(()), "{from} -> {to}");
+        }
+    }
+
+    #[test]
+    fn final_statuses_never_move_and_nothing_goes_backwards() {
+        for from in [Delivered, Undelivered, Failed, Expired] {
+            for to in DeliveryStatus::ALL {
+                assert!(from.check_transition(to).is_err(), "{from} -> {to}");
+            }
+        }
+        for (from, to) in [
+            (Sent, Sending),
+            (Sent, Pending),
+            (Pending, Sent),
+            (Sending, Expired),
+        ] {
+            assert!(from.check_transition(to).is_err(), "{from} -> {to}");
+        }
+    }
+
+    #[test]
+    fn legacy_statuses_map_to_pending_sent_or_failed() {
+        assert_eq!(Sending.legacy(), "pending");
+        assert_eq!(Delivered.legacy(), "sent");
+        assert_eq!(Expired.legacy(), "failed");
+    }
+
+    #[test]
+    fn statuses_round_trip_through_text() {
+        for s in DeliveryStatus::ALL {
+            assert_eq!(s.as_str().parse::<DeliveryStatus>(), Ok(s));
+        }
+        assert!(
+            "queued"
+                .parse::<DeliveryStatus>()
+                .unwrap_err()
+                .contains("queued")
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! Provider adapters, one folder each, behind [`Provider`].
+//!
+//! An adapter turns one [`OutgoingMessage`] into one provider call and
+//! classifies the answer. Adapters never touch the database: the dispatcher
+//! records what they return.
+
+pub mod outbox;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::config::{Config, ProviderKind, RateLimit};
+use crate::domain::DeliveryKind;
+use crate::domain::email::EmailAddress;
+use crate::domain::money::Money;
+use crate::domain::phone::PhoneNumber;
+
+/// One message, fully rendered, for one recipient.
+#[derive(Clone)]
+pub struct OutgoingMessage {
+    /// The delivery id: file names, Message-IDs and idempotency keys derive from it.
+    pub delivery_id: String,
+    /// OTP or notification.
+    pub kind: DeliveryKind,
+    /// What to send, and to whom.
+    pub content: Content,
+}
+
+/// The channel-specific content.
+#[derive(Clone)]
+pub enum Content {
+    /// A text message.
+    Sms {
+        /// The recipient.
+        to: PhoneNumber,
+        /// The text (may hold an OTP code).
+        text: String,
+    },
+    /// An email.
+    Email {
+        /// The recipient.
+        to: EmailAddress,
+        /// Subject line.
+        subject: String,
+        /// Text part.
+        text: String,
+        /// HTML part.
+        html: Option<String>,
+    },
+}
+
+impl fmt::Debug for OutgoingMessage {
+    /// Bodies may hold an OTP code: Debug shows only who and what kind.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (channel, to) = match &self.content {
+            Content::Sms { to, .. } => ("sms", to.as_str()),
+            Content::Email { to, .. } => ("email", to.as_str()),
+        };
+        f.debug_struct("OutgoingMessage")
+            .field("delivery_id", &self.delivery_id)
+            .field("kind", &self.kind)
+            .field("channel", &channel)
+            .field("to", &to)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The provider took the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The provider's id for it.
+    pub provider_message_id: String,
+    /// The provider's status word at acceptance (`queued`, `Success`, …).
+    pub provider_status: Option<String>,
+    /// The cost, when the provider says it at once.
+    pub cost: Option<Money>,
+    /// Segments, when the provider counts them.
+    pub segments: Option<u32>,
+}
+
+/// The provider did not take the message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Will fail again (bad number, blacklisted, bad credentials): do not retry.
+    #[error("permanent error{}: {message}", code_suffix(.code))]
+    Permanent {
+        /// The provider's error code.
+        code: Option<String>,
+        /// What went wrong (never a secret).
+        message: String,
+    },
+    /// Worth retrying, perhaps on another provider.
+    #[error("transient error{}: {message}", code_suffix(.code))]
+    Transient {
+        /// The provider's error code.
+        code: Option<String>,
+        /// What went wrong (never a secret).
+        message: String,
+    },
+}
+
+fn code_suffix(code: &Option<String>) -> String {
+    code.as_ref().map(|c| format!(" {c}")).unwrap_or_default()
+}
+
+impl SendError {
+    /// A transient error without a provider code.
+    pub fn transient(message: impl Into<String>) -> Self {
+        SendError::Transient {
+            code: None,
+            message: message.into(),
+        }
+    }
+
+    /// A permanent error without a provider code.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        SendError::Permanent {
+            code: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// A way to send messages.
+#[async_trait]
+pub trait Provider: Send + Sync + fmt::Debug {
+    /// Sends one message. Implementations classify every failure as
+    /// permanent or transient and never panic on a provider's answer.
+    async fn send(&self, message: &OutgoingMessage) -> Result<Accepted, SendError>;
+}
+
+/// A provider with what the dispatcher needs around it.
+#[derive(Debug, Clone)]
+pub struct ProviderHandle {
+    /// The provider's configured name.
+    pub name: String,
+    /// The adapter.
+    pub provider: Arc<dyn Provider>,
+    /// Shared by both lanes: one limiter per provider per process.
+    pub limiter: Arc<DefaultDirectRateLimiter>,
+    /// Hard limit on one call.
+    pub timeout: Duration,
+}
+
+/// Every configured provider, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Providers {
+    by_name: HashMap<String, ProviderHandle>,
+}
+
+/// A provider that could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("provider `{name}`: {reason}")]
+pub struct BuildError {
+    /// Which provider.
+    pub name: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl Providers {
+    /// Builds every configured provider.
+    pub fn from_config(config: &Config) -> Result<Providers, BuildError> {
+        let mut providers = Providers::default();
+        for p in &config.providers {
+            let adapter: Arc<dyn Provider> = match &p.kind {
+                ProviderKind::Outbox(c) => {
+                    Arc::new(outbox::Outbox::new(c.clone()).map_err(|reason| BuildError {
+                        name: p.name.clone(),
+                        reason,
+                    })?)
+                }
+            };
+            providers.insert(&p.name, adapter, p.rate_limit, p.timeout);
+        }
+        Ok(providers)
+    }
+
+    /// Adds or replaces a provider: how tests and the benchmark plug in their own.
+    pub fn insert(
+        &mut self,
+        name: &str,
+        provider: Arc<dyn Provider>,
+        rate: RateLimit,
+        timeout: Duration,
+    ) {
+        let quota = Quota::per_second(rate.per_second).allow_burst(rate.burst);
+        self.by_name.insert(
+            name.to_owned(),
+            ProviderHandle {
+                name: name.to_owned(),
+                provider,
+                limiter: Arc::new(RateLimiter::direct(quota)),
+                timeout,
+            },
+        );
+    }
+
+    /// The provider named `name`.
+    pub fn get(&self, name: &str) -> Option<&ProviderHandle> {
+        self.by_name.get(name)
+    }
+}
+
+/// A rate limit with no practical bound, for providers plugged in by tests.
+pub fn unlimited() -> RateLimit {
+    let big = NonZeroU32::new(1_000_000).unwrap_or(NonZeroU32::MAX);
+    RateLimit {
+        per_second: big,
+        burst: big,
+    }
+}

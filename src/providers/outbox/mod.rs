@@ -1,0 +1,176 @@
+//! `kind = "outbox"`: writes each message as a file instead of sending it,
+//! like Django's file email backend. The development default.
+//!
+//! Email becomes `<delivery-id>.eml` (a complete RFC 5322 message, multipart
+//! text + HTML); SMS becomes `<delivery-id>.json`. Files are written to a
+//! temporary name and renamed, so a reader never sees half a message, and a
+//! retried send replaces the same file.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use lettre::message::{Mailbox, MultiPart, header::ContentType};
+use serde::Deserialize;
+
+use super::{Accepted, Content, OutgoingMessage, Provider, SendError};
+use crate::domain::segments::count_segments;
+
+/// Outbox settings.
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    /// Where files go (relative paths resolve against the config file's folder).
+    pub dir: PathBuf,
+    /// The email `From`, with display name.
+    pub from: Mailbox,
+    /// The SMS sender id written into SMS files.
+    pub sender_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbox {
+    dir: String,
+    from: Option<String>,
+    sender_id: Option<String>,
+}
+
+impl OutboxConfig {
+    /// Reads the outbox keys of a `[[provider]]` table; errors name the key.
+    pub fn from_table(table: toml::Table, base: &Path) -> Result<OutboxConfig, (String, String)> {
+        let raw =
+            RawOutbox::deserialize(table).map_err(|e| (key_of(&e.to_string()), e.to_string()))?;
+        let from_text = raw.from.as_deref().unwrap_or("tuma <no-reply@localhost>");
+        let from = from_text.parse::<Mailbox>().map_err(|e| {
+            (
+                "from".to_owned(),
+                format!(
+                    "`{from_text}` is not an address like \"MtaaDAO <no-reply@mtaadao.org>\": {e}"
+                ),
+            )
+        })?;
+        if raw.dir.trim().is_empty() {
+            return Err(("dir".into(), "must name a folder".into()));
+        }
+        Ok(OutboxConfig {
+            dir: base.join(raw.dir),
+            from,
+            sender_id: raw.sender_id,
+        })
+    }
+}
+
+fn key_of(message: &str) -> String {
+    // serde says "unknown field `x`, expected …" or "missing field `x`".
+    message
+        .split('`')
+        .nth(1)
+        .map(str::to_owned)
+        .unwrap_or_else(|| "(outbox)".into())
+}
+
+/// The outbox provider.
+#[derive(Debug)]
+pub struct Outbox {
+    config: OutboxConfig,
+}
+
+impl Outbox {
+    /// Creates the folder if needed.
+    pub fn new(config: OutboxConfig) -> Result<Outbox, String> {
+        std::fs::create_dir_all(&config.dir)
+            .map_err(|e| format!("cannot create outbox folder {}: {e}", config.dir.display()))?;
+        Ok(Outbox { config })
+    }
+
+    fn email_bytes(&self, message: &OutgoingMessage) -> Result<(String, Vec<u8>), SendError> {
+        let Content::Email {
+            to,
+            subject,
+            text,
+            html,
+        } = &message.content
+        else {
+            return Err(SendError::permanent("not an email"));
+        };
+        let to: Mailbox = to
+            .as_str()
+            .parse()
+            .map_err(|e| SendError::permanent(format!("recipient refused: {e}")))?;
+        let domain = self.config.from.email.domain().to_owned();
+        let builder = lettre::Message::builder()
+            .from(self.config.from.clone())
+            .to(to)
+            .subject(subject.clone())
+            .message_id(Some(format!("<{}@{}>", message.delivery_id, domain)));
+        let email = match html {
+            Some(html) => builder.multipart(MultiPart::alternative_plain_html(
+                text.clone(),
+                html.clone(),
+            )),
+            None => builder.header(ContentType::TEXT_PLAIN).body(text.clone()),
+        }
+        .map_err(|e| SendError::permanent(format!("cannot build the email: {e}")))?;
+        Ok((format!("{}.eml", message.delivery_id), email.formatted()))
+    }
+
+    fn sms_bytes(&self, message: &OutgoingMessage) -> Result<(String, Vec<u8>, u32), SendError> {
+        let Content::Sms { to, text } = &message.content else {
+            return Err(SendError::permanent("not an SMS"));
+        };
+        let info = count_segments(text);
+        let body = serde_json::json!({
+            "id": message.delivery_id,
+            "kind": message.kind,
+            "to": to.as_str(),
+            "from": self.config.sender_id,
+            "text": text,
+            "encoding": info.encoding,
+            "segments": info.segments,
+        });
+        let bytes = serde_json::to_vec_pretty(&body)
+            .map_err(|e| SendError::permanent(format!("cannot encode the SMS: {e}")))?;
+        Ok((
+            format!("{}.json", message.delivery_id),
+            bytes,
+            info.segments,
+        ))
+    }
+}
+
+#[async_trait]
+impl Provider for Outbox {
+    async fn send(&self, message: &OutgoingMessage) -> Result<Accepted, SendError> {
+        let (file, bytes, segments) = match &message.content {
+            Content::Email { .. } => {
+                let (f, b) = self.email_bytes(message)?;
+                (f, b, None)
+            }
+            Content::Sms { .. } => {
+                let (f, b, s) = self.sms_bytes(message)?;
+                (f, b, Some(s))
+            }
+        };
+        let dir = self.config.dir.clone();
+        let name = file.clone();
+        tokio::task::spawn_blocking(move || write_atomically(&dir, &name, &bytes))
+            .await
+            .map_err(|e| SendError::transient(format!("outbox writer stopped: {e}")))?
+            .map_err(|e| SendError::transient(format!("cannot write {file} in the outbox: {e}")))?;
+        Ok(Accepted {
+            provider_message_id: file,
+            provider_status: Some("written".into()),
+            cost: None,
+            segments,
+        })
+    }
+}
+
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))
+}

@@ -1,0 +1,193 @@
+//! The durable queue: two apalis lanes, the job they carry, and how tuma
+//! pushes jobs inside its own transactions.
+//!
+//! A job only says "attempt delivery X now"; everything else (status,
+//! attempts, schedule, the OTP code) lives in tuma's tables. Each job has an
+//! id that the delivery row also holds (`deliveries.job_id`): a job whose id
+//! is not the delivery's current one is stale and is ignored, which makes
+//! re-queueing by the sweeper safe.
+
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
+use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::task_id::TaskId;
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, SqliteConnection};
+use tokio::sync::mpsc;
+
+use crate::domain::DeliveryKind;
+use crate::store::StoreError;
+
+/// A queue lane: OTPs never wait behind bulk notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// One-time codes.
+    Otp,
+    /// Everything else.
+    Notifications,
+}
+
+impl Lane {
+    /// Both lanes.
+    pub const ALL: [Lane; 2] = [Lane::Otp, Lane::Notifications];
+
+    /// The apalis queue name (the `job_type` column).
+    pub fn queue_name(self) -> &'static str {
+        match self {
+            Lane::Otp => "tuma-otp",
+            Lane::Notifications => "tuma-notifications",
+        }
+    }
+
+    /// The lane a kind of delivery travels in.
+    pub fn for_kind(kind: DeliveryKind) -> Lane {
+        match kind {
+            DeliveryKind::Otp => Lane::Otp,
+            DeliveryKind::Notification => Lane::Notifications,
+        }
+    }
+}
+
+/// What a queue job carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryJob {
+    /// The delivery to attempt.
+    pub delivery_id: String,
+    /// This job's id; must equal `deliveries.job_id` for the job to act.
+    pub job_id: String,
+}
+
+impl DeliveryJob {
+    /// A job with a fresh id (a ULID, as apalis stores them) for `delivery_id`.
+    pub fn new(delivery_id: &str) -> DeliveryJob {
+        DeliveryJob {
+            delivery_id: delivery_id.to_owned(),
+            job_id: ulid::Ulid::generate().to_string(),
+        }
+    }
+
+    fn task(
+        &self,
+        run_at: Option<DateTime<Utc>>,
+    ) -> Result<apalis_core::task::Task<Vec<u8>>, StoreError> {
+        let bytes = serde_json::to_vec(self).map_err(|e| StoreError::Queue(e.to_string()))?;
+        // apalis retries nothing for us: a job runs once; retries are new jobs.
+        let id = ulid::Ulid::from_string(&self.job_id)
+            .map_err(|e| StoreError::Queue(format!("job id {}: {e}", self.job_id)))?;
+        let mut builder = TaskBuilder::new(bytes)
+            .task_id(TaskId::from_ulid(id))
+            .max_attempts(1);
+        if let Some(at) = run_at {
+            // apalis schedules in whole seconds; round up so a retry never runs early.
+            let secs = at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0);
+            builder = builder.run_at_timestamp(u64::try_from(secs).unwrap_or(0));
+        }
+        Ok(builder.build())
+    }
+}
+
+/// A connection a job can be pushed on, inside the caller's transaction.
+pub trait PushJob {
+    /// Pushes `job` onto `lane`, due at `run_at` (now when `None`).
+    fn push_job(
+        &mut self,
+        lane: Lane,
+        job: &DeliveryJob,
+        run_at: Option<DateTime<Utc>>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl PushJob for SqliteConnection {
+    async fn push_job(
+        &mut self,
+        lane: Lane,
+        job: &DeliveryJob,
+        run_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let task = job.task(run_at)?;
+        apalis_sqlite::queries::push_tasks(self, lane.queue_name(), &[task])
+            .await
+            .map_err(|e| StoreError::Queue(e.to_string()))
+    }
+}
+
+impl PushJob for PgConnection {
+    async fn push_job(
+        &mut self,
+        lane: Lane,
+        job: &DeliveryJob,
+        run_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let task = job.task(run_at)?;
+        apalis_postgres::queries::push_tasks(self, lane.queue_name(), vec![task])
+            .await
+            .map_err(|e| StoreError::Queue(e.to_string()))
+    }
+}
+
+/// Wakes this process's idle workers of a lane after a commit.
+///
+/// SQLite has no LISTEN/NOTIFY; apalis's update-hook callback fires inside the
+/// inserting transaction (before commit) and one shared listener wakes only
+/// one lane, so tuma signals after its own commits instead. Signals coalesce:
+/// a burst of pushes wakes a worker once.
+#[derive(Debug)]
+pub struct Wakers {
+    senders: [mpsc::Sender<()>; 2],
+    receivers: Mutex<[Option<mpsc::Receiver<()>>; 2]>,
+}
+
+impl Default for Wakers {
+    fn default() -> Self {
+        let (otp_tx, otp_rx) = mpsc::channel(1);
+        let (n_tx, n_rx) = mpsc::channel(1);
+        Wakers {
+            senders: [otp_tx, n_tx],
+            receivers: Mutex::new([Some(otp_rx), Some(n_rx)]),
+        }
+    }
+}
+
+impl Wakers {
+    fn index(lane: Lane) -> usize {
+        match lane {
+            Lane::Otp => 0,
+            Lane::Notifications => 1,
+        }
+    }
+
+    /// Signals that `lane` has new work.
+    pub fn wake(&self, lane: Lane) {
+        // A full channel already holds a wake-up: nothing to add.
+        let _ = self.senders[Self::index(lane)].try_send(());
+    }
+
+    /// The stream a lane's worker polls on; there is one per lane per process.
+    pub fn take_stream(&self, lane: Lane) -> Option<WakeStream> {
+        let mut receivers = self.receivers.lock().ok()?;
+        receivers[Self::index(lane)]
+            .take()
+            .map(|rx| WakeStream { rx: Mutex::new(rx) })
+    }
+}
+
+/// A lane's wake-ups as a stream, for apalis's poll strategy.
+#[derive(Debug)]
+pub struct WakeStream {
+    rx: Mutex<mpsc::Receiver<()>>,
+}
+
+impl Stream for WakeStream {
+    type Item = ();
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
+        match self.rx.lock() {
+            Ok(mut rx) => rx.poll_recv(cx),
+            Err(_) => Poll::Ready(None),
+        }
+    }
+}

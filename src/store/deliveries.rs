@@ -1,0 +1,653 @@
+//! `deliveries` and `delivery_attempts`: every state change of a delivery is
+//! one transaction, guarded by the delivery's current job id and status, so
+//! two workers (or a worker and the sweeper) can never both move it.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::FromRow;
+
+use super::{Db, Doing, StoreError, on_pool};
+use crate::domain::money::{Currency, Money};
+use crate::domain::{Channel, DeliveryKind, DeliveryStatus};
+use crate::queue::{DeliveryJob, Lane, PushJob};
+
+/// A delivery to be recorded, with its first job.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// Its id (a UUIDv7: sortable by creation).
+    pub id: String,
+    /// OTP or notification.
+    pub kind: DeliveryKind,
+    /// SMS or email.
+    pub channel: Channel,
+    /// E.164 number or email address.
+    pub recipient: String,
+    /// Template name.
+    pub template: String,
+    /// Template locale.
+    pub locale: String,
+    /// Template variables (never the OTP code).
+    pub vars: serde_json::Value,
+    /// Email subject, with any OTP code redacted.
+    pub subject: Option<String>,
+    /// Text body, with any OTP code redacted.
+    pub body: String,
+    /// Email HTML body, with any OTP code redacted.
+    pub body_html: Option<String>,
+    /// The OTP code, kept only while the delivery can still be sent.
+    pub otp_code: Option<String>,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// After this an OTP is `expired` rather than sent.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+    /// When the first attempt may start.
+    pub send_at: DateTime<Utc>,
+    /// SMS segments by tuma's own count.
+    pub segments: Option<u32>,
+    /// SMS encoding (`gsm7` / `ucs2`).
+    pub encoding: Option<String>,
+}
+
+/// A delivery as stored (the OTP code is never read into this type).
+#[derive(Debug, Clone, FromRow)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub kind: String,
+    pub channel: String,
+    pub recipient: String,
+    pub template: String,
+    pub locale: String,
+    pub vars: String,
+    pub subject: Option<String>,
+    pub body: String,
+    pub body_html: Option<String>,
+    pub status: String,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub job_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub provider: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub cost_micros: Option<i64>,
+    pub currency: Option<String>,
+    pub cost_is_estimate: Option<bool>,
+    pub segments: Option<i64>,
+    pub encoding: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// A delivery, parsed.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Row as stored.
+    pub row: DeliveryRow,
+    /// Parsed `kind`.
+    pub kind: DeliveryKind,
+    /// Parsed `channel`.
+    pub channel: Channel,
+    /// Parsed `status`.
+    pub status: DeliveryStatus,
+    /// Parsed cost, when known.
+    pub cost: Option<Money>,
+}
+
+impl TryFrom<DeliveryRow> for Delivery {
+    type Error = StoreError;
+    fn try_from(row: DeliveryRow) -> Result<Self, StoreError> {
+        let corrupt =
+            |what: &str, v: &str| StoreError::Corrupt(format!("delivery {}: {what} `{v}`", row.id));
+        let kind = row.kind.parse().map_err(|_| corrupt("kind", &row.kind))?;
+        let channel = row
+            .channel
+            .parse()
+            .map_err(|_| corrupt("channel", &row.channel))?;
+        let status = row
+            .status
+            .parse()
+            .map_err(|_| corrupt("status", &row.status))?;
+        let cost = match (row.cost_micros, &row.currency) {
+            (Some(micros), Some(cur)) => {
+                let currency: Currency = cur.parse().map_err(|_| corrupt("currency", cur))?;
+                Some(Money::new(micros, currency))
+            }
+            _ => None,
+        };
+        Ok(Delivery {
+            kind,
+            channel,
+            status,
+            cost,
+            row,
+        })
+    }
+}
+
+/// One provider call.
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct AttemptRow {
+    pub attempt: i64,
+    pub provider: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub provider_status: Option<String>,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+    pub cost_micros: Option<i64>,
+    pub currency: Option<String>,
+    pub cost_is_estimate: Option<bool>,
+    pub segments: Option<i64>,
+    pub latency_ms: Option<i64>,
+}
+
+/// How a provider call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The provider took the message.
+    Accepted,
+    /// Worth retrying.
+    Transient,
+    /// Will fail again: do not retry.
+    Permanent,
+    /// The worker died during the call; it may or may not have been sent.
+    Unknown,
+}
+
+impl Outcome {
+    /// The name stored in `delivery_attempts.outcome`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Transient => "transient",
+            Outcome::Permanent => "permanent",
+            Outcome::Unknown => "unknown",
+        }
+    }
+}
+
+/// What an attempt recorded.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// When it ended.
+    pub finished_at: DateTime<Utc>,
+    /// The provider's id for the message.
+    pub provider_message_id: Option<String>,
+    /// The provider's status word (`queued`, `Success`, …).
+    pub provider_status: Option<String>,
+    /// The provider's error code.
+    pub error_code: Option<String>,
+    /// Error text (never a secret).
+    pub error: Option<String>,
+    /// Cost, and whether it is an estimate.
+    pub cost: Option<(Money, bool)>,
+    /// Segments the provider reported, else tuma's count.
+    pub segments: Option<u32>,
+    /// How long the call took.
+    pub latency_ms: Option<i64>,
+}
+
+impl AttemptResult {
+    /// A result with only an outcome and an error.
+    pub fn error(outcome: Outcome, finished_at: DateTime<Utc>, error: impl Into<String>) -> Self {
+        AttemptResult {
+            outcome,
+            finished_at,
+            provider_message_id: None,
+            provider_status: None,
+            error_code: None,
+            error: Some(error.into()),
+            cost: None,
+            segments: None,
+            latency_ms: None,
+        }
+    }
+}
+
+/// Where a delivery goes after an attempt.
+#[derive(Debug, Clone)]
+pub enum NextStep {
+    /// Accepted by the provider.
+    Sent,
+    /// Given up.
+    Failed,
+    /// Another attempt, as this job, at this time.
+    Retry {
+        /// The job that will carry it.
+        job: DeliveryJob,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+/// A delivery whose job is gone or whose worker died.
+#[derive(Debug, Clone, FromRow)]
+pub struct Orphan {
+    pub id: String,
+    pub kind: String,
+    pub status: String,
+    pub job_id: Option<String>,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// Filters for listing deliveries.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this status.
+    pub status: Option<DeliveryStatus>,
+    /// Only this channel.
+    pub channel: Option<Channel>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// At most this many, newest first.
+    pub limit: i64,
+}
+
+const DELIVERY_COLUMNS: &str = "id, kind, channel, recipient, template, locale, vars, subject, body, \
+    body_html, status, attempts, max_attempts, next_attempt_at, expires_at, job_id, created_at, \
+    updated_at, sent_at, provider, provider_message_id, cost_micros, currency, cost_is_estimate, \
+    segments, encoding, last_error";
+
+const ATTEMPT_COLUMNS: &str = "attempt, provider, started_at, finished_at, outcome, \
+    provider_message_id, provider_status, error_code, error, cost_micros, currency, \
+    cost_is_estimate, segments, latency_ms";
+
+impl Db {
+    /// Records a new delivery and pushes its first job, in one transaction.
+    pub async fn insert_delivery(&self, d: &NewDelivery) -> Result<DeliveryJob, StoreError> {
+        let job = DeliveryJob::new(&d.id);
+        let lane = Lane::for_kind(d.kind);
+        let run_at = (d.send_at > d.created_at).then_some(d.send_at);
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.doing("starting a transaction")?;
+            sqlx::query(
+                "INSERT INTO deliveries (id, kind, channel, recipient, template, locale, vars, \
+                 subject, body, body_html, otp_code, status, attempts, max_attempts, \
+                 next_attempt_at, expires_at, job_id, created_at, updated_at, segments, encoding) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0, $12, $13, \
+                 $14, $15, $16, $16, $17, $18)",
+            )
+            .bind(&d.id)
+            .bind(d.kind.as_str())
+            .bind(d.channel.as_str())
+            .bind(&d.recipient)
+            .bind(&d.template)
+            .bind(&d.locale)
+            .bind(d.vars.to_string())
+            .bind(&d.subject)
+            .bind(&d.body)
+            .bind(&d.body_html)
+            .bind(&d.otp_code)
+            .bind(i64::from(d.max_attempts))
+            .bind(d.send_at)
+            .bind(d.expires_at)
+            .bind(&job.job_id)
+            .bind(d.created_at)
+            .bind(d.segments.map(i64::from))
+            .bind(&d.encoding)
+            .execute(&mut *tx)
+            .await
+            .doing("recording the delivery")?;
+            tx.push_job(lane, &job, run_at).await?;
+            tx.commit().await.doing("committing the delivery")?;
+        });
+        Ok(job)
+    }
+
+    /// A delivery by id.
+    pub async fn delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
+        let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1");
+        let row: Option<DeliveryRow> = on_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await.doing("reading a delivery")?
+        });
+        row.map(Delivery::try_from).transpose()
+    }
+
+    /// The OTP code of a delivery that can still be sent.
+    pub async fn otp_code(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let code: Option<Option<String>> = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT otp_code FROM deliveries WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+                .doing("reading an OTP code")?
+        });
+        Ok(code.flatten())
+    }
+
+    /// A delivery's attempts, in order.
+    pub async fn attempts(&self, id: &str) -> Result<Vec<AttemptRow>, StoreError> {
+        let sql = format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt"
+        );
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_all(pool).await.doing("reading attempts")?
+        }))
+    }
+
+    /// Deliveries matching `filter`, newest first.
+    pub async fn list_deliveries(&self, filter: &ListFilter) -> Result<Vec<Delivery>, StoreError> {
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries \
+             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR channel = $2) \
+             AND ($3 IS NULL OR created_at >= $3) \
+             ORDER BY created_at DESC, id DESC LIMIT $4"
+        );
+        let status = filter.status.map(|s| s.as_str());
+        let channel = filter.channel.map(|c| c.as_str());
+        let rows: Vec<DeliveryRow> = on_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(status)
+                .bind(channel)
+                .bind(filter.since)
+                .bind(filter.limit)
+                .fetch_all(pool)
+                .await
+                .doing("listing deliveries")?
+        });
+        rows.into_iter().map(Delivery::try_from).collect()
+    }
+
+    /// Moves a pending delivery owned by `job` to `sending` and opens an
+    /// attempt row. Returns the attempt number, or `None` when the delivery is
+    /// no longer this job's to send.
+    pub async fn begin_attempt(
+        &self,
+        job: &DeliveryJob,
+        provider: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>, StoreError> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.doing("starting a transaction")?;
+            let attempt: Option<i64> = sqlx::query_scalar(
+                "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, \
+                 provider = $3, updated_at = $4 \
+                 WHERE id = $1 AND job_id = $2 AND status = 'pending' RETURNING attempts",
+            )
+            .bind(&job.delivery_id)
+            .bind(&job.job_id)
+            .bind(provider)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await
+            .doing("starting an attempt")?;
+            let Some(attempt) = attempt else {
+                return Ok(None);
+            };
+            sqlx::query(
+                "INSERT INTO delivery_attempts (delivery_id, attempt, provider, started_at) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&job.delivery_id)
+            .bind(attempt)
+            .bind(provider)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .doing("recording an attempt")?;
+            tx.commit().await.doing("committing an attempt")?;
+            Ok(Some(attempt))
+        })
+    }
+
+    /// Closes the open attempt of a `sending` delivery owned by `job_id` and
+    /// moves the delivery on, in one transaction (pushing the retry job when
+    /// there is one). Returns false when the delivery was no longer this job's.
+    pub async fn finish_attempt(
+        &self,
+        delivery_id: &str,
+        job_id: &str,
+        result: &AttemptResult,
+        next: &NextStep,
+        lane: Lane,
+    ) -> Result<bool, StoreError> {
+        let (status, new_job, next_at) = match next {
+            NextStep::Sent => (DeliveryStatus::Sent, None, None),
+            NextStep::Failed => (DeliveryStatus::Failed, None, None),
+            NextStep::Retry { job, at } => (
+                DeliveryStatus::Pending,
+                Some(job.job_id.as_str()),
+                Some(*at),
+            ),
+        };
+        DeliveryStatus::Sending
+            .check_transition(status)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (cost_micros, currency, estimate) = match &result.cost {
+            Some((m, est)) => (
+                Some(m.micros),
+                Some(m.currency.as_str().to_owned()),
+                Some(*est),
+            ),
+            None => (None, None, None),
+        };
+        let segments = result.segments.map(i64::from);
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.doing("starting a transaction")?;
+            let attempt: Option<i64> = sqlx::query_scalar(
+                "UPDATE deliveries SET status = $3, job_id = $4, next_attempt_at = $5, \
+                 updated_at = $6, \
+                 otp_code = CASE WHEN $3 = 'pending' THEN otp_code ELSE NULL END, \
+                 sent_at = CASE WHEN $3 = 'sent' THEN $6 ELSE sent_at END, \
+                 provider_message_id = COALESCE($7, provider_message_id), \
+                 cost_micros = CASE WHEN $3 = 'sent' THEN $8 ELSE cost_micros END, \
+                 currency = CASE WHEN $3 = 'sent' THEN $9 ELSE currency END, \
+                 cost_is_estimate = CASE WHEN $3 = 'sent' THEN $10 ELSE cost_is_estimate END, \
+                 segments = COALESCE($11, segments), \
+                 last_error = CASE WHEN $3 = 'sent' THEN NULL ELSE $12 END \
+                 WHERE id = $1 AND job_id = $2 AND status = 'sending' RETURNING attempts",
+            )
+            .bind(delivery_id)
+            .bind(job_id)
+            .bind(status.as_str())
+            .bind(new_job)
+            .bind(next_at)
+            .bind(result.finished_at)
+            .bind(&result.provider_message_id)
+            .bind(cost_micros)
+            .bind(&currency)
+            .bind(estimate)
+            .bind(segments)
+            .bind(&result.error)
+            .fetch_optional(&mut *tx)
+            .await
+            .doing("recording an attempt's outcome")?;
+            let Some(attempt) = attempt else {
+                return Ok(false);
+            };
+            sqlx::query(
+                "UPDATE delivery_attempts SET finished_at = $3, outcome = $4, \
+                 provider_message_id = $5, provider_status = $6, error_code = $7, error = $8, \
+                 cost_micros = $9, currency = $10, cost_is_estimate = $11, segments = $12, \
+                 latency_ms = $13 \
+                 WHERE delivery_id = $1 AND attempt = $2",
+            )
+            .bind(delivery_id)
+            .bind(attempt)
+            .bind(result.finished_at)
+            .bind(result.outcome.as_str())
+            .bind(&result.provider_message_id)
+            .bind(&result.provider_status)
+            .bind(&result.error_code)
+            .bind(&result.error)
+            .bind(cost_micros)
+            .bind(&currency)
+            .bind(estimate)
+            .bind(segments)
+            .bind(result.latency_ms)
+            .execute(&mut *tx)
+            .await
+            .doing("closing an attempt")?;
+            if let NextStep::Retry { job, at } = next {
+                tx.push_job(lane, job, Some(*at)).await?;
+            }
+            tx.commit().await.doing("committing an attempt's outcome")?;
+            Ok(true)
+        })
+    }
+
+    /// Moves a pending delivery owned by `job_id` to `to` (`expired` or
+    /// `failed`) without a provider call, wiping its OTP code.
+    pub async fn close_pending(
+        &self,
+        delivery_id: &str,
+        job_id: &str,
+        to: DeliveryStatus,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        DeliveryStatus::Pending
+            .check_transition(to)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let done = on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE deliveries SET status = $3, job_id = NULL, next_attempt_at = NULL, \
+                 otp_code = NULL, last_error = $4, updated_at = $5 \
+                 WHERE id = $1 AND job_id = $2 AND status = 'pending'",
+            )
+            .bind(delivery_id)
+            .bind(job_id)
+            .bind(to.as_str())
+            .bind(error)
+            .bind(now)
+            .execute(pool)
+            .await
+            .doing("closing a delivery")?
+            .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
+    /// Gives a pending delivery a new job (its old one is gone, or came too
+    /// early), due at `at`. Returns false when someone else moved it first.
+    pub async fn requeue(
+        &self,
+        delivery_id: &str,
+        old_job_id: Option<&str>,
+        kind: DeliveryKind,
+        at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let job = DeliveryJob::new(delivery_id);
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.doing("starting a transaction")?;
+            let updated = sqlx::query(
+                "UPDATE deliveries SET job_id = $3, updated_at = $4 \
+                 WHERE id = $1 AND job_id IS NOT DISTINCT FROM $2 AND status = 'pending'",
+            )
+            .bind(delivery_id)
+            .bind(old_job_id)
+            .bind(&job.job_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .doing("re-queueing a delivery")?;
+            if updated.rows_affected() == 0 {
+                return Ok(false);
+            }
+            tx.push_job(Lane::for_kind(kind), &job, at.filter(|at| *at > now)).await?;
+            tx.commit().await.doing("committing a re-queue")?;
+            Ok(true)
+        })
+    }
+
+    /// Deliveries that need the sweeper: pending or sending, whose job is
+    /// gone, finished, or held by a worker not seen since `alive_since`; and
+    /// any `sending` one untouched since `stale_before`.
+    pub async fn orphans(
+        &self,
+        alive_since: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Orphan>, StoreError> {
+        let rows = match self {
+            Db::Sqlite(pool) => {
+                sqlx::query_as(
+                    "SELECT d.id, d.kind, d.status, d.job_id, d.attempts, d.max_attempts, \
+                 d.next_attempt_at FROM deliveries d \
+                 WHERE d.status IN ('pending', 'sending') AND ( \
+                   (d.status = 'sending' AND d.updated_at < $2) OR NOT EXISTS ( \
+                     SELECT 1 FROM Jobs j LEFT JOIN Workers w ON w.id = j.lock_by \
+                     WHERE j.id = d.job_id AND (j.status = 'Pending' OR \
+                       (j.status IN ('Queued', 'Running') AND w.last_seen >= $1)))) \
+                 ORDER BY d.created_at LIMIT $3",
+                )
+                .bind(alive_since.timestamp())
+                .bind(stale_before)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT d.id, d.kind, d.status, d.job_id, d.attempts, d.max_attempts, \
+                 d.next_attempt_at FROM deliveries d \
+                 WHERE d.status IN ('pending', 'sending') AND ( \
+                   (d.status = 'sending' AND d.updated_at < $2) OR NOT EXISTS ( \
+                     SELECT 1 FROM apalis.jobs j LEFT JOIN apalis.workers w ON w.id = j.lock_by \
+                     WHERE j.id = d.job_id AND (j.status = 'Pending' OR \
+                       (j.status IN ('Queued', 'Running') AND w.last_seen >= $1)))) \
+                 ORDER BY d.created_at LIMIT $3",
+                )
+                .bind(alive_since)
+                .bind(stale_before)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+            }
+        };
+        rows.doing("looking for orphaned deliveries")
+    }
+
+    /// Deletes finished queue jobs of tuma's lanes: history lives in tuma's
+    /// tables, and a queue full of done rows slows every fetch.
+    pub async fn delete_finished_jobs(&self) -> Result<u64, StoreError> {
+        let lanes = [Lane::Otp.queue_name(), Lane::Notifications.queue_name()];
+        let deleted = match self {
+            Db::Sqlite(pool) => sqlx::query(
+                "DELETE FROM Jobs WHERE job_type IN ($1, $2) \
+                 AND status IN ('Done', 'Failed', 'Killed')",
+            )
+            .bind(lanes[0])
+            .bind(lanes[1])
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()),
+            Db::Postgres(pool) => sqlx::query(
+                "DELETE FROM apalis.jobs WHERE job_type IN ($1, $2) \
+                 AND status IN ('Done', 'Failed', 'Killed')",
+            )
+            .bind(lanes[0])
+            .bind(lanes[1])
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()),
+        };
+        deleted.doing("deleting finished jobs")
+    }
+
+    /// How many deliveries are due by `now` and not yet settled: pending and
+    /// due, or in the middle of a send.
+    pub async fn unsettled_due(&self, now: DateTime<Utc>) -> Result<i64, StoreError> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM deliveries WHERE status = 'sending' \
+                 OR (status = 'pending' AND next_attempt_at <= $1)",
+            )
+            .bind(now)
+            .fetch_one(pool)
+            .await
+            .doing("counting due deliveries")?
+        }))
+    }
+}

@@ -1,0 +1,196 @@
+//! Storage: one sqlx pool, shared by apalis's queue and tuma's own tables.
+//!
+//! SQLite (the embedded default) and PostgreSQL run the same SQL where they
+//! can (`$1` placeholders work on both); [`on_pool!`] expands one body for each
+//! backend so the queries are written once.
+
+mod deliveries;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use apalis_postgres::PostgresStorage;
+use apalis_sqlite::SqliteStorage;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+pub use deliveries::*;
+
+/// Expands `$body` once per backend with `$pool` bound to that backend's pool.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite($pool) => $body,
+            $crate::store::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+/// The database behind tuma.
+#[derive(Debug, Clone)]
+pub enum Db {
+    /// An embedded SQLite file: the default, nothing else to install.
+    Sqlite(SqlitePool),
+    /// PostgreSQL: production, and many worker processes sharing one queue.
+    Postgres(PgPool),
+}
+
+/// A storage failure, with what tuma was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL is neither SQLite nor Postgres, or does not parse.
+    #[error("DATABASE_URL `{url}` is not usable: {reason}")]
+    BadUrl {
+        /// The URL, with any password masked.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A query failed.
+    #[error("database error while {doing}: {source}")]
+    Query {
+        /// What tuma was doing.
+        doing: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Migrations failed.
+    #[error("migrating the database failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The queue refused a job.
+    #[error("queueing a job failed: {0}")]
+    Queue(String),
+    /// A row holds a value tuma does not know: the database was changed by hand.
+    #[error("the database holds an unexpected value: {0}")]
+    Corrupt(String),
+}
+
+/// Adds "while …" context to sqlx results.
+pub(crate) trait Doing<T> {
+    fn doing(self, doing: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> Doing<T> for Result<T, sqlx::Error> {
+    fn doing(self, doing: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Query { doing, source })
+    }
+}
+
+impl Db {
+    /// Opens a pool. SQLite files are created if missing and every connection
+    /// gets WAL, `synchronous=NORMAL`, a busy timeout, foreign keys and
+    /// `secure_delete` (so a wiped OTP code does not linger in free pages).
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Db, StoreError> {
+        let bad = |reason: String| StoreError::BadUrl {
+            url: mask_password(url),
+            reason,
+        };
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|e| bad(e.to_string()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+                .pragma("secure_delete", "ON")
+                .pragma("temp_store", "MEMORY");
+            let pool = SqlitePoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await
+                .map_err(|e| bad(e.to_string()))?;
+            Ok(Db::Sqlite(pool))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let options = PgConnectOptions::from_str(url).map_err(|e| bad(e.to_string()))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await
+                .map_err(|e| bad(e.to_string()))?;
+            Ok(Db::Postgres(pool))
+        } else {
+            Err(bad(
+                "it must start with sqlite:// (for example sqlite://tuma.db) or postgres://".into(),
+            ))
+        }
+    }
+
+    /// Applies apalis's migrations and tuma's own (kept in separate history
+    /// tables so neither refuses the other's).
+    ///
+    /// apalis's `SqliteStorage::setup` is not called on purpose: it turns
+    /// `synchronous` OFF, which can lose committed jobs on power loss.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Db::Sqlite(pool) => {
+                SqliteStorage::migrations().run(pool).await?;
+                let mut ours = sqlx::migrate!("migrations/sqlite");
+                ours.dangerous_set_table_name("tuma_migrations");
+                ours.run(pool).await?;
+            }
+            Db::Postgres(pool) => {
+                PostgresStorage::migrations().run(pool).await?;
+                let mut ours = sqlx::migrate!("migrations/postgres");
+                ours.dangerous_set_table_name("tuma_migrations");
+                ours.run(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Which backend, for messages: `sqlite` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
+    }
+}
+
+/// Hides the password in a database URL.
+pub fn mask_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:****{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_database_urls_are_masked() {
+        assert_eq!(
+            mask_password("postgres://tuma:s3cret@db:5432/tuma"),
+            "postgres://tuma:****@db:5432/tuma"
+        );
+        assert_eq!(mask_password("sqlite://tuma.db"), "sqlite://tuma.db");
+        assert_eq!(
+            mask_password("postgres://postgres@127.0.0.1/x"),
+            "postgres://postgres@127.0.0.1/x"
+        );
+    }
+}
