@@ -3,9 +3,10 @@
 
 use std::sync::Mutex;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
-/// A source of the current time.
+/// A source of the current time, in whole microseconds: what both databases
+/// store, so a timestamp read back equals the one written.
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Now.
     fn now(&self) -> DateTime<Utc>;
@@ -17,7 +18,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        Utc::now().trunc_subsecs(6)
     }
 }
 
@@ -28,7 +29,7 @@ pub struct ManualClock(Mutex<DateTime<Utc>>);
 impl ManualClock {
     /// A clock stopped at `at`.
     pub fn new(at: DateTime<Utc>) -> Self {
-        ManualClock(Mutex::new(at))
+        ManualClock(Mutex::new(at.trunc_subsecs(6)))
     }
 
     /// Moves the clock forward.

@@ -63,7 +63,7 @@ pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> 
         return Ok(());
     }
     if let Some(due) = delivery.row.next_attempt_at
-        && due > now + chrono::Duration::seconds(1)
+        && due > now
     {
         // Run early (clock skew between hosts): put it back for its time.
         app.db
@@ -189,9 +189,10 @@ pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// The step after a transient error (or an interrupted call) on attempt
-/// `attempt`: a retry after the backoff delay, or failure once every attempt
-/// is used (noted in the attempt's error).
+/// The step after a transient error on attempt `attempt`: a retry after the
+/// backoff delay (or at once, for a call cut short by a dead worker, which
+/// says nothing against the provider), or failure once every attempt is used
+/// (noted in the attempt's error).
 fn after_transient(
     app: &App,
     delivery: &Delivery,
@@ -208,7 +209,10 @@ fn after_transient(
         ));
         return NextStep::Failed;
     }
-    let delay = delay_after(&app.config.retry, attempt);
+    let delay = match result.outcome {
+        Outcome::Unknown => std::time::Duration::ZERO,
+        _ => delay_after(&app.config.retry, attempt),
+    };
     let at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
     NextStep::Retry {
         job: DeliveryJob::new(&delivery.row.id),
@@ -217,8 +221,9 @@ fn after_transient(
 }
 
 /// Settles a delivery whose worker died during the provider call: the attempt
-/// is closed as `unknown` and the delivery retried (or failed when out of
-/// attempts). Used by the dispatcher and the sweeper.
+/// is closed as `unknown` and the delivery retried at once, on the route's
+/// next provider (or failed when out of attempts). Used by the dispatcher and
+/// the sweeper.
 pub async fn resolve_interrupted(app: &App, delivery: &Delivery) -> Result<(), StoreError> {
     let Some(job_id) = delivery.row.job_id.as_deref() else {
         return Ok(());

@@ -33,6 +33,7 @@ CREATE TABLE deliveries (
 
 CREATE INDEX deliveries_status_next ON deliveries (status, next_attempt_at);
 CREATE INDEX deliveries_created ON deliveries (created_at);
+CREATE INDEX deliveries_job ON deliveries (job_id);
 
 -- One row per provider call.
 CREATE TABLE delivery_attempts (

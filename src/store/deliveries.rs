@@ -609,14 +609,17 @@ impl Db {
         rows.doing("looking for orphaned deliveries")
     }
 
-    /// Deletes finished queue jobs of tuma's lanes: history lives in tuma's
-    /// tables, and a queue full of done rows slows every fetch.
+    /// Deletes queue jobs of tuma's lanes that are finished, or stale (no
+    /// delivery holds their id any more, like those a dead worker was holding):
+    /// history lives in tuma's tables, and a queue full of old rows slows
+    /// every fetch.
     pub async fn delete_finished_jobs(&self) -> Result<u64, StoreError> {
         let lanes = [Lane::Otp.queue_name(), Lane::Notifications.queue_name()];
         let deleted = match self {
             Db::Sqlite(pool) => sqlx::query(
                 "DELETE FROM Jobs WHERE job_type IN ($1, $2) \
-                 AND status IN ('Done', 'Failed', 'Killed')",
+                 AND (status IN ('Done', 'Failed', 'Killed') \
+                   OR NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = Jobs.id))",
             )
             .bind(lanes[0])
             .bind(lanes[1])
@@ -624,8 +627,9 @@ impl Db {
             .await
             .map(|r| r.rows_affected()),
             Db::Postgres(pool) => sqlx::query(
-                "DELETE FROM apalis.jobs WHERE job_type IN ($1, $2) \
-                 AND status IN ('Done', 'Failed', 'Killed')",
+                "DELETE FROM apalis.jobs j WHERE job_type IN ($1, $2) \
+                 AND (status IN ('Done', 'Failed', 'Killed') \
+                   OR NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.id))",
             )
             .bind(lanes[0])
             .bind(lanes[1])

@@ -24,6 +24,8 @@ pub struct OutboxConfig {
     pub from: Mailbox,
     /// The SMS sender id written into SMS files.
     pub sender_id: Option<String>,
+    /// A pause before each write, to rehearse a slow provider (load tests, crash drills).
+    pub latency: Option<std::time::Duration>,
 }
 
 #[derive(Deserialize)]
@@ -32,6 +34,7 @@ struct RawOutbox {
     dir: String,
     from: Option<String>,
     sender_id: Option<String>,
+    latency: Option<String>,
 }
 
 impl OutboxConfig {
@@ -48,6 +51,12 @@ impl OutboxConfig {
                 ),
             )
         })?;
+        let latency = raw
+            .latency
+            .as_deref()
+            .map(crate::config::parse_duration)
+            .transpose()
+            .map_err(|e| ("latency".to_owned(), e))?;
         if raw.dir.trim().is_empty() {
             return Err(("dir".into(), "must name a folder".into()));
         }
@@ -55,6 +64,7 @@ impl OutboxConfig {
             dir: base.join(raw.dir),
             from,
             sender_id: raw.sender_id,
+            latency,
         })
     }
 }
@@ -140,6 +150,9 @@ impl Outbox {
 #[async_trait]
 impl Provider for Outbox {
     async fn send(&self, message: &OutgoingMessage) -> Result<Accepted, SendError> {
+        if let Some(pause) = self.config.latency {
+            tokio::time::sleep(pause).await;
+        }
         let (file, bytes, segments) = match &message.content {
             Content::Email { .. } => {
                 let (f, b) = self.email_bytes(message)?;

@@ -1,0 +1,94 @@
+//! Crash safety: a delivery whose job was lost, or whose worker died during
+//! the provider call, is found by the sweeper and finished.
+
+use tuma::clock::Clock;
+use tuma::domain::DeliveryStatus;
+use tuma::intake::OtpRequest;
+use tuma::queue::DeliveryJob;
+
+use crate::on_both_backends;
+use crate::support::*;
+
+fn otp(to: &str) -> OtpRequest {
+    OtpRequest {
+        to: to.into(),
+        code: "246810".into(),
+        channel: None,
+        locale: None,
+        ttl: None,
+    }
+}
+
+async fn a_delivery_whose_job_was_lost_is_requeued_and_sent(backend: Backend) {
+    let t = TestApp::new(backend, 6).await;
+    let d = t.app.enqueue_otp(otp("+254711000010")).await.unwrap();
+    // As if the process died between recording the delivery and its job.
+    delete_all_jobs(&t.app.db).await;
+
+    let report = tuma::sweeper::sweep(&t.app).await.unwrap();
+    assert_eq!(report.requeued, 1);
+    t.drain().await;
+
+    let d = t.delivery(&d.row.id).await;
+    assert_eq!(d.status, DeliveryStatus::Sent);
+    assert_eq!(d.row.attempts, 1);
+}
+on_both_backends!(a_delivery_whose_job_was_lost_is_requeued_and_sent);
+
+async fn a_send_interrupted_by_a_dead_worker_is_settled_as_unknown_and_retried(backend: Backend) {
+    let t = TestApp::new(backend, 6).await;
+    let d = t.app.enqueue_otp(otp("+254711000011")).await.unwrap();
+    // A worker took the job, marked the delivery sending, and died mid-call.
+    let job = DeliveryJob {
+        delivery_id: d.row.id.clone(),
+        job_id: d.row.job_id.clone().unwrap(),
+    };
+    let attempt = t
+        .app
+        .db
+        .begin_attempt(&job, "primary", t.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(attempt, Some(1));
+    delete_all_jobs(&t.app.db).await;
+
+    let report = tuma::sweeper::sweep(&t.app).await.unwrap();
+    assert_eq!(report.resolved, 1);
+    let pending = t.delivery(&d.row.id).await;
+    assert_eq!(pending.status, DeliveryStatus::Pending);
+    assert_eq!(
+        pending.row.next_attempt_at,
+        Some(t.clock.now()),
+        "retried at once"
+    );
+
+    t.drain().await;
+    let d = t.delivery(&d.row.id).await;
+    assert_eq!(d.status, DeliveryStatus::Sent);
+    let attempts = t.app.db.attempts(&d.row.id).await.unwrap();
+    let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome.as_deref()).collect();
+    assert_eq!(outcomes, vec![Some("unknown"), Some("accepted")]);
+    assert!(
+        attempts[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("may or may not have been sent")
+    );
+    // The second attempt went to the next provider, like any transient failure.
+    assert_eq!(attempts[1].provider, "backup");
+}
+on_both_backends!(a_send_interrupted_by_a_dead_worker_is_settled_as_unknown_and_retried);
+
+async fn a_stale_job_is_ignored(backend: Backend) {
+    let t = TestApp::new(backend, 6).await;
+    let d = t.app.enqueue_otp(otp("+254711000012")).await.unwrap();
+    let stale = DeliveryJob::new(&d.row.id);
+    tuma::dispatch::handle_job(&t.app, &stale).await.unwrap();
+    let d2 = t.delivery(&d.row.id).await;
+    assert_eq!(d2.status, DeliveryStatus::Pending);
+    assert_eq!(d2.row.attempts, 0);
+    t.drain().await;
+    assert_eq!(t.delivery(&d.row.id).await.status, DeliveryStatus::Sent);
+}
+on_both_backends!(a_stale_job_is_ignored);
