@@ -133,6 +133,16 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// Sends one message. Implementations classify every failure as
     /// permanent or transient and never panic on a provider's answer.
     async fn send(&self, message: &OutgoingMessage) -> Result<Accepted, SendError>;
+
+    /// The exact request `send` would make, with every secret masked, for
+    /// `tuma providers test --dry-run`.
+    fn dry_run(&self, message: &OutgoingMessage) -> String;
+}
+
+/// Makes ring the process's TLS crypto provider (HTTP and SMTP adapters use
+/// rustls). Safe to call more than once.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// A provider with what the dispatcher needs around it.
@@ -167,6 +177,7 @@ pub struct BuildError {
 impl Providers {
     /// Builds every configured provider.
     pub fn from_config(config: &Config) -> Result<Providers, BuildError> {
+        install_crypto();
         let mut providers = Providers::default();
         for p in &config.providers {
             let adapter: Arc<dyn Provider> = match &p.kind {

@@ -223,6 +223,10 @@ pub fn permanent(message: &str) -> Result<Accepted, SendError> {
 
 #[async_trait]
 impl Provider for Scripted {
+    fn dry_run(&self, message: &OutgoingMessage) -> String {
+        format!("scripted answer for {}", message.delivery_id)
+    }
+
     async fn send(&self, message: &OutgoingMessage) -> Result<Accepted, SendError> {
         let text = match &message.content {
             Content::Sms { text, .. } => text.clone(),

@@ -149,6 +149,21 @@ impl Outbox {
 
 #[async_trait]
 impl Provider for Outbox {
+    fn dry_run(&self, message: &OutgoingMessage) -> String {
+        let rendered = match &message.content {
+            Content::Email { .. } => self
+                .email_bytes(message)
+                .map(|(f, b)| (f, String::from_utf8_lossy(&b).into_owned())),
+            Content::Sms { .. } => self
+                .sms_bytes(message)
+                .map(|(f, b, _)| (f, String::from_utf8_lossy(&b).into_owned())),
+        };
+        match rendered {
+            Ok((file, body)) => format!("write {}\n\n{body}", self.config.dir.join(file).display()),
+            Err(e) => format!("cannot build the message: {e}"),
+        }
+    }
+
     async fn send(&self, message: &OutgoingMessage) -> Result<Accepted, SendError> {
         if let Some(pause) = self.config.latency {
             tokio::time::sleep(pause).await;
