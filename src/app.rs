@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::pricing::Pricing;
 use crate::providers::Providers;
 use crate::queue::Wakers;
 use crate::router::Router;
@@ -24,6 +25,8 @@ pub struct App {
     pub router: Router,
     /// Provider adapters with their limiters.
     pub providers: Providers,
+    /// Cost estimates for providers that do not say.
+    pub pricing: Pricing,
     /// Where tuma's own timestamps come from.
     pub clock: Arc<dyn Clock>,
     /// Wakes this process's idle workers after a push.
@@ -61,7 +64,9 @@ impl App {
     ) -> Result<App, StartError> {
         let templates = Templates::load(&config.templates)?;
         let router = Router::new(&config);
+        let pricing = Pricing::new(config.prices.clone());
         Ok(App {
+            pricing,
             config,
             db,
             templates,

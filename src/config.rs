@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain::Channel;
+use crate::domain::money::Money;
 use crate::domain::phone::Region;
 use crate::providers::outbox::OutboxConfig;
 
@@ -45,6 +46,30 @@ pub struct Config {
     pub templates: TemplatesConfig,
     /// Queue lanes, polling and crash recovery.
     pub worker: WorkerConfig,
+    /// Per-segment prices, for estimates where a provider does not say.
+    pub prices: Vec<PriceConfig>,
+    /// When to stop trying a failing provider for a while.
+    pub circuit_breaker: CircuitBreakerConfig,
+}
+
+/// One `[[price]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceConfig {
+    /// The provider it applies to.
+    pub provider: String,
+    /// An E.164 prefix such as `+1`; the longest match wins.
+    pub prefix: String,
+    /// Cost of one segment.
+    pub per_segment: Money,
+}
+
+/// Circuit breaker settings, per provider.
+#[derive(Debug, Clone, Copy)]
+pub struct CircuitBreakerConfig {
+    /// Consecutive transient failures that open the circuit.
+    pub failures: u32,
+    /// How long an open circuit skips the provider.
+    pub cooldown: Duration,
 }
 
 /// One provider: the common keys plus what its kind needs.
@@ -251,8 +276,7 @@ impl Config {
                         "email routes take no phone prefix".into(),
                     ));
                 }
-                let digits = prefix.strip_prefix('+').unwrap_or("");
-                if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+                if !is_e164_prefix(prefix) {
                     return Err(err(
                         &key("prefix"),
                         format!("`{prefix}` is not an E.164 prefix such as \"+254\""),
@@ -360,6 +384,51 @@ impl Config {
             ));
         }
 
+        let mut prices = Vec::new();
+        for (i, p) in raw.price.into_iter().enumerate() {
+            let key = |k: &str| format!("price[{i}].{k}");
+            if !providers.iter().any(|pr| pr.name == p.provider) {
+                return Err(err(
+                    &key("provider"),
+                    format!("no provider is named `{}`", p.provider),
+                ));
+            }
+            if !is_e164_prefix(&p.prefix) {
+                return Err(err(
+                    &key("prefix"),
+                    format!("`{}` is not an E.164 prefix such as \"+1\"", p.prefix),
+                ));
+            }
+            let per_segment = Money::parse(&p.per_segment, &p.currency).map_err(|e| {
+                let k = if matches!(e, crate::domain::money::MoneyError::InvalidCurrency(_)) {
+                    "currency"
+                } else {
+                    "per_segment"
+                };
+                err(&key(k), e.to_string())
+            })?;
+            if per_segment.micros < 0 {
+                return Err(err(
+                    &key("per_segment"),
+                    "a price cannot be negative".into(),
+                ));
+            }
+            prices.push(PriceConfig {
+                provider: p.provider,
+                prefix: p.prefix,
+                per_segment,
+            });
+        }
+
+        let circuit_breaker = CircuitBreakerConfig {
+            failures: raw.circuit_breaker.failures,
+            cooldown: parse_duration(&raw.circuit_breaker.cooldown)
+                .map_err(|e| err("circuit_breaker.cooldown", e))?,
+        };
+        if circuit_breaker.failures == 0 {
+            return Err(err("circuit_breaker.failures", "must be at least 1".into()));
+        }
+
         for channel in [Channel::Sms, Channel::Email] {
             if !routes.iter().any(|r| r.channel == channel) {
                 return Err(err(
@@ -379,6 +448,8 @@ impl Config {
             otp,
             templates,
             worker,
+            prices,
+            circuit_breaker,
         })
     }
 
@@ -406,6 +477,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| {
         format!("`{text}` is not a duration ({e}); write e.g. \"2s\", \"500ms\", \"10m\"")
     })
+}
+
+fn is_e164_prefix(prefix: &str) -> bool {
+    let digits = prefix.strip_prefix('+').unwrap_or("");
+    !digits.is_empty() && digits.len() <= 15 && digits.chars().all(|c| c.is_ascii_digit())
 }
 
 fn positive(n: usize) -> Result<usize, String> {
@@ -453,6 +529,35 @@ struct RawConfig {
     templates: RawTemplates,
     #[serde(default)]
     worker: RawWorker,
+    #[serde(default)]
+    price: Vec<RawPrice>,
+    #[serde(default)]
+    circuit_breaker: RawCircuitBreaker,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    provider: String,
+    prefix: String,
+    per_segment: String,
+    currency: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCircuitBreaker {
+    failures: u32,
+    cooldown: String,
+}
+
+impl Default for RawCircuitBreaker {
+    fn default() -> Self {
+        RawCircuitBreaker {
+            failures: 5,
+            cooldown: "30s".into(),
+        }
+    }
 }
 
 #[derive(Deserialize)]

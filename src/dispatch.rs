@@ -77,9 +77,10 @@ pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> 
         Err(reason) => return fail_unsendable(app, job, &reason).await,
     };
     let attempt = u32::try_from(delivery.row.attempts + 1).unwrap_or(u32::MAX);
-    let Some(provider_name) = app.router.provider_for_attempt(&recipient, attempt) else {
-        let reason = format!("no route carries {} to {recipient}", recipient.channel());
-        return fail_unsendable(app, job, &reason).await;
+    let candidates = app.router.providers_for_attempt(&recipient, attempt);
+    let (provider_name, why) = match choose_provider(app, &candidates, attempt) {
+        Ok(choice) => choice,
+        Err(reason) => return fail_unsendable(app, job, &reason).await,
     };
     let Some(handle) = app.providers.get(provider_name) else {
         let reason = format!("provider `{provider_name}` is not configured");
@@ -106,7 +107,11 @@ pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> 
     }
 
     let started_at = app.clock.now();
-    let Some(attempt) = app.db.begin_attempt(job, provider_name, started_at).await? else {
+    let Some(attempt) = app
+        .db
+        .begin_attempt(job, provider_name, &why, started_at)
+        .await?
+    else {
         debug!(delivery = %id, "taken by another worker");
         return Ok(());
     };
@@ -119,6 +124,14 @@ pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> 
         Content::Email { .. } => None,
     };
 
+    match &sent {
+        Ok(Ok(_) | Err(SendError::Permanent { .. })) => handle.breaker.record_answer(),
+        Ok(Err(SendError::Transient { .. })) | Err(_) => {
+            if handle.breaker.record_failure() {
+                warn!(provider = %provider_name, "circuit opened: provider skipped while it cools down");
+            }
+        }
+    }
     let (result, next) = match sent {
         Ok(Ok(accepted)) => {
             if let (Some(theirs), Some(ours)) = (accepted.segments, our_segments)
@@ -126,6 +139,18 @@ pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> 
             {
                 warn!(delivery = %id, provider = %provider_name, theirs, ours, "segment counts differ");
             }
+            let segments = accepted.segments.or(our_segments);
+            // The provider's own figure is the actual cost; else the price table's estimate.
+            let cost = accepted
+                .cost
+                .map(|m| (m, false))
+                .or_else(|| match &message.content {
+                    Content::Sms { to, .. } => app
+                        .pricing
+                        .estimate(provider_name, to.as_str(), segments.unwrap_or(1))
+                        .map(|m| (m, true)),
+                    Content::Email { .. } => None,
+                });
             let result = AttemptResult {
                 outcome: Outcome::Accepted,
                 finished_at,
@@ -133,8 +158,8 @@ pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> 
                 provider_status: accepted.provider_status,
                 error_code: None,
                 error: None,
-                cost: accepted.cost.map(|m| (m, false)),
-                segments: accepted.segments.or(our_segments),
+                cost,
+                segments,
                 latency_ms: Some(latency_ms),
             };
             (result, NextStep::Sent)
@@ -187,6 +212,52 @@ pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> 
         }
     }
     Ok(())
+}
+
+/// Picks the provider for this attempt from the route's ordered candidates,
+/// skipping any whose circuit is open; when every circuit is open, the one
+/// that reopens first. Returns it with the reason recorded on the attempt.
+fn choose_provider<'a>(
+    app: &App,
+    candidates: &[&'a str],
+    attempt: u32,
+) -> Result<(&'a str, String), String> {
+    let mut skipped = Vec::new();
+    let mut soonest: Option<(&'a str, tokio::time::Instant)> = None;
+    for (i, name) in candidates.iter().enumerate() {
+        let Some(handle) = app.providers.get(name) else {
+            return Err(format!("provider `{name}` is not configured"));
+        };
+        match handle.breaker.open_until() {
+            None => {
+                let mut why = match (attempt, i) {
+                    (1, 0) => "primary".to_owned(),
+                    (_, 0) => format!("failover: attempt {attempt}"),
+                    _ => format!("attempt {attempt}"),
+                };
+                if !skipped.is_empty() {
+                    why.push_str(&format!("; skipped {} (circuit open)", skipped.join(", ")));
+                }
+                return Ok((name, why));
+            }
+            Some(until) => {
+                skipped.push(*name);
+                if soonest.is_none_or(|(_, u)| until < u) {
+                    soonest = Some((name, until));
+                }
+            }
+        }
+    }
+    match soonest {
+        Some((name, _)) => Ok((
+            name,
+            format!(
+                "every circuit open ({}): trying the one that reopens first",
+                skipped.join(", ")
+            ),
+        )),
+        None => Err("the route has no providers".to_owned()),
+    }
 }
 
 /// The step after a transient error on attempt `attempt`: a retry after the

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dispatch;
 pub mod domain;
 pub mod intake;
+pub mod pricing;
 pub mod providers;
 pub mod queue;
 pub mod retry;

@@ -29,17 +29,22 @@ impl Router {
             .max_by_key(|r| r.prefix.as_deref().map_or(0, str::len))
     }
 
-    /// The provider for attempt number `attempt` (1-based): each transient
-    /// failure moves to the next provider of the route, wrapping around.
-    pub fn provider_for_attempt<'a>(
+    /// The route's providers in the order attempt number `attempt` (1-based)
+    /// should try them: each transient failure moves to the next provider of
+    /// the route, wrapping around; the rest follow, for when a circuit is open.
+    pub fn providers_for_attempt<'a>(
         &'a self,
         recipient: &Recipient,
         attempt: u32,
-    ) -> Option<&'a str> {
-        let route = self.route(recipient)?;
+    ) -> Vec<&'a str> {
+        let Some(route) = self.route(recipient) else {
+            return Vec::new();
+        };
         let n = route.providers.len();
-        let i = usize::try_from(attempt.max(1) - 1).unwrap_or(0) % n.max(1);
-        route.providers.get(i).map(String::as_str)
+        let first = usize::try_from(attempt.max(1) - 1).unwrap_or(0) % n.max(1);
+        (0..n)
+            .map(|k| route.providers[(first + k) % n].as_str())
+            .collect()
     }
 
     /// Every route, for `tuma check`.

@@ -9,13 +9,15 @@ pub mod outbox;
 use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use crate::config::{Config, ProviderKind, RateLimit};
+use crate::config::{CircuitBreakerConfig, Config, ProviderKind, RateLimit};
 use crate::domain::DeliveryKind;
 use crate::domain::email::EmailAddress;
 use crate::domain::money::Money;
@@ -156,12 +158,80 @@ pub struct ProviderHandle {
     pub limiter: Arc<DefaultDirectRateLimiter>,
     /// Hard limit on one call.
     pub timeout: Duration,
+    /// Skips the provider for a while after consecutive transient failures.
+    pub breaker: Arc<Breaker>,
+}
+
+/// A per-process circuit breaker: after `failures` consecutive transient
+/// failures the provider is skipped for `cooldown`; then one call is let
+/// through, and its outcome closes the circuit or opens it again.
+#[derive(Debug)]
+pub struct Breaker {
+    config: CircuitBreakerConfig,
+    state: Mutex<BreakerState>,
+}
+
+#[derive(Debug, Default)]
+struct BreakerState {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+impl Breaker {
+    /// A closed breaker.
+    pub fn new(config: CircuitBreakerConfig) -> Breaker {
+        Breaker {
+            config,
+            state: Mutex::new(BreakerState::default()),
+        }
+    }
+
+    /// When the circuit is open: until when.
+    pub fn open_until(&self) -> Option<Instant> {
+        let state = self.state.lock().ok()?;
+        state.open_until.filter(|until| *until > Instant::now())
+    }
+
+    /// The provider answered (accepted, or refused for good): close the circuit.
+    pub fn record_answer(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            *state = BreakerState::default();
+        }
+    }
+
+    /// A transient failure; returns true when it opened the circuit.
+    pub fn record_failure(&self) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        state.failures += 1;
+        if state.failures >= self.config.failures {
+            state.failures = 0;
+            state.open_until = Some(Instant::now() + self.config.cooldown);
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Every configured provider, by name.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Providers {
     by_name: HashMap<String, ProviderHandle>,
+    breaker: CircuitBreakerConfig,
+}
+
+impl Default for Providers {
+    fn default() -> Self {
+        Providers {
+            by_name: HashMap::new(),
+            breaker: CircuitBreakerConfig {
+                failures: 5,
+                cooldown: Duration::from_secs(30),
+            },
+        }
+    }
 }
 
 /// A provider that could not be built from its configuration.
@@ -178,7 +248,10 @@ impl Providers {
     /// Builds every configured provider.
     pub fn from_config(config: &Config) -> Result<Providers, BuildError> {
         install_crypto();
-        let mut providers = Providers::default();
+        let mut providers = Providers {
+            breaker: config.circuit_breaker,
+            ..Providers::default()
+        };
         for p in &config.providers {
             let adapter: Arc<dyn Provider> = match &p.kind {
                 ProviderKind::Outbox(c) => {
@@ -209,6 +282,7 @@ impl Providers {
                 provider,
                 limiter: Arc::new(RateLimiter::direct(quota)),
                 timeout,
+                breaker: Arc::new(Breaker::new(self.breaker)),
             },
         );
     }
@@ -225,5 +299,29 @@ pub fn unlimited() -> RateLimit {
     RateLimit {
         per_second: big,
         burst: big,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_breaker_opens_after_consecutive_failures_and_closes_after_the_cooldown() {
+        let b = Breaker::new(CircuitBreakerConfig {
+            failures: 3,
+            cooldown: Duration::from_secs(30),
+        });
+        assert!(!b.record_failure());
+        b.record_answer();
+        assert!(!b.record_failure());
+        assert!(!b.record_failure());
+        assert!(b.open_until().is_none());
+        assert!(b.record_failure(), "the third failure in a row opens it");
+        assert!(b.open_until().is_some());
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(b.open_until().is_some());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(b.open_until().is_none(), "closed again after the cooldown");
     }
 }

@@ -133,6 +133,7 @@ impl TryFrom<DeliveryRow> for Delivery {
 pub struct AttemptRow {
     pub attempt: i64,
     pub provider: String,
+    pub reason: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub outcome: Option<String>,
@@ -258,7 +259,7 @@ const DELIVERY_COLUMNS: &str = "id, kind, channel, recipient, template, locale, 
     updated_at, sent_at, provider, provider_message_id, cost_micros, currency, cost_is_estimate, \
     segments, encoding, last_error";
 
-const ATTEMPT_COLUMNS: &str = "attempt, provider, started_at, finished_at, outcome, \
+const ATTEMPT_COLUMNS: &str = "attempt, provider, reason, started_at, finished_at, outcome, \
     provider_message_id, provider_status, error_code, error, cost_micros, currency, \
     cost_is_estimate, segments, latency_ms";
 
@@ -365,6 +366,7 @@ impl Db {
         &self,
         job: &DeliveryJob,
         provider: &str,
+        reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
         on_pool!(self, pool => {
@@ -385,12 +387,13 @@ impl Db {
                 return Ok(None);
             };
             sqlx::query(
-                "INSERT INTO delivery_attempts (delivery_id, attempt, provider, started_at) \
-                 VALUES ($1, $2, $3, $4)",
+                "INSERT INTO delivery_attempts (delivery_id, attempt, provider, reason, started_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
             )
             .bind(&job.delivery_id)
             .bind(attempt)
             .bind(provider)
+            .bind(reason)
             .bind(now)
             .execute(&mut *tx)
             .await

@@ -58,7 +58,11 @@ async fn send_drain_and_show_from_the_command_line(backend: Backend) {
     assert_eq!(json["recipient"], "+254711000001");
     assert_eq!(json["provider"], "primary");
     assert_eq!(json["attempts"], 1);
-    assert_eq!(json["cost"], serde_json::Value::Null);
+    // The outbox says no cost: the price table's estimate is recorded, flagged.
+    assert_eq!(json["cost"], "0.80");
+    assert_eq!(json["currency"], "KES");
+    assert_eq!(json["cost_is_estimate"], true);
+    assert_eq!(json["attempt_log"][0]["reason"], "primary");
     assert_eq!(json["segments"], 1);
     assert_eq!(json["attempt_log"][0]["outcome"], "accepted");
     assert!(

@@ -420,3 +420,83 @@ async fn bad_requests_are_refused_with_the_field_and_nothing_is_written(backend:
     assert_eq!(job_rows(&t.app.db).await, 0);
 }
 on_both_backends!(bad_requests_are_refused_with_the_field_and_nothing_is_written);
+
+async fn costs_are_the_providers_when_given_else_estimated_from_the_price_table(backend: Backend) {
+    let clock = new_clock();
+    let with_cost = Ok(tuma::providers::Accepted {
+        provider_message_id: "ATXid_1".into(),
+        provider_status: Some("Success".into()),
+        cost: Some(tuma::domain::money::Money::parse("0.8000", "KES").unwrap()),
+        segments: None,
+    });
+    let primary = Scripted::new(clock.clone(), vec![with_cost, accepted("SM2")]);
+    let t = TestApp::with(backend, 6, clock, &[("primary", primary.clone())]).await;
+
+    let actual = t
+        .app
+        .enqueue_otp(otp("+254711000020", "123456"))
+        .await
+        .unwrap();
+    t.drain().await;
+    let long_text = "Habari Amina, ".repeat(12); // 168 GSM-7 characters: two segments
+    let estimated = t
+        .app
+        .enqueue_notification(NotificationRequest {
+            to: "+254711000021".into(),
+            template: "welcome".into(),
+            locale: None,
+            vars: Map::from_iter([("name".to_owned(), serde_json::json!(long_text))]),
+            send_at: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(estimated.row.segments, Some(2));
+    t.drain().await;
+
+    let actual = t.delivery(&actual.row.id).await;
+    assert_eq!(actual.cost.unwrap().micros, 800_000);
+    assert_eq!(actual.row.cost_is_estimate, Some(false));
+    let estimated = t.delivery(&estimated.row.id).await;
+    let cost = estimated.cost.unwrap();
+    assert_eq!((cost.micros, cost.currency.as_str()), (1_600_000, "KES"));
+    assert_eq!(estimated.row.cost_is_estimate, Some(true));
+    let attempts = t.app.db.attempts(&estimated.row.id).await.unwrap();
+    assert_eq!(attempts[0].cost_micros, Some(1_600_000));
+    assert_eq!(attempts[0].segments, Some(2));
+}
+on_both_backends!(costs_are_the_providers_when_given_else_estimated_from_the_price_table);
+
+async fn a_provider_failing_again_and_again_is_skipped_while_its_circuit_is_open(backend: Backend) {
+    let clock = new_clock();
+    let primary = Scripted::new(
+        clock.clone(),
+        vec![transient("HTTP 503"), transient("HTTP 503")],
+    );
+    let backup = Scripted::new(clock.clone(), vec![]);
+    let scripted = [("primary", primary.clone()), ("backup", backup.clone())];
+    let t = TestApp::with(backend, 6, clock, &scripted).await;
+
+    // Two transient failures in a row (the configured threshold) open primary's circuit.
+    for to in ["+254711000030", "+254711000031"] {
+        t.app.enqueue_otp(otp(to, "123456")).await.unwrap();
+        t.drain().await;
+    }
+    assert_eq!(primary.calls().len(), 2);
+    let third = t
+        .app
+        .enqueue_otp(otp("+254711000032", "123456"))
+        .await
+        .unwrap();
+    t.drain().await;
+
+    assert_eq!(primary.calls().len(), 2, "primary was skipped");
+    let third = t.delivery(&third.row.id).await;
+    assert_eq!(third.status, DeliveryStatus::Sent);
+    assert_eq!(third.row.provider.as_deref(), Some("backup"));
+    let attempts = t.app.db.attempts(&third.row.id).await.unwrap();
+    assert_eq!(
+        attempts[0].reason.as_deref(),
+        Some("attempt 1; skipped primary (circuit open)")
+    );
+}
+on_both_backends!(a_provider_failing_again_and_again_is_skipped_while_its_circuit_is_open);

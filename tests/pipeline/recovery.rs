@@ -46,7 +46,7 @@ async fn a_send_interrupted_by_a_dead_worker_is_settled_as_unknown_and_retried(b
     let attempt = t
         .app
         .db
-        .begin_attempt(&job, "primary", t.clock.now())
+        .begin_attempt(&job, "primary", "primary", t.clock.now())
         .await
         .unwrap();
     assert_eq!(attempt, Some(1));

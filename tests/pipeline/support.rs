@@ -138,6 +138,16 @@ initial_delay = "2s"
 max_delay = "1m"
 jitter = false
 
+[[price]]
+provider = "primary"
+prefix = "+254"
+per_segment = "0.8"
+currency = "KES"
+
+[circuit_breaker]
+failures = 2
+cooldown = "1m"
+
 [otp]
 ttl = "5m"
 default_region = "KE"
