@@ -66,6 +66,25 @@ enum Command {
     /// Inspect deliveries.
     #[command(subcommand)]
     Deliveries(DeliveriesCommand),
+    /// Talk to one provider directly.
+    #[command(subcommand)]
+    Providers(ProvidersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ProvidersCommand {
+    /// Send one test message through one provider, outside the queue (nothing
+    /// is recorded), and print its answer.
+    Test {
+        /// The provider's name in providers.toml.
+        name: String,
+        /// Phone number or email address.
+        #[arg(long)]
+        to: String,
+        /// Print the exact request, secrets masked, instead of sending it.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,12 +277,82 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app.db.close().await;
             Ok(())
         }
+        Command::Providers(ProvidersCommand::Test { name, to, dry_run }) => {
+            provider_test(&config, &name, &to, dry_run).await
+        }
         Command::Deliveries(cmd) => {
             let db = open(&cli.database_url, &config).await?;
             let out = deliveries(&db, cmd).await;
             db.close().await;
             out
         }
+    }
+}
+
+async fn provider_test(config: &Config, name: &str, to: &str, dry_run: bool) -> anyhow::Result<()> {
+    let Some(provider) = config.provider(name) else {
+        let names: Vec<&str> = config.providers.iter().map(|p| p.name.as_str()).collect();
+        bail!(
+            "no provider is named `{name}` (configured: {})",
+            names.join(", ")
+        );
+    };
+    let recipient = crate::domain::Recipient::parse(to, config.otp.default_region)
+        .map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+    if !provider.kind.channels().contains(&recipient.channel()) {
+        bail!(
+            "provider `{name}` ({}) cannot send {}",
+            provider.kind.as_str(),
+            recipient.channel()
+        );
+    }
+    let providers = crate::providers::Providers::from_config(config)?;
+    let handle = providers
+        .get(name)
+        .ok_or_else(|| anyhow::anyhow!("provider `{name}` was not built"))?;
+    let text = format!("Test message from tuma via {name}.");
+    let content = match &recipient {
+        crate::domain::Recipient::Phone(p) => crate::providers::Content::Sms {
+            to: p.clone(),
+            text,
+        },
+        crate::domain::Recipient::Email(e) => crate::providers::Content::Email {
+            to: e.clone(),
+            subject: "tuma test message".into(),
+            text,
+            html: None,
+        },
+    };
+    let message = crate::providers::OutgoingMessage {
+        delivery_id: format!("test-{}", uuid::Uuid::now_v7()),
+        kind: crate::domain::DeliveryKind::Notification,
+        content,
+    };
+    if dry_run {
+        println!("{}", handle.provider.dry_run(&message));
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(handle.timeout, handle.provider.send(&message)).await {
+        Ok(Ok(accepted)) => {
+            println!("accepted by {name} in {} ms", started.elapsed().as_millis());
+            println!("  message id  {}", accepted.provider_message_id);
+            if let Some(s) = accepted.provider_status {
+                println!("  status      {s}");
+            }
+            if let Some(c) = accepted.cost {
+                println!("  cost        {c}");
+            }
+            if let Some(s) = accepted.segments {
+                println!("  segments    {s}");
+            }
+            Ok(())
+        }
+        Ok(Err(e)) => bail!("{name} refused it: {e}"),
+        Err(_) => bail!(
+            "{name} did not answer within {}",
+            humantime::format_duration(handle.timeout)
+        ),
     }
 }
 
@@ -307,7 +396,22 @@ fn check(config: Config) -> anyhow::Result<()> {
             r.providers.join(" -> ")
         );
     }
+    if !config.prices.is_empty() {
+        println!();
+        println!("prices (estimates where a provider does not say its cost):");
+        for p in &config.prices {
+            println!(
+                "  {:<16} {:<8} {} per segment",
+                p.provider, p.prefix, p.per_segment
+            );
+        }
+    }
     println!();
+    println!(
+        "circuit breaker: {} transient failures in a row skip a provider for {}",
+        config.circuit_breaker.failures,
+        humantime::format_duration(config.circuit_breaker.cooldown)
+    );
     println!(
         "retry: {} attempts, {} doubling to {}{}",
         config.retry.max_attempts,
