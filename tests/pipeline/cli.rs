@@ -309,3 +309,50 @@ async fn a_worker_killed_mid_run_finishes_every_delivery_after_a_restart(backend
     assert_eq!(job_rows(&app.db).await, 0);
 }
 on_both_backends!(a_worker_killed_mid_run_finishes_every_delivery_after_a_restart);
+
+#[test]
+fn a_provider_can_be_tried_directly_or_shown_as_a_dry_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = write_config(dir.path(), 6);
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let shown = run_ok(tuma(&config, &url).args([
+        "providers",
+        "test",
+        "primary",
+        "--to",
+        "0711000001",
+        "--dry-run",
+    ]));
+    assert!(shown.contains("\"to\": \"+254711000001\""), "{shown}");
+    assert!(
+        shown.contains("Test message from tuma via primary."),
+        "{shown}"
+    );
+    assert!(
+        !dir.path().join("outbox").read_dir().unwrap().any(|_| true),
+        "a dry run writes nothing"
+    );
+
+    let sent = run_ok(tuma(&config, &url).args([
+        "providers",
+        "test",
+        "backup",
+        "--to",
+        "amina@example.org",
+    ]));
+    assert!(sent.starts_with("accepted by backup"), "{sent}");
+    assert_eq!(
+        dir.path().join("outbox-backup").read_dir().unwrap().count(),
+        1
+    );
+    assert!(!dir.path().join("t.db").exists(), "nothing is recorded");
+
+    let out = tuma(&config, &url)
+        .args(["providers", "test", "nope", "--to", "0711000001"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no provider is named `nope` (configured: primary, backup)")
+    );
+}
