@@ -4,6 +4,7 @@
 //! classifies the answer. Adapters never touch the database: the dispatcher
 //! records what they return.
 
+pub mod africastalking;
 pub mod outbox;
 
 use std::collections::HashMap;
