@@ -376,6 +376,15 @@ fn check(config: Config) -> anyhow::Result<()> {
     for p in &config.providers {
         let detail = match &p.kind {
             ProviderKind::Outbox(c) => format!("writes to {}", c.dir.display()),
+            ProviderKind::AfricasTalking(c) => format!(
+                "{} as {}{}",
+                c.base_url,
+                c.username,
+                c.sender_id
+                    .as_deref()
+                    .map(|s| format!(", sender id {s}"))
+                    .unwrap_or_default()
+            ),
         };
         println!(
             "  {:<16} {:<15} {}/s (burst {}), timeout {}  {detail}",

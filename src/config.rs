@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::domain::Channel;
 use crate::domain::money::Money;
 use crate::domain::phone::Region;
+use crate::providers::africastalking::AfricasTalkingConfig;
 use crate::providers::outbox::OutboxConfig;
 
 /// A configuration problem: which file, which key, and why.
@@ -90,6 +91,8 @@ pub struct ProviderConfig {
 pub enum ProviderKind {
     /// Writes each message as a file: the development default.
     Outbox(OutboxConfig),
+    /// Africa's Talking SMS.
+    AfricasTalking(AfricasTalkingConfig),
 }
 
 impl ProviderKind {
@@ -97,6 +100,7 @@ impl ProviderKind {
     pub fn as_str(&self) -> &'static str {
         match self {
             ProviderKind::Outbox(_) => "outbox",
+            ProviderKind::AfricasTalking(_) => "africastalking",
         }
     }
 
@@ -104,6 +108,7 @@ impl ProviderKind {
     pub fn channels(&self) -> &'static [Channel] {
         match self {
             ProviderKind::Outbox(_) => &[Channel::Sms, Channel::Email],
+            ProviderKind::AfricasTalking(_) => &[Channel::Sms],
         }
     }
 }
@@ -239,7 +244,11 @@ impl Config {
                 "outbox" => ProviderKind::Outbox(
                     OutboxConfig::from_table(p.rest, &base).map_err(|(k, r)| err(&key(&k), r))?,
                 ),
-                "smtp" | "africastalking" | "twilio" => {
+                "africastalking" => ProviderKind::AfricasTalking(
+                    AfricasTalkingConfig::from_table(p.rest, &base)
+                        .map_err(|(k, r)| err(&key(&k), r))?,
+                ),
+                "smtp" | "twilio" => {
                     return Err(err(
                         &key("kind"),
                         format!(

@@ -254,13 +254,17 @@ impl Providers {
             ..Providers::default()
         };
         for p in &config.providers {
+            let failed = |reason| BuildError {
+                name: p.name.clone(),
+                reason,
+            };
             let adapter: Arc<dyn Provider> = match &p.kind {
                 ProviderKind::Outbox(c) => {
-                    Arc::new(outbox::Outbox::new(c.clone()).map_err(|reason| BuildError {
-                        name: p.name.clone(),
-                        reason,
-                    })?)
+                    Arc::new(outbox::Outbox::new(c.clone()).map_err(failed)?)
                 }
+                ProviderKind::AfricasTalking(c) => Arc::new(
+                    africastalking::AfricasTalking::new(c.clone(), p.timeout).map_err(failed)?,
+                ),
             };
             providers.insert(&p.name, adapter, p.rate_limit, p.timeout);
         }
