@@ -6,6 +6,7 @@
 
 pub mod africastalking;
 pub mod outbox;
+pub mod twilio;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,0 +1,1235 @@
+//! Twilio adapter tests. The HTTP doubles bind 127.0.0.1 and answer as Twilio
+//! does (status codes, content types, field types), and assert the exact request.
+
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use secrecy::SecretString;
+use wiremock::matchers::{header, method, path};
+use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};
+
+use super::*;
+use crate::domain::DeliveryKind;
+use crate::domain::email::EmailAddress;
+use crate::domain::phone::PhoneNumber;
+use crate::providers::{Content, OutgoingMessage, Provider, SendError};
+
+const ACCOUNT_SID: &str = "ACa1b2c3d4e5f60718293a4b5c6d7e8f90";
+const AUTH_TOKEN: &str = "f3a9c1e0d2b4a6c8e0f1a2b3c4d5e6f7";
+/// `Basic base64(ACCOUNT_SID:AUTH_TOKEN)`.
+const AUTH_HEADER: &str = "Basic QUNhMWIyYzNkNGU1ZjYwNzE4MjkzYTRiNWM2ZDdlOGY5MDpmM2E5YzFlMGQyYjRhNmM4ZTBmMWEyYjNjNGQ1ZTZmNw==";
+const API_KEY_SID: &str = "SK0123456789abcdef0123456789abcdef";
+const API_KEY_SECRET: &str = "k3y-s3cret-9f8e7d6c5b4a";
+/// `Basic base64(API_KEY_SID:API_KEY_SECRET)`.
+const API_KEY_HEADER: &str =
+    "Basic U0swMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZjprM3ktczNjcmV0LTlmOGU3ZDZjNWI0YQ==";
+const SERVICE_SID: &str = "MG9f8e7d6c5b4a39281706f5e4d3c2b1a0";
+const MESSAGE_SID: &str = "SM3f1c2b7a9e8d4c6b5a4f3e2d1c0b9a87";
+const FROM: &str = "+15005550006";
+const TO: &str = "+254711000001";
+const TEXT: &str = "Your MtaaDAO code is 493817. It expires in 5 minutes.";
+
+/// Every secret a test could leak, and their encodings on the wire.
+const SECRETS: [&str; 4] = [AUTH_TOKEN, API_KEY_SECRET, AUTH_HEADER, API_KEY_HEADER];
+
+fn messages_path() -> String {
+    format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json")
+}
+
+fn fake_env(var: &str) -> Result<SecretString, String> {
+    match var {
+        "TWILIO_AUTH_TOKEN" => Ok(SecretString::from(AUTH_TOKEN)),
+        "TWILIO_API_KEY_SECRET" => Ok(SecretString::from(API_KEY_SECRET)),
+        _ => Err(format!("environment variable {var} is not set")),
+    }
+}
+
+/// The keys of the first `[[provider]]` of a providers.toml snippet, less
+/// those the owner's loader handles.
+fn provider_table(toml_text: &str) -> toml::Table {
+    let mut doc: toml::Table = toml_text.parse().expect("valid TOML");
+    let providers = doc.remove("provider").expect("a [[provider]]");
+    let mut table = providers
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|p| p.as_table())
+        .cloned()
+        .expect("a provider table");
+    for key in ["name", "kind", "rate_limit", "timeout"] {
+        table.remove(key);
+    }
+    table
+}
+
+fn load(toml_text: &str) -> Result<TwilioConfig, (String, String)> {
+    TwilioConfig::from_table_with_env(provider_table(toml_text), Path::new("."), fake_env)
+}
+
+fn snippet(keys: &str) -> String {
+    format!("[[provider]]\nname = \"twilio\"\nkind = \"twilio\"\ntimeout = \"10s\"\n{keys}\n")
+}
+
+fn load_keys(keys: &str) -> Result<TwilioConfig, (String, String)> {
+    load(&snippet(keys))
+}
+
+fn load_err(keys: &str) -> (String, String) {
+    load_keys(keys).expect_err("the config is refused")
+}
+
+fn config(base_url: &str) -> TwilioConfig {
+    TwilioConfig {
+        account_sid: ACCOUNT_SID.into(),
+        auth: TwilioAuth::AuthToken(SecretString::from(AUTH_TOKEN)),
+        sender: TwilioSender::From(FROM.into()),
+        base_url: base_url.parse().expect("URL"),
+        status_callback_url: None,
+        validity_period: None,
+    }
+}
+
+fn provider(server: &MockServer) -> Twilio {
+    Twilio::new(config(&server.uri()), Duration::from_secs(5)).expect("client")
+}
+
+fn sms(text: &str) -> OutgoingMessage {
+    OutgoingMessage {
+        delivery_id: "01JDELIVERY0000000000000001".into(),
+        kind: DeliveryKind::Otp,
+        content: Content::Sms {
+            to: PhoneNumber::parse_e164(TO).expect("number"),
+            text: text.into(),
+        },
+    }
+}
+
+fn email() -> OutgoingMessage {
+    OutgoingMessage {
+        delivery_id: "01JDELIVERY0000000000000002".into(),
+        kind: DeliveryKind::Notification,
+        content: Content::Email {
+            to: EmailAddress::parse("wanjiku@example.org").expect("address"),
+            subject: "Welcome".into(),
+            text: "Hello".into(),
+            html: None,
+        },
+    }
+}
+
+/// Matches a form-encoded body holding exactly these fields, in any order.
+struct FormIs(Vec<(String, String)>);
+
+impl FormIs {
+    fn new(fields: &[(&str, &str)]) -> FormIs {
+        let mut fields: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        fields.sort();
+        FormIs(fields)
+    }
+}
+
+impl Match for FormIs {
+    fn matches(&self, request: &Request) -> bool {
+        let Ok(body) = std::str::from_utf8(&request.body) else {
+            return false;
+        };
+        let mut fields: Vec<(String, String)> = body
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (form_decode(k), form_decode(v))
+            })
+            .collect();
+        fields.sort();
+        fields == self.0
+    }
+}
+
+/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte.
+fn form_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What Twilio answers to a create: 201, `num_segments` a string, `price` null.
+fn created_body() -> String {
+    serde_json::json!({
+        "account_sid": ACCOUNT_SID,
+        "api_version": "2010-04-01",
+        "body": TEXT,
+        "date_created": "Thu, 26 Nov 2026 10:00:00 +0000",
+        "date_sent": null,
+        "date_updated": "Thu, 26 Nov 2026 10:00:00 +0000",
+        "direction": "outbound-api",
+        "error_code": null,
+        "error_message": null,
+        "from": FROM,
+        "messaging_service_sid": null,
+        "num_media": "0",
+        "num_segments": "1",
+        "price": null,
+        "price_unit": "USD",
+        "sid": MESSAGE_SID,
+        "status": "queued",
+        "subresource_uris": {
+            "media": format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{MESSAGE_SID}/Media.json")
+        },
+        "to": TO,
+        "uri": format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{MESSAGE_SID}.json")
+    })
+    .to_string()
+}
+
+/// Twilio's error body.
+fn error_body(code: i64, message: &str, status: u16) -> String {
+    serde_json::json!({
+        "code": code,
+        "message": message,
+        "more_info": format!("https://www.twilio.com/docs/errors/{code}"),
+        "status": status
+    })
+    .to_string()
+}
+
+fn json_answer(status: u16, body: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_raw(body.to_owned(), "application/json")
+}
+
+/// Mounts a double that expects exactly the default send of [`TEXT`] once.
+async fn expect_default_send(server: &MockServer, answer: ResponseTemplate) {
+    Mock::given(method("POST"))
+        .and(path(messages_path()))
+        .and(header("authorization", AUTH_HEADER))
+        .and(header("accept", "application/json"))
+        .and(header("content-type", "application/x-www-form-urlencoded"))
+        .and(FormIs::new(&[("To", TO), ("From", FROM), ("Body", TEXT)]))
+        .respond_with(answer)
+        .expect(1)
+        .mount(server)
+        .await;
+}
+
+/// Sends [`TEXT`] to a double answering `answer`, asserting the request.
+async fn send_answered(answer: ResponseTemplate) -> Result<crate::providers::Accepted, SendError> {
+    let server = MockServer::start().await;
+    expect_default_send(&server, answer).await;
+    provider(&server).send(&sms(TEXT)).await
+}
+
+fn assert_no_secret(text: &str) {
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "{text:?} holds a secret");
+    }
+}
+
+fn assert_permanent(result: &Result<crate::providers::Accepted, SendError>, code: Option<&str>) {
+    match result {
+        Err(SendError::Permanent { code: got, .. }) => assert_eq!(got.as_deref(), code),
+        other => panic!("expected a permanent error with code {code:?}, got {other:?}"),
+    }
+}
+
+fn assert_transient(result: &Result<crate::providers::Accepted, SendError>, code: Option<&str>) {
+    match result {
+        Err(SendError::Transient { code: got, .. }) => assert_eq!(got.as_deref(), code),
+        other => panic!("expected a transient error with code {code:?}, got {other:?}"),
+    }
+}
+
+fn message_of<T: std::fmt::Debug>(result: &Result<T, SendError>) -> String {
+    match result {
+        Err(e) => e.to_string(),
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
+// ---------------------------------------------------------------- config
+
+#[test]
+fn config_with_an_auth_token_and_a_from_number_parses_from_toml() {
+    let config = load_keys(&format!(
+        "account_sid = \"{ACCOUNT_SID}\"\nauth_token_env = \"TWILIO_AUTH_TOKEN\"\nfrom = \"+1 500 555 0006\""
+    ))
+    .expect("valid config");
+    assert_eq!(config.account_sid, ACCOUNT_SID);
+    assert!(matches!(config.auth, TwilioAuth::AuthToken(_)));
+    assert_eq!(config.auth.user(ACCOUNT_SID), ACCOUNT_SID);
+    assert_eq!(config.sender, TwilioSender::From(FROM.into()));
+    assert_eq!(config.base_url.as_str(), "https://api.twilio.com/");
+    assert_eq!(config.status_callback_url, None);
+    assert_eq!(config.validity_period, None);
+}
+
+#[test]
+fn config_with_an_api_key_a_messaging_service_and_every_option_parses_from_toml() {
+    let config = load_keys(&format!(
+        r#"account_sid = "{ACCOUNT_SID}"
+api_key_sid = "{API_KEY_SID}"
+api_key_secret_env = "TWILIO_API_KEY_SECRET"
+messaging_service_sid = "{SERVICE_SID}"
+base_url = "http://127.0.0.1:9000/twilio"
+status_callback_url = "https://tuma.example.org/receipts/twilio?key=abc"
+validity_period = "10m""#
+    ))
+    .expect("valid config");
+    match &config.auth {
+        TwilioAuth::ApiKey { sid, .. } => assert_eq!(sid, API_KEY_SID),
+        other => panic!("expected an API key, got {other:?}"),
+    }
+    assert_eq!(config.auth.user(ACCOUNT_SID), API_KEY_SID);
+    assert_eq!(
+        config.sender,
+        TwilioSender::MessagingService(SERVICE_SID.into())
+    );
+    assert_eq!(config.base_url.as_str(), "http://127.0.0.1:9000/twilio");
+    assert_eq!(
+        config.status_callback_url.map(|u| u.to_string()).as_deref(),
+        Some("https://tuma.example.org/receipts/twilio?key=abc")
+    );
+    assert_eq!(config.validity_period, Some(Duration::from_secs(600)));
+}
+
+#[test]
+fn config_accepts_short_codes_and_alphanumeric_sender_ids() {
+    for from in ["MtaaDAO", "Mtaa DAO 24", "22345"] {
+        let config = load_keys(&format!(
+            "account_sid = \"{ACCOUNT_SID}\"\nauth_token_env = \"TWILIO_AUTH_TOKEN\"\nfrom = \"{from}\""
+        ))
+        .expect("valid sender");
+        assert_eq!(config.sender, TwilioSender::From(from.into()));
+    }
+}
+
+#[test]
+fn an_unset_auth_token_variable_is_an_error_naming_the_key_and_the_variable() {
+    let table = provider_table(&snippet(&format!(
+        "account_sid = \"{ACCOUNT_SID}\"\nauth_token_env = \"TUMA_TEST_TWILIO_TOKEN_NEVER_SET_7F3A\"\nfrom = \"{FROM}\""
+    )));
+    let err = TwilioConfig::from_table(table, Path::new(".")).expect_err("unset variable");
+    assert_eq!(
+        err,
+        (
+            "auth_token_env".to_owned(),
+            "environment variable TUMA_TEST_TWILIO_TOKEN_NEVER_SET_7F3A is not set".to_owned()
+        )
+    );
+}
+
+#[test]
+fn an_unset_api_key_secret_variable_is_an_error_naming_the_key_and_the_variable() {
+    let err = load_err(&format!(
+        "account_sid = \"{ACCOUNT_SID}\"\napi_key_sid = \"{API_KEY_SID}\"\napi_key_secret_env = \"NO_SUCH_SECRET\"\nfrom = \"{FROM}\""
+    ));
+    assert_eq!(
+        err,
+        (
+            "api_key_secret_env".to_owned(),
+            "environment variable NO_SUCH_SECRET is not set".to_owned()
+        )
+    );
+}
+
+#[test]
+fn an_unknown_key_is_refused_by_name() {
+    let (key, reason) = load_err(&format!(
+        "account_sid = \"{ACCOUNT_SID}\"\nauth_token_env = \"TWILIO_AUTH_TOKEN\"\nfrom = \"{FROM}\"\nauth_token = \"oops\""
+    ));
+    assert_eq!(key, "auth_token");
+    assert!(reason.contains("unknown field"), "{reason}");
+}
+
+#[test]
+fn a_missing_account_sid_is_refused_by_name() {
+    let (key, _) = load_err(&format!(
+        "auth_token_env = \"TWILIO_AUTH_TOKEN\"\nfrom = \"{FROM}\""
+    ));
+    assert_eq!(key, "account_sid");
+}
+
+#[test]
+fn a_key_of_the_wrong_type_is_refused() {
+    let (key, reason) = load_err(&format!(
+        "account_sid = \"{ACCOUNT_SID}\"\nauth_token_env = \"TWILIO_AUTH_TOKEN\"\nfrom = \"{FROM}\"\nvalidity_period = 600"
+    ));
+    assert_eq!(key, "validity_period");
+    assert_eq!(reason, "invalid type: integer `600`, expected a string");
+}
+
+#[test]
+fn sids_must_carry_their_twilio_prefix() {
+    let cases = [
+        (
+            format!(
+                "account_sid = \"SKabc\"\nauth_token_env = \"TWILIO_AUTH_TOKEN\"\nfrom = \"{FROM}\""
+            ),
+            "account_sid",
+        ),
+        (
+            format!(
+                "account_sid = \"AC/../x\"\nauth_token_env = \"TWILIO_AUTH_TOKEN\"\nfrom = \"{FROM}\""
+            ),
+            "account_sid",
+        ),
+        (
+            format!(
+                "account_sid = \"{ACCOUNT_SID}\"\napi_key_sid = \"AC123\"\napi_key_secret_env = \"TWILIO_API_KEY_SECRET\"\nfrom = \"{FROM}\""
+            ),
+            "api_key_sid",
+        ),
+        (
+            format!(
+                "account_sid = \"{ACCOUNT_SID}\"\nauth_token_env = \"TWILIO_AUTH_TOKEN\"\nmessaging_service_sid = \"PN123\""
+            ),
+            "messaging_service_sid",
+        ),
+    ];
+    for (keys, expected) in cases {
+        let (key, reason) = load_err(&keys);
+        assert_eq!(key, expected, "{keys}");
+        assert!(reason.contains("is not a Twilio sid"), "{reason}");
+    }
+}
+
+#[test]
+fn both_auth_forms_at_once_are_refused() {
+    let (key, reason) = load_err(&format!(
+        "account_sid = \"{ACCOUNT_SID}\"\nauth_token_env = \"TWILIO_AUTH_TOKEN\"\napi_key_sid = \"{API_KEY_SID}\"\napi_key_secret_env = \"TWILIO_API_KEY_SECRET\"\nfrom = \"{FROM}\""
+    ));
+    assert_eq!(key, "auth_token_env");
+    assert!(
+        reason.contains("api_key_sid") && reason.contains("not both"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn no_auth_at_all_is_refused_naming_both_forms() {
+    let (key, reason) = load_err(&format!(
+        "account_sid = \"{ACCOUNT_SID}\"\nfrom = \"{FROM}\""
+    ));
+    assert_eq!(key, "auth_token_env");
+    assert!(
+        reason.contains("api_key_sid") && reason.contains("api_key_secret_env"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn half_an_api_key_is_refused_naming_the_missing_half() {
+    let (key, _) = load_err(&format!(
+        "account_sid = \"{ACCOUNT_SID}\"\napi_key_sid = \"{API_KEY_SID}\"\nfrom = \"{FROM}\""
+    ));
+    assert_eq!(key, "api_key_secret_env");
+    let (key, _) = load_err(&format!(
+        "account_sid = \"{ACCOUNT_SID}\"\napi_key_secret_env = \"TWILIO_API_KEY_SECRET\"\nfrom = \"{FROM}\""
+    ));
+    assert_eq!(key, "api_key_sid");
+}
+
+#[test]
+fn from_and_messaging_service_together_are_refused() {
+    let (key, reason) = load_err(&format!(
+        "account_sid = \"{ACCOUNT_SID}\"\nauth_token_env = \"TWILIO_AUTH_TOKEN\"\nfrom = \"{FROM}\"\nmessaging_service_sid = \"{SERVICE_SID}\""
+    ));
+    assert_eq!(key, "from");
+    assert!(
+        reason.contains("messaging_service_sid") && reason.contains("not both"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn neither_from_nor_messaging_service_is_refused() {
+    let (key, reason) = load_err(&format!(
+        "account_sid = \"{ACCOUNT_SID}\"\nauth_token_env = \"TWILIO_AUTH_TOKEN\""
+    ));
+    assert_eq!(key, "from");
+    assert!(reason.contains("messaging_service_sid"), "{reason}");
+}
+
+#[test]
+fn a_bad_from_is_refused() {
+    for from in ["+1 500", "TooLongSenderId", "Mtaa-DAO", ""] {
+        let (key, _) = load_err(&format!(
+            "account_sid = \"{ACCOUNT_SID}\"\nauth_token_env = \"TWILIO_AUTH_TOKEN\"\nfrom = \"{from}\""
+        ));
+        assert_eq!(key, "from", "{from:?}");
+    }
+}
+
+#[test]
+fn urls_must_be_http_or_https() {
+    let base = format!(
+        "account_sid = \"{ACCOUNT_SID}\"\nauth_token_env = \"TWILIO_AUTH_TOKEN\"\nfrom = \"{FROM}\""
+    );
+    for (extra, expected) in [
+        ("base_url = \"ftp://api.twilio.com\"", "base_url"),
+        ("base_url = \"api.twilio.com\"", "base_url"),
+        ("base_url = \"https://api.twilio.com/?x=1\"", "base_url"),
+        (
+            "status_callback_url = \"mailto:ops@example.org\"",
+            "status_callback_url",
+        ),
+        ("status_callback_url = \"/receipts\"", "status_callback_url"),
+    ] {
+        let (key, _) = load_err(&format!("{base}\n{extra}"));
+        assert_eq!(key, expected, "{extra}");
+    }
+}
+
+#[test]
+fn validity_period_must_be_whole_seconds_from_1_to_36000() {
+    let base = format!(
+        "account_sid = \"{ACCOUNT_SID}\"\nauth_token_env = \"TWILIO_AUTH_TOKEN\"\nfrom = \"{FROM}\""
+    );
+    for bad in ["0s", "36001s", "1500ms", "10 parsecs"] {
+        let (key, _) = load_err(&format!("{base}\nvalidity_period = \"{bad}\""));
+        assert_eq!(key, "validity_period", "{bad}");
+    }
+    for (good, secs) in [("1s", 1), ("10h", 36_000), ("90s", 90)] {
+        let config =
+            load_keys(&format!("{base}\nvalidity_period = \"{good}\"")).expect("valid period");
+        assert_eq!(config.validity_period, Some(Duration::from_secs(secs)));
+    }
+}
+
+#[test]
+fn debug_of_the_config_and_the_provider_shows_no_secret() {
+    let token = load_keys(&format!(
+        "account_sid = \"{ACCOUNT_SID}\"\nauth_token_env = \"TWILIO_AUTH_TOKEN\"\nfrom = \"{FROM}\""
+    ))
+    .expect("valid config");
+    let key = load_keys(&format!(
+        "account_sid = \"{ACCOUNT_SID}\"\napi_key_sid = \"{API_KEY_SID}\"\napi_key_secret_env = \"TWILIO_API_KEY_SECRET\"\nfrom = \"{FROM}\""
+    ))
+    .expect("valid config");
+    for config in [token, key] {
+        let shown = format!("{config:?}");
+        assert!(shown.contains(ACCOUNT_SID), "{shown}");
+        assert_no_secret(&shown);
+        let twilio = Twilio::new(config, Duration::from_secs(5)).expect("client");
+        assert_no_secret(&format!("{twilio:?}"));
+    }
+}
+
+// ---------------------------------------------------------------- sending
+
+#[tokio::test]
+async fn a_201_records_the_sid_status_and_string_segment_count_without_a_cost() {
+    let accepted = send_answered(json_answer(201, &created_body()))
+        .await
+        .expect("accepted");
+    assert_eq!(accepted.provider_message_id, MESSAGE_SID);
+    assert_eq!(accepted.provider_status.as_deref(), Some("queued"));
+    assert_eq!(accepted.segments, Some(1));
+    assert_eq!(accepted.cost, None);
+}
+
+#[tokio::test]
+async fn an_api_key_authenticates_as_the_key_with_the_account_still_in_the_path() {
+    let server = MockServer::start().await;
+    let callback = "https://tuma.example.org/receipts/twilio?key=abc";
+    Mock::given(method("POST"))
+        .and(path(messages_path()))
+        .and(header("authorization", API_KEY_HEADER))
+        .and(header("accept", "application/json"))
+        .and(header("content-type", "application/x-www-form-urlencoded"))
+        .and(FormIs::new(&[
+            ("To", TO),
+            ("MessagingServiceSid", SERVICE_SID),
+            ("Body", TEXT),
+            ("StatusCallback", callback),
+            ("ValidityPeriod", "600"),
+        ]))
+        .respond_with(json_answer(
+            201,
+            &created_body().replace("\"queued\"", "\"accepted\""),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let config = TwilioConfig {
+        auth: TwilioAuth::ApiKey {
+            sid: API_KEY_SID.into(),
+            secret: SecretString::from(API_KEY_SECRET),
+        },
+        sender: TwilioSender::MessagingService(SERVICE_SID.into()),
+        status_callback_url: Some(callback.parse().expect("URL")),
+        validity_period: Some(Duration::from_secs(600)),
+        ..config(&server.uri())
+    };
+    let twilio = Twilio::new(config, Duration::from_secs(5)).expect("client");
+    let accepted = twilio.send(&sms(TEXT)).await.expect("accepted");
+    assert_eq!(accepted.provider_status.as_deref(), Some("accepted"));
+}
+
+#[tokio::test]
+async fn a_base_url_with_a_path_and_trailing_slash_keeps_its_path() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/proxy{}", messages_path())))
+        .respond_with(json_answer(201, &created_body()))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let twilio = Twilio::new(
+        config(&format!("{}/proxy/", server.uri())),
+        Duration::from_secs(5),
+    )
+    .expect("client");
+    twilio.send(&sms(TEXT)).await.expect("accepted");
+}
+
+#[tokio::test]
+async fn unicode_text_is_sent_as_is_and_twilio_segments_are_recorded() {
+    let text = "Karibu! Msimbo wako ni 493817 \u{1F600} «ok»";
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(messages_path()))
+        .and(FormIs::new(&[("To", TO), ("From", FROM), ("Body", text)]))
+        .respond_with(json_answer(
+            201,
+            &created_body().replace("\"num_segments\":\"1\"", "\"num_segments\":\"2\""),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let accepted = provider(&server).send(&sms(text)).await.expect("accepted");
+    assert_eq!(accepted.segments, Some(2));
+}
+
+#[tokio::test]
+async fn a_price_in_the_answer_is_recorded_as_its_absolute_value_exactly() {
+    let body = created_body().replace("\"price\":null", "\"price\":\"-0.00750\"");
+    let accepted = send_answered(json_answer(201, &body))
+        .await
+        .expect("accepted");
+    let cost = accepted.cost.expect("a cost");
+    assert_eq!(cost.micros, 7_500);
+    assert_eq!(cost.currency.as_str(), "USD");
+}
+
+#[tokio::test]
+async fn a_numeric_segment_count_and_unknown_fields_are_tolerated() {
+    let body = serde_json::json!({
+        "sid": MESSAGE_SID,
+        "status": "queued",
+        "num_segments": 3,
+        "price": null,
+        "something_new": {"nested": [1, 2, 3]}
+    })
+    .to_string();
+    let accepted = send_answered(json_answer(201, &body))
+        .await
+        .expect("accepted");
+    assert_eq!(accepted.segments, Some(3));
+    assert_eq!(accepted.cost, None);
+}
+
+#[tokio::test]
+async fn a_success_with_only_a_sid_is_accepted() {
+    let body = format!("{{\"sid\":\"{MESSAGE_SID}\"}}");
+    let accepted = send_answered(json_answer(201, &body))
+        .await
+        .expect("accepted");
+    assert_eq!(accepted.provider_message_id, MESSAGE_SID);
+    assert_eq!(accepted.provider_status, None);
+    assert_eq!(accepted.segments, None);
+    assert_eq!(accepted.cost, None);
+}
+
+#[tokio::test]
+async fn an_unreadable_price_or_segment_count_leaves_them_unknown() {
+    let body = created_body()
+        .replace("\"price\":null", "\"price\":\"about a cent\"")
+        .replace("\"num_segments\":\"1\"", "\"num_segments\":\"one\"");
+    let accepted = send_answered(json_answer(201, &body))
+        .await
+        .expect("accepted");
+    assert_eq!(accepted.cost, None);
+    assert_eq!(accepted.segments, None);
+}
+
+#[tokio::test]
+async fn a_success_without_a_sid_is_transient_and_quotes_the_body() {
+    let body = created_body().replace("\"sid\"", "\"message_sid\"");
+    let result = send_answered(json_answer(201, &body)).await;
+    assert_transient(&result, None);
+    let message = message_of(&result);
+    assert!(message.contains("no message `sid`"), "{message}");
+    assert!(message.contains("message_sid"), "{message}");
+}
+
+#[tokio::test]
+async fn a_malformed_json_success_is_transient_and_quotes_the_body() {
+    let result = send_answered(json_answer(201, "{\"sid\": \"SM3f1c")).await;
+    assert_transient(&result, None);
+    let message = message_of(&result);
+    assert!(message.contains("not a JSON object"), "{message}");
+    assert!(message.contains("{\"sid\": \"SM3f1c"), "{message}");
+}
+
+#[tokio::test]
+async fn an_empty_success_body_is_transient() {
+    let result = send_answered(ResponseTemplate::new(201)).await;
+    assert_transient(&result, None);
+    assert!(message_of(&result).contains("an empty body"));
+}
+
+#[tokio::test]
+async fn a_long_unexpected_body_is_cut_to_500_characters() {
+    let body = "x".repeat(5_000);
+    let result =
+        send_answered(ResponseTemplate::new(502).set_body_raw(body, "text/html; charset=utf-8"))
+            .await;
+    assert_transient(&result, None);
+    let message = message_of(&result);
+    assert!(
+        message.contains(&format!("{}…", "x".repeat(500))),
+        "{message}"
+    );
+    assert!(!message.contains(&"x".repeat(501)), "{message}");
+}
+
+// ------------------------------------------- the classification table, row by row
+
+#[tokio::test]
+async fn code_20003_with_401_is_permanent_and_alerts() {
+    let body = serde_json::json!({
+        "code": 20003,
+        "detail": "Your AccountSid or AuthToken was incorrect.",
+        "message": "Authentication Error - invalid username",
+        "more_info": "https://www.twilio.com/docs/errors/20003",
+        "status": 401
+    })
+    .to_string();
+    let answer =
+        json_answer(401, &body).insert_header("www-authenticate", "Basic realm=\"Twilio API\"");
+    let result = send_answered(answer).await;
+    assert_permanent(&result, Some("20003"));
+    let message = message_of(&result);
+    assert!(message.contains("refused the credentials"), "{message}");
+    assert!(message.contains("Authentication Error"), "{message}");
+}
+
+#[test]
+fn a_credentials_refusal_is_logged_as_an_error_without_the_secret() {
+    let captured = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || Capture(sink.clone()))
+        .with_ansi(false)
+        .finish();
+    let body = error_body(20003, "Authentication Error - invalid username", 401);
+    let result =
+        tracing::subscriber::with_default(subscriber, || classify(StatusCode::UNAUTHORIZED, &body));
+    assert_permanent(&result, Some("20003"));
+    let logs = String::from_utf8(captured.lock().expect("lock").clone()).expect("UTF-8");
+    assert!(logs.contains("ERROR"), "{logs}");
+    assert!(logs.contains("refused the credentials"), "{logs}");
+    assert_no_secret(&logs);
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_401_without_a_json_body_is_permanent() {
+    let answer = ResponseTemplate::new(401).set_body_raw("Unauthorized", "text/plain");
+    let result = send_answered(answer).await;
+    assert_permanent(&result, None);
+    assert!(message_of(&result).contains("body: Unauthorized"));
+}
+
+#[tokio::test]
+async fn code_20429_with_429_is_transient() {
+    let body = error_body(20429, "Too Many Requests", 429);
+    let result = send_answered(json_answer(429, &body)).await;
+    assert_transient(&result, Some("20429"));
+}
+
+#[tokio::test]
+async fn a_429_without_a_body_is_transient() {
+    let result = send_answered(ResponseTemplate::new(429)).await;
+    assert_transient(&result, None);
+    assert!(message_of(&result).contains("(empty body)"));
+}
+
+#[tokio::test]
+async fn code_20500_with_500_is_transient() {
+    let body = error_body(20500, "An internal server error has occurred", 500);
+    let result = send_answered(json_answer(500, &body)).await;
+    assert_transient(&result, Some("20500"));
+    assert!(message_of(&result).contains("may or may not have been created"));
+}
+
+#[tokio::test]
+async fn any_5xx_is_transient_even_with_a_non_json_body() {
+    for status in [502, 503, 504] {
+        let answer = ResponseTemplate::new(status)
+            .set_body_raw("<html>Service Unavailable</html>", "text/html");
+        let result = send_answered(answer).await;
+        assert_transient(&result, None);
+        assert!(message_of(&result).contains("Service Unavailable"));
+    }
+}
+
+#[tokio::test]
+async fn code_21211_invalid_to_number_is_permanent() {
+    let body = error_body(
+        21211,
+        "The 'To' number +254711000001 is not a valid phone number.",
+        400,
+    );
+    let result = send_answered(json_answer(400, &body)).await;
+    assert_permanent(&result, Some("21211"));
+    let message = message_of(&result);
+    assert!(message.contains("is not a valid phone number"), "{message}");
+    assert!(message.contains("HTTP 400"), "{message}");
+}
+
+#[tokio::test]
+async fn code_21408_region_not_enabled_is_permanent() {
+    let body = error_body(
+        21408,
+        "Permission to send an SMS has not been enabled for the region indicated by the 'To' number: +254711000001",
+        400,
+    );
+    let result = send_answered(json_answer(400, &body)).await;
+    assert_permanent(&result, Some("21408"));
+    assert!(message_of(&result).contains("geo permissions"));
+}
+
+#[tokio::test]
+async fn code_21610_recipient_replied_stop_is_permanent() {
+    let body = error_body(21610, "Attempt to send to unsubscribed recipient", 400);
+    let result = send_answered(json_answer(400, &body)).await;
+    assert_permanent(&result, Some("21610"));
+    assert!(message_of(&result).contains("replied STOP"));
+}
+
+#[tokio::test]
+async fn code_21614_not_a_mobile_number_is_permanent() {
+    let body = error_body(21614, "'To' number is not a valid mobile number", 400);
+    let result = send_answered(json_answer(400, &body)).await;
+    assert_permanent(&result, Some("21614"));
+    assert!(message_of(&result).contains("not a mobile number"));
+}
+
+#[tokio::test]
+async fn another_4xx_code_is_permanent_and_keeps_the_code() {
+    let body = error_body(
+        21606,
+        "The From phone number is not a valid, SMS-capable inbound phone number or short code for your account.",
+        400,
+    );
+    let result = send_answered(json_answer(400, &body)).await;
+    assert_permanent(&result, Some("21606"));
+    assert!(message_of(&result).contains("Twilio refused the request"));
+}
+
+#[tokio::test]
+async fn a_non_json_4xx_is_permanent_with_the_body() {
+    let answer = ResponseTemplate::new(400).set_body_raw("Bad Request", "text/plain");
+    let result = send_answered(answer).await;
+    assert_permanent(&result, None);
+    assert!(message_of(&result).contains("body: Bad Request"));
+}
+
+#[tokio::test]
+async fn a_404_with_code_20404_is_permanent() {
+    let body = error_body(20404, "The requested resource was not found", 404);
+    let result = send_answered(json_answer(404, &body)).await;
+    assert_permanent(&result, Some("20404"));
+}
+
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_is_transient() {
+    let answer = ResponseTemplate::new(302).insert_header("location", "https://elsewhere.example/");
+    let result = send_answered(answer).await;
+    assert_transient(&result, None);
+    assert!(message_of(&result).contains("unexpected answer"));
+}
+
+#[test]
+fn a_json_error_whose_code_is_a_string_is_still_classified() {
+    let body = r#"{"code":"21211","message":"invalid","status":400}"#;
+    let result = classify(StatusCode::BAD_REQUEST, body);
+    assert_permanent(&result, Some("21211"));
+}
+
+#[test]
+fn the_http_status_wins_for_5xx_whatever_the_code() {
+    let body = error_body(21211, "odd", 503);
+    assert_transient(
+        &classify(StatusCode::SERVICE_UNAVAILABLE, &body),
+        Some("21211"),
+    );
+}
+
+#[test]
+fn no_body_of_any_shape_makes_classify_panic() {
+    let bodies = [
+        "",
+        " ",
+        "null",
+        "[]",
+        "42",
+        "\"text\"",
+        "{",
+        "{}",
+        "{\"code\":null}",
+        "{\"code\":1e400}",
+        "{\"code\":-1,\"message\":7}",
+        "{\"sid\":5}",
+        "{\"sid\":\"\"}",
+        "\u{0}\u{1}",
+        "{\"price\":\"-99999999999999999999\",\"price_unit\":\"USD\",\"sid\":\"SM1\"}",
+        "{\"price\":\"-9223372036854.775808\",\"price_unit\":\"USD\",\"sid\":\"SM1\"}",
+        "{\"num_segments\":\"-1\",\"sid\":\"SM1\"}",
+        "{\"num_segments\":99999999999,\"sid\":\"SM1\"}",
+    ];
+    for status in [200, 201, 204, 302, 400, 401, 404, 429, 500, 503, 599] {
+        let status = StatusCode::from_u16(status).expect("status");
+        for body in bodies {
+            let _ = classify(status, body);
+            let _ = classify_fetched(status, body);
+        }
+    }
+}
+
+// ------------------------------------------------------- network failures
+
+#[tokio::test]
+async fn a_timeout_is_transient() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(messages_path()))
+        .respond_with(json_answer(201, &created_body()).set_delay(Duration::from_secs(3)))
+        .mount(&server)
+        .await;
+    let twilio = Twilio::new(config(&server.uri()), Duration::from_millis(300)).expect("client");
+    let result = twilio.send(&sms(TEXT)).await;
+    assert_transient(&result, None);
+    let message = message_of(&result);
+    assert!(message.contains("did not answer within 300ms"), "{message}");
+    assert_no_secret(&message);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_transient() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    drop(listener);
+    let twilio =
+        Twilio::new(config(&format!("http://{address}")), Duration::from_secs(2)).expect("client");
+    let result = twilio.send(&sms(TEXT)).await;
+    assert_transient(&result, None);
+    let message = message_of(&result);
+    assert!(message.contains("no answer from 127.0.0.1"), "{message}");
+    assert_no_secret(&message);
+    assert_no_secret(&format!("{result:?}"));
+}
+
+// ---------------------------------------------------- refused before sending
+
+#[tokio::test]
+async fn an_email_is_a_permanent_error_and_nothing_is_sent() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(json_answer(201, &created_body()))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let result = provider(&server).send(&email()).await;
+    assert_permanent(&result, None);
+    assert!(message_of(&result).contains("SMS only"));
+}
+
+#[tokio::test]
+async fn a_text_over_1600_characters_is_permanent_and_nothing_is_sent() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(json_answer(201, &created_body()))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let result = provider(&server).send(&sms(&"é".repeat(1601))).await;
+    assert_permanent(&result, None);
+    assert!(message_of(&result).contains("1601 characters"));
+}
+
+#[tokio::test]
+async fn a_text_of_exactly_1600_characters_is_sent() {
+    let text = "é".repeat(1600);
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(FormIs::new(&[("To", TO), ("From", FROM), ("Body", &text)]))
+        .respond_with(json_answer(201, &created_body()))
+        .expect(1)
+        .mount(&server)
+        .await;
+    provider(&server).send(&sms(&text)).await.expect("accepted");
+}
+
+// ------------------------------------------------------------------ secrets
+
+#[tokio::test]
+async fn no_error_message_holds_a_secret() {
+    let answers = [
+        json_answer(
+            401,
+            &error_body(20003, "Authentication Error - invalid username", 401),
+        ),
+        json_answer(400, &error_body(21211, "invalid", 400)),
+        json_answer(429, &error_body(20429, "Too Many Requests", 429)),
+        json_answer(500, &error_body(20500, "internal", 500)),
+        ResponseTemplate::new(401).set_body_raw("Unauthorized", "text/plain"),
+        ResponseTemplate::new(201).set_body_raw("not json", "text/plain"),
+        ResponseTemplate::new(429),
+    ];
+    for answer in answers {
+        let result = send_answered(answer).await;
+        let error = result.expect_err("an error");
+        assert_no_secret(&error.to_string());
+        assert_no_secret(&format!("{error:?}"));
+    }
+}
+
+#[test]
+fn dry_run_shows_the_exact_request_with_secrets_masked() {
+    let config = TwilioConfig {
+        status_callback_url: Some(
+            "https://tuma.example.org/receipts/twilio"
+                .parse()
+                .expect("URL"),
+        ),
+        validity_period: Some(Duration::from_secs(300)),
+        ..config("https://api.twilio.com")
+    };
+    let twilio = Twilio::new(config, Duration::from_secs(5)).expect("client");
+    let shown = twilio.dry_run(&sms(TEXT));
+    assert_no_secret(&shown);
+    assert!(
+        shown.starts_with(&format!(
+            "POST https://api.twilio.com/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json\n"
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!(
+            "authorization: Basic **** (user {ACCOUNT_SID}, password ****)"
+        )),
+        "{shown}"
+    );
+    assert!(shown.contains("accept: application/json"), "{shown}");
+    assert!(
+        shown.contains("content-type: application/x-www-form-urlencoded"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(
+            "To=%2B254711000001&From=%2B15005550006&Body=Your+MtaaDAO+code+is+493817.+It+expires+in+5+minutes.&StatusCallback=https%3A%2F%2Ftuma.example.org%2Freceipts%2Ftwilio&ValidityPeriod=300"
+        ),
+        "{shown}"
+    );
+}
+
+#[test]
+fn dry_run_with_an_api_key_masks_the_key_secret() {
+    let config = TwilioConfig {
+        auth: TwilioAuth::ApiKey {
+            sid: API_KEY_SID.into(),
+            secret: SecretString::from(API_KEY_SECRET),
+        },
+        ..config("https://api.twilio.com")
+    };
+    let twilio = Twilio::new(config, Duration::from_secs(5)).expect("client");
+    let shown = twilio.dry_run(&sms(TEXT));
+    assert_no_secret(&shown);
+    assert!(
+        shown.contains(&format!("(user {API_KEY_SID}, password ****)")),
+        "{shown}"
+    );
+}
+
+#[test]
+fn dry_run_of_an_email_says_why_it_cannot_be_sent() {
+    let twilio =
+        Twilio::new(config("https://api.twilio.com"), Duration::from_secs(5)).expect("client");
+    let shown = twilio.dry_run(&email());
+    assert!(shown.contains("SMS only"), "{shown}");
+}
+
+// ------------------------------------------------------------ fetch_message
+
+fn fetched_body() -> String {
+    created_body()
+        .replace("\"status\":\"queued\"", "\"status\":\"delivered\"")
+        .replace("\"price\":null", "\"price\":\"-0.00750\"")
+        .replace(
+            "\"date_sent\":null",
+            "\"date_sent\":\"Thu, 26 Nov 2026 10:00:02 +0000\"",
+        )
+}
+
+async fn expect_fetch(server: &MockServer, answer: ResponseTemplate) {
+    Mock::given(method("GET"))
+        .and(path(format!(
+            "/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{MESSAGE_SID}.json"
+        )))
+        .and(header("authorization", AUTH_HEADER))
+        .and(header("accept", "application/json"))
+        .respond_with(answer)
+        .expect(1)
+        .mount(server)
+        .await;
+}
+
+#[tokio::test]
+async fn a_fetched_message_reports_its_price_as_positive_micro_units() {
+    let server = MockServer::start().await;
+    expect_fetch(&server, json_answer(200, &fetched_body())).await;
+    let fetched = provider(&server)
+        .fetch_message(MESSAGE_SID)
+        .await
+        .expect("fetched");
+    let price = fetched.price.expect("a price");
+    assert_eq!(price.micros, 7_500);
+    assert_eq!(price.currency.as_str(), "USD");
+    assert_eq!(
+        fetched,
+        FetchedMessage {
+            sid: MESSAGE_SID.into(),
+            status: "delivered".into(),
+            price: Some(price),
+            num_segments: Some(1),
+            error_code: None,
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_fetched_undelivered_message_reports_its_error_code() {
+    let body = created_body()
+        .replace("\"status\":\"queued\"", "\"status\":\"undelivered\"")
+        .replace("\"error_code\":null", "\"error_code\":30003")
+        .replace(
+            "\"error_message\":null",
+            "\"error_message\":\"Unreachable destination handset\"",
+        );
+    let server = MockServer::start().await;
+    expect_fetch(&server, json_answer(200, &body)).await;
+    let fetched = provider(&server)
+        .fetch_message(MESSAGE_SID)
+        .await
+        .expect("fetched");
+    assert_eq!(fetched.status, "undelivered");
+    assert_eq!(fetched.error_code, Some(30003));
+    assert_eq!(fetched.price, None);
+}
+
+#[tokio::test]
+async fn fetching_an_unknown_sid_is_permanent_with_code_20404() {
+    let server = MockServer::start().await;
+    let body = error_body(
+        20404,
+        &format!(
+            "The requested resource /2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{MESSAGE_SID}.json was not found"
+        ),
+        404,
+    );
+    expect_fetch(&server, json_answer(404, &body)).await;
+    let result = provider(&server).fetch_message(MESSAGE_SID).await;
+    match &result {
+        Err(SendError::Permanent { code, message }) => {
+            assert_eq!(code.as_deref(), Some("20404"));
+            assert!(message.contains("no such resource"), "{message}");
+        }
+        other => panic!("expected a permanent error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn fetching_during_an_outage_is_transient() {
+    let server = MockServer::start().await;
+    expect_fetch(
+        &server,
+        json_answer(503, &error_body(20500, "internal", 503)),
+    )
+    .await;
+    let result = provider(&server).fetch_message(MESSAGE_SID).await;
+    assert!(
+        matches!(result, Err(SendError::Transient { .. })),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_fetched_message_without_a_status_is_transient() {
+    let server = MockServer::start().await;
+    expect_fetch(
+        &server,
+        json_answer(200, &format!("{{\"sid\":\"{MESSAGE_SID}\"}}")),
+    )
+    .await;
+    let result = provider(&server).fetch_message(MESSAGE_SID).await;
+    assert!(
+        matches!(result, Err(SendError::Transient { .. })),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn fetching_a_sid_that_is_not_letters_and_digits_is_refused_without_a_call() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(json_answer(200, &fetched_body()))
+        .expect(0)
+        .mount(&server)
+        .await;
+    for sid in ["", "../Calls", "SM1?x=1", "SM 1"] {
+        let result = provider(&server).fetch_message(sid).await;
+        assert!(
+            matches!(result, Err(SendError::Permanent { .. })),
+            "{sid:?}: {result:?}"
+        );
+    }
+}
