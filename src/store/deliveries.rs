@@ -50,6 +50,57 @@ pub struct NewDelivery {
     pub encoding: Option<String>,
 }
 
+/// A claim on an `Idempotency-Key`, saved in the transaction that records
+/// the delivery, with the response a repeat of the request gets.
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    /// The API key the Idempotency-Key belongs to (keys are per API key).
+    pub api_key_id: i64,
+    /// The client's Idempotency-Key.
+    pub key: String,
+    /// A hash of the request (route and body): a repeat must match it.
+    pub request_hash: String,
+    /// The status of the response to replay.
+    pub response_status: u16,
+    /// The body of the response to replay (never holds an OTP code).
+    pub response_body: String,
+    /// A claim created before this has expired: it is replaced, not replayed.
+    pub expired_before: DateTime<Utc>,
+}
+
+/// The per-recipient OTP limit, checked in the inserting transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct OtpLimit {
+    /// OTPs allowed in the window.
+    pub max: u32,
+    /// The window's start.
+    pub since: DateTime<Utc>,
+}
+
+/// Checks made inside the transaction that records a delivery.
+#[derive(Debug, Clone, Default)]
+pub struct InsertGuards {
+    /// Claim this Idempotency-Key.
+    pub idempotency: Option<IdempotencyClaim>,
+    /// Refuse an OTP over this limit.
+    pub otp_limit: Option<OtpLimit>,
+}
+
+/// What a guarded insert did.
+#[derive(Debug, Clone)]
+pub enum Inserted {
+    /// Recorded, with this first job.
+    Created(DeliveryJob),
+    /// The Idempotency-Key is already claimed; nothing was written.
+    KeyTaken,
+    /// The OTP limit is reached; nothing was written. The oldest OTP in the
+    /// window was created at `oldest`.
+    Limited {
+        /// When the window's oldest OTP was created.
+        oldest: DateTime<Utc>,
+    },
+}
+
 /// A delivery as stored (the OTP code is never read into this type).
 #[derive(Debug, Clone, FromRow)]
 pub struct DeliveryRow {
@@ -254,7 +305,7 @@ pub struct ListFilter {
     pub limit: i64,
 }
 
-const DELIVERY_COLUMNS: &str = "id, kind, channel, recipient, template, locale, vars, subject, body, \
+pub(crate) const DELIVERY_COLUMNS: &str = "id, kind, channel, recipient, template, locale, vars, subject, body, \
     body_html, status, attempts, max_attempts, next_attempt_at, expires_at, job_id, created_at, \
     updated_at, sent_at, provider, provider_message_id, cost_micros, currency, cost_is_estimate, \
     segments, encoding, last_error";
@@ -266,11 +317,98 @@ const ATTEMPT_COLUMNS: &str = "attempt, provider, reason, started_at, finished_a
 impl Db {
     /// Records a new delivery and pushes its first job, in one transaction.
     pub async fn insert_delivery(&self, d: &NewDelivery) -> Result<DeliveryJob, StoreError> {
+        match self
+            .insert_delivery_guarded(d, &InsertGuards::default())
+            .await?
+        {
+            Inserted::Created(job) => Ok(job),
+            other => Err(StoreError::Corrupt(format!(
+                "an unguarded insert was refused: {other:?}"
+            ))),
+        }
+    }
+
+    /// Records a new delivery and pushes its first job, in one transaction
+    /// that also applies `guards`: it claims the Idempotency-Key (saving the
+    /// response to replay) and checks the per-recipient OTP limit. When a
+    /// guard refuses, nothing is written.
+    ///
+    /// A claim racing another claim of the same key waits for the other's
+    /// transaction (SQLite: `BEGIN IMMEDIATE`; Postgres: the primary key's
+    /// unique check), then sees it as taken.
+    pub async fn insert_delivery_guarded(
+        &self,
+        d: &NewDelivery,
+        guards: &InsertGuards,
+    ) -> Result<Inserted, StoreError> {
         let job = DeliveryJob::new(&d.id);
         let lane = Lane::for_kind(d.kind);
         let run_at = (d.send_at > d.created_at).then_some(d.send_at);
+        // SQLite: take the write lock at once, so a read-then-write
+        // transaction never fails on a snapshot another writer moved on.
+        let (begin, lock) = match self {
+            Db::Sqlite(_) => ("BEGIN IMMEDIATE", "SELECT $1"),
+            Db::Postgres(_) => (
+                "BEGIN",
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            ),
+        };
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await.doing("starting a transaction")?;
+            let mut tx = pool.begin_with(begin).await.doing("starting a transaction")?;
+            if let Some(claim) = &guards.idempotency {
+                sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE api_key_id = $1 AND key = $2 \
+                     AND created_at < $3",
+                )
+                .bind(claim.api_key_id)
+                .bind(&claim.key)
+                .bind(claim.expired_before)
+                .execute(&mut *tx)
+                .await
+                .doing("expiring an idempotency key")?;
+                let claimed = sqlx::query(
+                    "INSERT INTO idempotency_keys (api_key_id, key, request_hash, delivery_id, \
+                     response_status, response_body, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                )
+                .bind(claim.api_key_id)
+                .bind(&claim.key)
+                .bind(&claim.request_hash)
+                .bind(&d.id)
+                .bind(i64::from(claim.response_status))
+                .bind(&claim.response_body)
+                .bind(d.created_at)
+                .execute(&mut *tx)
+                .await
+                .doing("claiming an idempotency key")?
+                .rows_affected();
+                if claimed == 0 {
+                    return Ok(Inserted::KeyTaken);
+                }
+            }
+            if let Some(limit) = &guards.otp_limit {
+                // Postgres: one transaction at a time per recipient, so two
+                // concurrent sends cannot both take the last slot.
+                sqlx::query(lock)
+                    .bind(&d.recipient)
+                    .execute(&mut *tx)
+                    .await
+                    .doing("locking a recipient")?;
+                let recent: Vec<DateTime<Utc>> = sqlx::query_scalar(
+                    "SELECT created_at FROM deliveries WHERE recipient = $1 AND kind = 'otp' \
+                     AND created_at > $2 ORDER BY created_at",
+                )
+                .bind(&d.recipient)
+                .bind(limit.since)
+                .fetch_all(&mut *tx)
+                .await
+                .doing("counting recent OTPs")?;
+                if recent.len() >= usize::try_from(limit.max).unwrap_or(usize::MAX) {
+                    return Ok(Inserted::Limited {
+                        oldest: recent.first().copied().unwrap_or(limit.since),
+                    });
+                }
+            }
             sqlx::query(
                 "INSERT INTO deliveries (id, kind, channel, recipient, template, locale, vars, \
                  subject, body, body_html, otp_code, status, attempts, max_attempts, \
@@ -302,7 +440,7 @@ impl Db {
             tx.push_job(lane, &job, run_at).await?;
             tx.commit().await.doing("committing the delivery")?;
         });
-        Ok(job)
+        Ok(Inserted::Created(job))
     }
 
     /// A delivery by id.

@@ -4,6 +4,7 @@
 //! can (`$1` placeholders work on both); [`on_pool!`] expands one body for each
 //! backend so the queries are written once.
 
+mod api;
 mod deliveries;
 
 use std::str::FromStr;
@@ -15,6 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
+pub use api::*;
 pub use deliveries::*;
 
 /// Expands `$body` once per backend with `$pool` bound to that backend's pool.
