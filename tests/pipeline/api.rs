@@ -326,6 +326,17 @@ async fn keys_and_scopes_decide_who_may_do_what(backend: Backend) {
 }
 on_both_backends!(keys_and_scopes_decide_who_may_do_what);
 
+/// What is sent, where, and the status, problem type, field and words expected.
+type BadCase = (
+    &'static str,
+    &'static str,
+    Value,
+    u16,
+    &'static str,
+    Option<&'static str>,
+    &'static str,
+);
+
 async fn every_bad_request_is_a_problem_naming_the_field_and_creates_nothing(backend: Backend) {
     let s = spawn_app(backend).await;
     let key = s.key("auth-service", &["send"]).await;
@@ -336,7 +347,7 @@ async fn every_bad_request_is_a_problem_naming_the_field_and_creates_nothing(bac
         }
         body
     };
-    let cases: Vec<(&str, &str, Value, u16, &str, Option<&str>, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             "invalid phone number",
             "/v1/otp",
@@ -1153,3 +1164,277 @@ async fn no_otp_code_appears_in_logs_responses_or_the_database(backend: Backend)
     s.stop().await;
 }
 on_both_backends!(no_otp_code_appears_in_logs_responses_or_the_database);
+
+fn tuma_command(config: &std::path::Path, database_url: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tuma"));
+    cmd.env("TUMA_CONFIG", config)
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn,tuma=info")
+        .env_remove("TUMA_LISTEN")
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn tuma_ok(cmd: &mut tokio::process::Command) -> String {
+    let out = cmd.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "tuma failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn tuma_serve_answers_http_and_exits_0_on_sigterm_after_finishing_a_send(backend: Backend) {
+    use tokio::io::AsyncBufReadExt;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new(backend).await;
+    let (config, _) = write_config(db.path(), 6);
+    // A slow outbox, so SIGTERM lands while a send is in flight.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("timeout = \"2s\"", "timeout = \"2s\"\nlatency = \"700ms\"");
+    std::fs::write(&config, text).unwrap();
+
+    let key = tuma_ok(tuma_command(&config, &db.url).args([
+        "keys",
+        "create",
+        "--name",
+        "auth-service",
+        "--scope",
+        "send",
+        "--scope",
+        "read",
+    ]))
+    .await
+    .trim()
+    .to_owned();
+    assert!(key.starts_with("tuma_") && key.len() > 40, "{key}");
+    let listed = tuma_ok(tuma_command(&config, &db.url).args(["keys", "list"])).await;
+    assert!(
+        listed.contains("auth-service") && listed.contains("read,send"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&key), "keys list never shows a key");
+    let refused = tuma_command(&config, &db.url)
+        .args(["keys", "create", "--name", "x", "--scope", "admin"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown scope `admin`"));
+
+    let mut child = tuma_command(&config, &db.url)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let base = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(at) = line.find("listening on http://") {
+                let rest = &line[at + "listening on ".len()..];
+                return rest
+                    .split(|c: char| c.is_whitespace() || c == '\u{1b}')
+                    .next()
+                    .unwrap()
+                    .to_owned();
+            }
+        }
+        panic!("tuma serve exited before listening");
+    })
+    .await
+    .expect("tuma serve listens");
+    let log = tokio::spawn(async move {
+        let mut all = String::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+
+    let client = reqwest::Client::new();
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let receipt: Value = client
+        .post(format!("{base}/v1/otp"))
+        .bearer_auth(&key)
+        .json(&json!({"to": PHONE, "code": "1234"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = receipt["id"].as_str().unwrap().to_owned();
+    // Wait until the worker (woken by the commit) has it in flight.
+    let store = db.connect().await;
+    let started = Instant::now();
+    loop {
+        let d = store.delivery(&id).await.unwrap().unwrap();
+        if d.row.status == "sending" {
+            break;
+        }
+        assert_eq!(d.row.status, "pending");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("tuma serve exits after SIGTERM")
+        .unwrap();
+    let log = log.await.unwrap();
+    assert!(status.success(), "exit {status:?}\n{log}");
+    assert!(
+        log.contains("HTTP API stopped") && log.contains("workers stopped"),
+        "{log}"
+    );
+    let d = store.delivery(&id).await.unwrap().unwrap();
+    assert_eq!(d.row.status, "sent", "the in-flight send was finished");
+    assert!(!log.contains("1234 is your") && !log.contains(&key));
+    store.close().await;
+}
+on_both_backends!(tuma_serve_answers_http_and_exits_0_on_sigterm_after_finishing_a_send);
+
+#[test]
+fn the_api_table_is_validated_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("providers.toml");
+    let base = config_text(dir.path(), 6);
+    let load = |extra: &str| {
+        std::fs::write(&path, format!("{base}\n[api]\n{extra}\n")).unwrap();
+        tuma::config::Config::load(&path)
+    };
+    let ok =
+        load("otp_per_recipient = { max = 3, per = \"1h\" }\nsms_prefix_allowlist = [\"+254\"]")
+            .unwrap();
+    assert_eq!(
+        ok.api.otp_per_recipient,
+        Some(tuma::config::RecipientLimit {
+            max: 3,
+            per: Duration::from_secs(3600)
+        })
+    );
+    assert_eq!(ok.api.sms_prefix_allowlist, vec!["+254".to_owned()]);
+    assert_eq!(ok.api.max_body_bytes, 16 * 1024);
+    for (extra, key) in [
+        (
+            "otp_per_recipient = { max = 0, per = \"15m\" }",
+            "api.otp_per_recipient.max",
+        ),
+        (
+            "otp_per_recipient = { max = 5, per = \"soon\" }",
+            "api.otp_per_recipient.per",
+        ),
+        (
+            "sms_prefix_allowlist = [\"254\"]",
+            "api.sms_prefix_allowlist[0]",
+        ),
+        ("max_body_bytes = 10", "api.max_body_bytes"),
+        ("request_timeout = \"0s\"", "api.request_timeout"),
+    ] {
+        let e = load(extra).unwrap_err();
+        assert_eq!(e.key, key, "{extra}: {e}");
+    }
+    let e = load("listen = \"0.0.0.0:80\"").unwrap_err();
+    assert!(e.reason.contains("unknown field `listen`"), "{e}");
+    // Without an [api] table the defaults apply: 5 OTPs per 15 minutes.
+    std::fs::write(&path, &base).unwrap();
+    let defaults = tuma::config::Config::load(&path).unwrap();
+    assert_eq!(
+        defaults.api.otp_per_recipient,
+        Some(tuma::config::RecipientLimit {
+            max: 5,
+            per: Duration::from_secs(900)
+        })
+    );
+    assert!(defaults.api.sms_prefix_allowlist.is_empty() && !defaults.api.metrics_need_key);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_goes_away_gets_quick_503s_and_service_resumes_when_it_returns() {
+    // Postgres only: a server that can go away (SQLite is a file in-process).
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    let db = TestDb::new(Backend::Postgres).await;
+    let host = admin
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    let proxy = DbProxy::start(&host).await;
+    let url = db.url.replacen(&host, &proxy.addr.to_string(), 1);
+    let s = spawn_app_at(db, &url, "[api]\nrequest_timeout = \"1s\"\n").await;
+    let key = s.key("auth-service", &["send", "read"]).await;
+    let otp = json!({"to": PHONE, "code": "1234"});
+    assert_eq!(s.post("/v1/otp", &key, &otp).await.status(), 202);
+
+    proxy.cut().await;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, body) = problem(s.post("/v1/otp", &key, &otp).await).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["type"], "https://tuma.dev/problems/unavailable");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "a 503 within the request timeout"
+        );
+        let text = body.to_string().to_lowercase();
+        assert!(
+            !text.contains("connect") && !text.contains("sqlx") && !text.contains("refused"),
+            "{body}"
+        );
+        let ready = s.client.get(s.url("/readyz")).send().await.unwrap();
+        assert_eq!(ready.status(), 503);
+    }
+
+    proxy.restore().await;
+    let started = Instant::now();
+    loop {
+        let response = s
+            .post(
+                "/v1/otp",
+                &key,
+                &json!({"to": "+254711000002", "code": "1234"}),
+            )
+            .await;
+        if response.status() == 202 {
+            break;
+        }
+        assert_eq!(response.status(), 503);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "service did not resume"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        s.client
+            .get(s.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        s.delivery_count().await,
+        2,
+        "the refused sends wrote nothing"
+    );
+    s.stop().await;
+}

@@ -437,13 +437,20 @@ pub async fn spawn_app(backend: Backend) -> TestServer {
 /// Spawns the API with `extra` appended to the test configuration (an
 /// `[api]` table, say).
 pub async fn spawn_app_with(backend: Backend, extra: &str) -> TestServer {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let db = TestDb::new(backend).await;
+    let url = db.url.clone();
+    spawn_app_at(db, &url, extra).await
+}
+
+/// Spawns the API over `db`, reached at `url` (through a proxy, say).
+pub async fn spawn_app_at(db: TestDb, url: &str, extra: &str) -> TestServer {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    db.connect().await.close().await;
     let path = db.path().join("providers.toml");
     std::fs::write(&path, format!("{}\n{extra}", config_text(db.path(), 6))).unwrap();
     let config = Config::load(&path).expect("valid test config");
     let clock = new_clock();
-    let store = db.connect().await;
+    let store = Db::connect(url, 10).await.expect("connect");
     let providers = Providers::from_config(&config).expect("providers");
     let app = Arc::new(App::with_parts(config, store, providers, clock.clone()).expect("app"));
     let state = tuma::api::ApiState::new(app.clone());
@@ -567,5 +574,57 @@ impl std::io::Write for LogWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// A TCP proxy to a database that can be cut and restored: a database that
+/// goes away and comes back, as the API sees it.
+pub struct DbProxy {
+    pub addr: std::net::SocketAddr,
+    target: String,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl DbProxy {
+    pub async fn start(target: &str) -> DbProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = DbProxy {
+            addr: listener.local_addr().unwrap(),
+            target: target.to_owned(),
+            task: Mutex::new(None),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let target = self.target.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub async fn cut(&self) {
+        let task = self.task.lock().unwrap().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Accepts connections again, on the same address.
+    pub async fn restore(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
     }
 }
