@@ -1152,6 +1152,13 @@ async fn no_otp_code_appears_in_logs_responses_or_the_database(backend: Backend)
         logs.contains("OTP accepted"),
         "the capture saw this test's requests"
     );
+    // Every line logged inside a request names it.
+    for line in logs
+        .lines()
+        .filter(|l| l.contains("OTP accepted") || l.contains("finished processing request"))
+    {
+        assert!(line.contains("request{request_id="), "{line}");
+    }
     for secret in [code, bad_code, key.as_str()] {
         assert!(!logs.contains(secret), "a log line holds a secret");
         assert!(!seen.contains(secret), "a response holds a secret:\n{seen}");
@@ -1212,7 +1219,7 @@ async fn tuma_serve_answers_http_and_exits_0_on_sigterm_after_finishing_a_send(b
     assert!(key.starts_with("tuma_") && key.len() > 40, "{key}");
     let listed = tuma_ok(tuma_command(&config, &db.url).args(["keys", "list"])).await;
     assert!(
-        listed.contains("auth-service") && listed.contains("read,send"),
+        listed.contains("auth-service") && listed.contains("send,read"),
         "{listed}"
     );
     assert!(!listed.contains(&key), "keys list never shows a key");
