@@ -290,3 +290,75 @@ impl IntoResponse for ApiError {
 /// Marks a response with the refusal rule it counts against (for metrics).
 #[derive(Debug, Clone, Copy)]
 pub struct Refusal(pub Option<&'static str>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(e: ApiError) -> (StatusCode, Response, serde_json::Value) {
+        let response = e.into_response();
+        let status = response.status();
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 16).await.unwrap();
+        (
+            status,
+            Response::from_parts(parts, axum::body::Body::empty()),
+            serde_json::from_slice(&bytes).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn every_error_is_problem_json_with_a_stable_type() {
+        let cases = [
+            (ApiError::KeyInFlight, 409, "idempotency-key-in-flight"),
+            (ApiError::KeyReused, 422, "idempotency-key-reused"),
+            (ApiError::MethodNotAllowed, 405, "method-not-allowed"),
+            (ApiError::Forbidden("read"), 403, "forbidden"),
+            (ApiError::TooLarge(10), 413, "body-too-large"),
+            (ApiError::WrongContentType, 415, "unsupported-media-type"),
+        ];
+        for (e, status, kind) in cases {
+            let (got, response, body) = body_of(e).await;
+            assert_eq!(got.as_u16(), status);
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                "application/problem+json"
+            );
+            assert_eq!(body["type"], format!("{PROBLEM_BASE}{kind}"));
+            assert_eq!(body["status"], status);
+        }
+    }
+
+    #[tokio::test]
+    async fn server_errors_never_carry_their_cause() {
+        let cause = "database error while recording the delivery: secret detail";
+        for e in [
+            ApiError::Internal(cause.into()),
+            ApiError::Unavailable(cause.into()),
+        ] {
+            let (status, _, body) = body_of(e).await;
+            assert!(status.is_server_error());
+            assert!(!body.to_string().contains("secret detail"), "{body}");
+        }
+    }
+
+    #[test]
+    fn intake_refusals_map_to_their_problems() {
+        let e: ApiError = IntakeError::Invalid {
+            field: "ttl",
+            reason: "out of range".into(),
+        }
+        .into();
+        assert!(matches!(&e, ApiError::InvalidField { field, .. } if field == "ttl_seconds"));
+        let e: ApiError = IntakeError::KeyInFlight.into();
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        let e: ApiError = StoreError::Query {
+            doing: "reading",
+            source: sqlx::Error::PoolTimedOut,
+        }
+        .into();
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let e: ApiError = StoreError::Corrupt("x".into()).into();
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

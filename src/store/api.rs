@@ -211,15 +211,19 @@ impl Db {
         rows.into_iter().map(Delivery::try_from).collect()
     }
 
-    /// Readiness: the database answers and accepts a write (in a transaction
-    /// that is rolled back).
+    /// Readiness: the database answers and the queue takes writes (an
+    /// update of no rows of the jobs table, in a transaction rolled back).
     pub async fn ready(&self) -> Result<(), StoreError> {
+        let jobs = match self {
+            Db::Sqlite(_) => "UPDATE Jobs SET status = status WHERE 1 = 0",
+            Db::Postgres(_) => "UPDATE apalis.jobs SET status = status WHERE 1 = 0",
+        };
         on_pool!(self, pool => {
             let mut tx = pool.begin().await.doing("starting a readiness check")?;
-            sqlx::query("UPDATE api_keys SET id = id WHERE id = -1")
+            sqlx::query(jobs)
                 .execute(&mut *tx)
                 .await
-                .doing("checking the database is writable")?;
+                .doing("checking the queue is writable")?;
             tx.rollback().await.doing("ending a readiness check")?;
         });
         Ok(())

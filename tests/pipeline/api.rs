@@ -1233,6 +1233,7 @@ async fn tuma_serve_answers_http_and_exits_0_on_sigterm_after_finishing_a_send(b
 
     let mut child = tuma_command(&config, &db.url)
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("TUMA_LOG_FORMAT", "json")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -1242,7 +1243,7 @@ async fn tuma_serve_answers_http_and_exits_0_on_sigterm_after_finishing_a_send(b
             if let Some(at) = line.find("listening on http://") {
                 let rest = &line[at + "listening on ".len()..];
                 return rest
-                    .split(|c: char| c.is_whitespace() || c == '\u{1b}')
+                    .split(|c: char| c.is_whitespace() || c == '"')
                     .next()
                     .unwrap()
                     .to_owned();
@@ -1311,6 +1312,16 @@ async fn tuma_serve_answers_http_and_exits_0_on_sigterm_after_finishing_a_send(b
     let d = store.delivery(&id).await.unwrap().unwrap();
     assert_eq!(d.row.status, "sent", "the in-flight send was finished");
     assert!(!log.contains("1234 is your") && !log.contains(&key));
+    // JSON lines; those of a request carry its id.
+    let mut request_lines = 0;
+    for line in log.lines() {
+        let entry: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if entry["fields"]["message"] == "OTP accepted" {
+            request_lines += 1;
+            assert!(entry["span"]["request_id"].is_string(), "{line}");
+        }
+    }
+    assert_eq!(request_lines, 1, "{log}");
     store.close().await;
 }
 on_both_backends!(tuma_serve_answers_http_and_exits_0_on_sigterm_after_finishing_a_send);
