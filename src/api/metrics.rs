@@ -172,12 +172,14 @@ fn write_figures(
     );
     let _ = writeln!(w, "# TYPE tuma_cost_total counter");
     for f in costs {
+        let sign = if f.value < 0 { "-" } else { "" };
+        let micros = f.value.unsigned_abs();
         let _ = writeln!(
             w,
-            "tuma_cost_total{{currency=\"{}\"}} {}.{:06}",
+            "tuma_cost_total{{currency=\"{}\"}} {sign}{}.{:06}",
             label(&f.a),
-            f.value.div_euclid(1_000_000),
-            f.value.rem_euclid(1_000_000)
+            micros / 1_000_000,
+            micros % 1_000_000
         );
     }
     let _ = writeln!(

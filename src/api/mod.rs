@@ -21,8 +21,8 @@ use axum::http::Request;
 use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::{Level, info, info_span};
+use tower_http::trace::TraceLayer;
+use tracing::{info, info_span};
 
 use crate::app::App;
 use error::ApiError;
@@ -76,7 +76,16 @@ pub fn router(state: ApiState) -> Router {
             // The path only: bodies and headers (keys) are never logged.
             info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
         })
-        .on_response(DefaultOnResponse::new().level(Level::INFO));
+        // Logged under tuma's own target so the default filter keeps it.
+        .on_response(
+            |response: &axum::response::Response, latency: std::time::Duration, _: &tracing::Span| {
+                info!(
+                    status = response.status().as_u16(),
+                    latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+                    "request finished"
+                );
+            },
+        );
     Router::new()
         .route("/v1/otp", post(handlers::post_otp))
         .route("/v1/notifications", post(handlers::post_notification))

@@ -1155,7 +1155,7 @@ async fn no_otp_code_appears_in_logs_responses_or_the_database(backend: Backend)
     // Every line logged inside a request names it.
     for line in logs
         .lines()
-        .filter(|l| l.contains("OTP accepted") || l.contains("finished processing request"))
+        .filter(|l| l.contains("OTP accepted") || l.contains("request finished"))
     {
         assert!(line.contains("request{request_id="), "{line}");
     }
@@ -1322,6 +1322,7 @@ async fn tuma_serve_answers_http_and_exits_0_on_sigterm_after_finishing_a_send(b
         }
     }
     assert_eq!(request_lines, 1, "{log}");
+    assert!(log.contains("request finished"), "{log}");
     store.close().await;
 }
 on_both_backends!(tuma_serve_answers_http_and_exits_0_on_sigterm_after_finishing_a_send);
