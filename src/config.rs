@@ -17,6 +17,7 @@ use crate::domain::money::Money;
 use crate::domain::phone::Region;
 use crate::providers::africastalking::AfricasTalkingConfig;
 use crate::providers::outbox::OutboxConfig;
+use crate::providers::twilio::TwilioConfig;
 
 /// A configuration problem: which file, which key, and why.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +94,8 @@ pub enum ProviderKind {
     Outbox(OutboxConfig),
     /// Africa's Talking SMS.
     AfricasTalking(AfricasTalkingConfig),
+    /// Twilio Programmable Messaging (SMS).
+    Twilio(TwilioConfig),
 }
 
 impl ProviderKind {
@@ -101,6 +104,7 @@ impl ProviderKind {
         match self {
             ProviderKind::Outbox(_) => "outbox",
             ProviderKind::AfricasTalking(_) => "africastalking",
+            ProviderKind::Twilio(_) => "twilio",
         }
     }
 
@@ -108,7 +112,7 @@ impl ProviderKind {
     pub fn channels(&self) -> &'static [Channel] {
         match self {
             ProviderKind::Outbox(_) => &[Channel::Sms, Channel::Email],
-            ProviderKind::AfricasTalking(_) => &[Channel::Sms],
+            ProviderKind::AfricasTalking(_) | ProviderKind::Twilio(_) => &[Channel::Sms],
         }
     }
 }
@@ -248,7 +252,10 @@ impl Config {
                     AfricasTalkingConfig::from_table(p.rest, &base)
                         .map_err(|(k, r)| err(&key(&k), r))?,
                 ),
-                "smtp" | "twilio" => {
+                "twilio" => ProviderKind::Twilio(
+                    TwilioConfig::from_table(p.rest, &base).map_err(|(k, r)| err(&key(&k), r))?,
+                ),
+                "smtp" => {
                     return Err(err(
                         &key("kind"),
                         format!(

@@ -266,6 +266,9 @@ impl Providers {
                 ProviderKind::AfricasTalking(c) => Arc::new(
                     africastalking::AfricasTalking::new(c.clone(), p.timeout).map_err(failed)?,
                 ),
+                ProviderKind::Twilio(c) => {
+                    Arc::new(twilio::Twilio::new(c.clone(), p.timeout).map_err(failed)?)
+                }
             };
             providers.insert(&p.name, adapter, p.rate_limit, p.timeout);
         }

@@ -3,5 +3,6 @@
 
 mod cli;
 mod delivery;
+mod providers;
 mod recovery;
 mod support;
