@@ -5,6 +5,7 @@
 //! records what they return.
 
 pub mod outbox;
+pub mod smtp;
 
 use std::collections::HashMap;
 use std::fmt;
