@@ -376,6 +376,9 @@ fn check(config: Config) -> anyhow::Result<()> {
     for p in &config.providers {
         let detail = match &p.kind {
             ProviderKind::Outbox(c) => format!("writes to {}", c.dir.display()),
+            ProviderKind::Smtp(c) => {
+                format!("{}:{} ({}) from {}", c.host, c.port, c.tls.as_str(), c.from)
+            }
             ProviderKind::Twilio(c) => format!(
                 "{} account {}{}",
                 c.base_url,

@@ -17,6 +17,7 @@ use crate::domain::money::Money;
 use crate::domain::phone::Region;
 use crate::providers::africastalking::AfricasTalkingConfig;
 use crate::providers::outbox::OutboxConfig;
+use crate::providers::smtp::SmtpConfig;
 use crate::providers::twilio::TwilioConfig;
 
 /// A configuration problem: which file, which key, and why.
@@ -96,6 +97,8 @@ pub enum ProviderKind {
     AfricasTalking(AfricasTalkingConfig),
     /// Twilio Programmable Messaging (SMS).
     Twilio(TwilioConfig),
+    /// An SMTP server (email).
+    Smtp(SmtpConfig),
 }
 
 impl ProviderKind {
@@ -105,6 +108,7 @@ impl ProviderKind {
             ProviderKind::Outbox(_) => "outbox",
             ProviderKind::AfricasTalking(_) => "africastalking",
             ProviderKind::Twilio(_) => "twilio",
+            ProviderKind::Smtp(_) => "smtp",
         }
     }
 
@@ -113,6 +117,7 @@ impl ProviderKind {
         match self {
             ProviderKind::Outbox(_) => &[Channel::Sms, Channel::Email],
             ProviderKind::AfricasTalking(_) | ProviderKind::Twilio(_) => &[Channel::Sms],
+            ProviderKind::Smtp(_) => &[Channel::Email],
         }
     }
 }
@@ -255,15 +260,9 @@ impl Config {
                 "twilio" => ProviderKind::Twilio(
                     TwilioConfig::from_table(p.rest, &base).map_err(|(k, r)| err(&key(&k), r))?,
                 ),
-                "smtp" => {
-                    return Err(err(
-                        &key("kind"),
-                        format!(
-                            "kind `{}` is not built into this version of tuma; use `outbox`",
-                            p.kind
-                        ),
-                    ));
-                }
+                "smtp" => ProviderKind::Smtp(
+                    SmtpConfig::from_table(p.rest, &base).map_err(|(k, r)| err(&key(&k), r))?,
+                ),
                 other => {
                     return Err(err(
                         &key("kind"),
@@ -670,6 +669,30 @@ impl Default for RawWorker {
             sweep_interval: "10s".into(),
             rate_limit_wait: "5s".into(),
         }
+    }
+}
+
+/// Splits a provider kind's deserialization error into the key it is about
+/// and the reason: serde says "unknown field `x`, expected …" or "missing
+/// field `x`"; toml ends a type error with a line "in `x`". Anything else is
+/// about the provider's table as a whole.
+pub fn table_error(error: &toml::de::Error) -> (String, String) {
+    let message = error.to_string();
+    let message = message.trim_end();
+    let quoted = |rest: &str| rest.split('`').next().map(str::to_owned);
+    for prefix in ["unknown field `", "missing field `"] {
+        if let Some(key) = message
+            .split_once(prefix)
+            .and_then(|(_, rest)| quoted(rest))
+        {
+            return (key, message.to_owned());
+        }
+    }
+    let mut lines = message.lines();
+    let first = lines.next().unwrap_or_default().to_owned();
+    match lines.find_map(|l| l.trim().strip_prefix("in `").and_then(quoted)) {
+        Some(key) => (key, first),
+        None => ("(provider)".to_owned(), message.to_owned()),
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod africastalking;
 pub mod outbox;
+pub mod smtp;
 pub mod twilio;
 
 use std::collections::HashMap;
@@ -268,6 +269,9 @@ impl Providers {
                 ),
                 ProviderKind::Twilio(c) => {
                     Arc::new(twilio::Twilio::new(c.clone(), p.timeout).map_err(failed)?)
+                }
+                ProviderKind::Smtp(c) => {
+                    Arc::new(smtp::Smtp::new(c.clone(), p.timeout).map_err(failed)?)
                 }
             };
             providers.insert(&p.name, adapter, p.rate_limit, p.timeout);

@@ -40,8 +40,7 @@ struct RawOutbox {
 impl OutboxConfig {
     /// Reads the outbox keys of a `[[provider]]` table; errors name the key.
     pub fn from_table(table: toml::Table, base: &Path) -> Result<OutboxConfig, (String, String)> {
-        let raw =
-            RawOutbox::deserialize(table).map_err(|e| (key_of(&e.to_string()), e.to_string()))?;
+        let raw = RawOutbox::deserialize(table).map_err(|e| crate::config::table_error(&e))?;
         let from_text = raw.from.as_deref().unwrap_or("tuma <no-reply@localhost>");
         let from = from_text.parse::<Mailbox>().map_err(|e| {
             (
@@ -67,15 +66,6 @@ impl OutboxConfig {
             latency,
         })
     }
-}
-
-fn key_of(message: &str) -> String {
-    // serde says "unknown field `x`, expected …" or "missing field `x`".
-    message
-        .split('`')
-        .nth(1)
-        .map(str::to_owned)
-        .unwrap_or_else(|| "(outbox)".into())
 }
 
 /// The outbox provider.
