@@ -145,6 +145,7 @@ pub struct AttemptRow {
     pub currency: Option<String>,
     pub cost_is_estimate: Option<bool>,
     pub segments: Option<i64>,
+    pub provider_segments: Option<i64>,
     pub latency_ms: Option<i64>,
 }
 
@@ -190,8 +191,10 @@ pub struct AttemptResult {
     pub error: Option<String>,
     /// Cost, and whether it is an estimate.
     pub cost: Option<(Money, bool)>,
-    /// Segments the provider reported, else tuma's count.
+    /// Segments by tuma's own count.
     pub segments: Option<u32>,
+    /// Segments as the provider counted them, when it says.
+    pub provider_segments: Option<u32>,
     /// How long the call took.
     pub latency_ms: Option<i64>,
 }
@@ -208,6 +211,7 @@ impl AttemptResult {
             error: Some(error.into()),
             cost: None,
             segments: None,
+            provider_segments: None,
             latency_ms: None,
         }
     }
@@ -261,7 +265,7 @@ const DELIVERY_COLUMNS: &str = "id, kind, channel, recipient, template, locale, 
 
 const ATTEMPT_COLUMNS: &str = "attempt, provider, reason, started_at, finished_at, outcome, \
     provider_message_id, provider_status, error_code, error, cost_micros, currency, \
-    cost_is_estimate, segments, latency_ms";
+    cost_is_estimate, segments, provider_segments, latency_ms";
 
 impl Db {
     /// Records a new delivery and pushes its first job, in one transaction.
@@ -435,6 +439,7 @@ impl Db {
             None => (None, None, None),
         };
         let segments = result.segments.map(i64::from);
+        let provider_segments = result.provider_segments.map(i64::from);
         on_pool!(self, pool => {
             let mut tx = pool.begin().await.doing("starting a transaction")?;
             let attempt: Option<i64> = sqlx::query_scalar(
@@ -446,7 +451,7 @@ impl Db {
                  cost_micros = CASE WHEN $3 = 'sent' THEN $8 ELSE cost_micros END, \
                  currency = CASE WHEN $3 = 'sent' THEN $9 ELSE currency END, \
                  cost_is_estimate = CASE WHEN $3 = 'sent' THEN $10 ELSE cost_is_estimate END, \
-                 segments = COALESCE($11, segments), \
+                 segments = COALESCE($13, $11, segments), \
                  last_error = CASE WHEN $3 = 'sent' THEN NULL ELSE $12 END \
                  WHERE id = $1 AND job_id = $2 AND status = 'sending' RETURNING attempts",
             )
@@ -462,6 +467,7 @@ impl Db {
             .bind(estimate)
             .bind(segments)
             .bind(&result.error)
+            .bind(provider_segments)
             .fetch_optional(&mut *tx)
             .await
             .doing("recording an attempt's outcome")?;
@@ -472,7 +478,7 @@ impl Db {
                 "UPDATE delivery_attempts SET finished_at = $3, outcome = $4, \
                  provider_message_id = $5, provider_status = $6, error_code = $7, error = $8, \
                  cost_micros = $9, currency = $10, cost_is_estimate = $11, segments = $12, \
-                 latency_ms = $13 \
+                 latency_ms = $13, provider_segments = $14 \
                  WHERE delivery_id = $1 AND attempt = $2",
             )
             .bind(delivery_id)
@@ -488,6 +494,7 @@ impl Db {
             .bind(estimate)
             .bind(segments)
             .bind(result.latency_ms)
+            .bind(provider_segments)
             .execute(&mut *tx)
             .await
             .doing("closing an attempt")?;

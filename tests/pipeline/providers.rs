@@ -209,6 +209,11 @@ async fn an_otp_fails_over_from_africas_talking_to_twilio(backend: Backend) {
     );
     assert_eq!(attempts[1].provider_status.as_deref(), Some("queued"));
     assert_eq!(attempts[1].segments, Some(1));
+    assert_eq!(
+        attempts[1].provider_segments,
+        Some(1),
+        "Twilio's count is kept beside ours"
+    );
     let logs = std::fs::read_to_string(&log).unwrap();
     for secret in [AT_KEY, TWILIO_TOKEN, "482913"] {
         assert!(!logs.contains(secret), "`{secret}` is in the worker's log");
