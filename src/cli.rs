@@ -412,6 +412,19 @@ fn check(config: Config) -> anyhow::Result<()> {
     for p in &config.providers {
         let detail = match &p.kind {
             ProviderKind::Outbox(c) => format!("writes to {}", c.dir.display()),
+            ProviderKind::Smtp(c) => {
+                format!("{}:{} ({}) from {}", c.host, c.port, c.tls.as_str(), c.from)
+            }
+            ProviderKind::Twilio(c) => format!(
+                "{} account {}{}",
+                c.base_url,
+                c.account_sid,
+                if c.status_callback_url.is_some() {
+                    ", status callbacks on"
+                } else {
+                    ""
+                }
+            ),
             ProviderKind::AfricasTalking(c) => format!(
                 "{} as {}{}",
                 c.base_url,

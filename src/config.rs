@@ -17,6 +17,8 @@ use crate::domain::money::Money;
 use crate::domain::phone::Region;
 use crate::providers::africastalking::AfricasTalkingConfig;
 use crate::providers::outbox::OutboxConfig;
+use crate::providers::smtp::SmtpConfig;
+use crate::providers::twilio::TwilioConfig;
 
 /// A configuration problem: which file, which key, and why.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +122,10 @@ pub enum ProviderKind {
     Outbox(OutboxConfig),
     /// Africa's Talking SMS.
     AfricasTalking(AfricasTalkingConfig),
+    /// Twilio Programmable Messaging (SMS).
+    Twilio(TwilioConfig),
+    /// An SMTP server (email).
+    Smtp(SmtpConfig),
 }
 
 impl ProviderKind {
@@ -128,6 +134,8 @@ impl ProviderKind {
         match self {
             ProviderKind::Outbox(_) => "outbox",
             ProviderKind::AfricasTalking(_) => "africastalking",
+            ProviderKind::Twilio(_) => "twilio",
+            ProviderKind::Smtp(_) => "smtp",
         }
     }
 
@@ -135,7 +143,8 @@ impl ProviderKind {
     pub fn channels(&self) -> &'static [Channel] {
         match self {
             ProviderKind::Outbox(_) => &[Channel::Sms, Channel::Email],
-            ProviderKind::AfricasTalking(_) => &[Channel::Sms],
+            ProviderKind::AfricasTalking(_) | ProviderKind::Twilio(_) => &[Channel::Sms],
+            ProviderKind::Smtp(_) => &[Channel::Email],
         }
     }
 }
@@ -275,15 +284,12 @@ impl Config {
                     AfricasTalkingConfig::from_table(p.rest, &base)
                         .map_err(|(k, r)| err(&key(&k), r))?,
                 ),
-                "smtp" | "twilio" => {
-                    return Err(err(
-                        &key("kind"),
-                        format!(
-                            "kind `{}` is not built into this version of tuma; use `outbox`",
-                            p.kind
-                        ),
-                    ));
-                }
+                "twilio" => ProviderKind::Twilio(
+                    TwilioConfig::from_table(p.rest, &base).map_err(|(k, r)| err(&key(&k), r))?,
+                ),
+                "smtp" => ProviderKind::Smtp(
+                    SmtpConfig::from_table(p.rest, &base).map_err(|(k, r)| err(&key(&k), r))?,
+                ),
                 other => {
                     return Err(err(
                         &key("kind"),
@@ -775,6 +781,30 @@ impl Default for RawWorker {
             sweep_interval: "10s".into(),
             rate_limit_wait: "5s".into(),
         }
+    }
+}
+
+/// Splits a provider kind's deserialization error into the key it is about
+/// and the reason: serde says "unknown field `x`, expected …" or "missing
+/// field `x`"; toml ends a type error with a line "in `x`". Anything else is
+/// about the provider's table as a whole.
+pub fn table_error(error: &toml::de::Error) -> (String, String) {
+    let message = error.to_string();
+    let message = message.trim_end();
+    let quoted = |rest: &str| rest.split('`').next().map(str::to_owned);
+    for prefix in ["unknown field `", "missing field `"] {
+        if let Some(key) = message
+            .split_once(prefix)
+            .and_then(|(_, rest)| quoted(rest))
+        {
+            return (key, message.to_owned());
+        }
+    }
+    let mut lines = message.lines();
+    let first = lines.next().unwrap_or_default().to_owned();
+    match lines.find_map(|l| l.trim().strip_prefix("in `").and_then(quoted)) {
+        Some(key) => (key, first),
+        None => ("(provider)".to_owned(), message.to_owned()),
     }
 }
 

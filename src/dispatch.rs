@@ -139,7 +139,8 @@ pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> 
             {
                 warn!(delivery = %id, provider = %provider_name, theirs, ours, "segment counts differ");
             }
-            let segments = accepted.segments.or(our_segments);
+            // Bill by the provider's count when it gives one.
+            let billed = accepted.segments.or(our_segments);
             // The provider's own figure is the actual cost; else the price table's estimate.
             let cost = accepted
                 .cost
@@ -147,7 +148,7 @@ pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> 
                 .or_else(|| match &message.content {
                     Content::Sms { to, .. } => app
                         .pricing
-                        .estimate(provider_name, to.as_str(), segments.unwrap_or(1))
+                        .estimate(provider_name, to.as_str(), billed.unwrap_or(1))
                         .map(|m| (m, true)),
                     Content::Email { .. } => None,
                 });
@@ -159,7 +160,8 @@ pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> 
                 error_code: None,
                 error: None,
                 cost,
-                segments,
+                segments: our_segments,
+                provider_segments: accepted.segments,
                 latency_ms: Some(latency_ms),
             };
             (result, NextStep::Sent)

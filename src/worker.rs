@@ -276,6 +276,8 @@ async fn watch_until_settled(app: &App, timeout: Duration) -> Result<(), WorkerE
                 return Ok(());
             }
         } else {
+            // Deliveries stranded by a dead worker come back through the
+            // sweeper that `run_until` runs beside the workers.
             quiet = 0;
             if started.elapsed() >= timeout {
                 return Err(WorkerError::DrainTimeout(
@@ -283,8 +285,6 @@ async fn watch_until_settled(app: &App, timeout: Duration) -> Result<(), WorkerE
                     due,
                 ));
             }
-            // Deliveries stranded by a dead worker come back through the sweeper.
-            sweeper::sweep(app).await?;
         }
     }
 }

@@ -196,6 +196,7 @@ pub struct AttemptRow {
     pub currency: Option<String>,
     pub cost_is_estimate: Option<bool>,
     pub segments: Option<i64>,
+    pub provider_segments: Option<i64>,
     pub latency_ms: Option<i64>,
 }
 
@@ -241,8 +242,10 @@ pub struct AttemptResult {
     pub error: Option<String>,
     /// Cost, and whether it is an estimate.
     pub cost: Option<(Money, bool)>,
-    /// Segments the provider reported, else tuma's count.
+    /// Segments by tuma's own count.
     pub segments: Option<u32>,
+    /// Segments as the provider counted them, when it says.
+    pub provider_segments: Option<u32>,
     /// How long the call took.
     pub latency_ms: Option<i64>,
 }
@@ -259,6 +262,7 @@ impl AttemptResult {
             error: Some(error.into()),
             cost: None,
             segments: None,
+            provider_segments: None,
             latency_ms: None,
         }
     }
@@ -312,7 +316,7 @@ pub(crate) const DELIVERY_COLUMNS: &str = "id, kind, channel, recipient, templat
 
 const ATTEMPT_COLUMNS: &str = "attempt, provider, reason, started_at, finished_at, outcome, \
     provider_message_id, provider_status, error_code, error, cost_micros, currency, \
-    cost_is_estimate, segments, latency_ms";
+    cost_is_estimate, segments, provider_segments, latency_ms";
 
 impl Db {
     /// Records a new delivery and pushes its first job, in one transaction.
@@ -507,7 +511,25 @@ impl Db {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
-        on_pool!(self, pool => {
+        match self {
+            // Postgres: one round trip and one commit on the hot path.
+            Db::Postgres(pool) => sqlx::query_scalar(
+                "WITH d AS (UPDATE deliveries SET status = 'sending', attempts = attempts + 1, \
+                 provider = $3, updated_at = $5 \
+                 WHERE id = $1 AND job_id = $2 AND status = 'pending' RETURNING id, attempts) \
+                 INSERT INTO delivery_attempts (delivery_id, attempt, provider, reason, started_at) \
+                 SELECT id, attempts, $3, $4, $5 FROM d RETURNING attempt",
+            )
+            .bind(&job.delivery_id)
+            .bind(&job.job_id)
+            .bind(provider)
+            .bind(reason)
+            .bind(now)
+            .fetch_optional(pool)
+            .await
+            .doing("starting an attempt"),
+            // SQLite is local: two statements in one transaction cost little.
+            Db::Sqlite(pool) => {
             let mut tx = pool.begin().await.doing("starting a transaction")?;
             let attempt: Option<i64> = sqlx::query_scalar(
                 "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, \
@@ -538,7 +560,8 @@ impl Db {
             .doing("recording an attempt")?;
             tx.commit().await.doing("committing an attempt")?;
             Ok(Some(attempt))
-        })
+            }
+        }
     }
 
     /// Closes the open attempt of a `sending` delivery owned by `job_id` and
@@ -573,6 +596,48 @@ impl Db {
             None => (None, None, None),
         };
         let segments = result.segments.map(i64::from);
+        let provider_segments = result.provider_segments.map(i64::from);
+        if let (Db::Postgres(pool), NextStep::Sent | NextStep::Failed) = (self, next) {
+            // The common outcome, on Postgres: one statement, one round trip, one commit.
+            let closed: Option<i64> = sqlx::query_scalar(
+                "WITH d AS (UPDATE deliveries SET status = $3, job_id = $4, next_attempt_at = $5, \
+                 updated_at = $6, otp_code = NULL, \
+                 sent_at = CASE WHEN $3 = 'sent' THEN $6 ELSE sent_at END, \
+                 provider_message_id = COALESCE($7, provider_message_id), \
+                 cost_micros = CASE WHEN $3 = 'sent' THEN $8 ELSE cost_micros END, \
+                 currency = CASE WHEN $3 = 'sent' THEN $9 ELSE currency END, \
+                 cost_is_estimate = CASE WHEN $3 = 'sent' THEN $10 ELSE cost_is_estimate END, \
+                 segments = COALESCE($13, $11, segments), \
+                 last_error = CASE WHEN $3 = 'sent' THEN NULL ELSE $12 END \
+                 WHERE id = $1 AND job_id = $2 AND status = 'sending' RETURNING id, attempts) \
+                 UPDATE delivery_attempts a SET finished_at = $6, outcome = $14, \
+                 provider_message_id = $7, provider_status = $15, error_code = $16, error = $12, \
+                 cost_micros = $8, currency = $9, cost_is_estimate = $10, segments = $11, \
+                 latency_ms = $17, provider_segments = $13 \
+                 FROM d WHERE a.delivery_id = d.id AND a.attempt = d.attempts RETURNING a.attempt",
+            )
+            .bind(delivery_id)
+            .bind(job_id)
+            .bind(status.as_str())
+            .bind(new_job)
+            .bind(next_at)
+            .bind(result.finished_at)
+            .bind(&result.provider_message_id)
+            .bind(cost_micros)
+            .bind(&currency)
+            .bind(estimate)
+            .bind(segments)
+            .bind(&result.error)
+            .bind(provider_segments)
+            .bind(result.outcome.as_str())
+            .bind(&result.provider_status)
+            .bind(&result.error_code)
+            .bind(result.latency_ms)
+            .fetch_optional(pool)
+            .await
+            .doing("recording an attempt's outcome")?;
+            return Ok(closed.is_some());
+        }
         on_pool!(self, pool => {
             let mut tx = pool.begin().await.doing("starting a transaction")?;
             let attempt: Option<i64> = sqlx::query_scalar(
@@ -584,7 +649,7 @@ impl Db {
                  cost_micros = CASE WHEN $3 = 'sent' THEN $8 ELSE cost_micros END, \
                  currency = CASE WHEN $3 = 'sent' THEN $9 ELSE currency END, \
                  cost_is_estimate = CASE WHEN $3 = 'sent' THEN $10 ELSE cost_is_estimate END, \
-                 segments = COALESCE($11, segments), \
+                 segments = COALESCE($13, $11, segments), \
                  last_error = CASE WHEN $3 = 'sent' THEN NULL ELSE $12 END \
                  WHERE id = $1 AND job_id = $2 AND status = 'sending' RETURNING attempts",
             )
@@ -600,6 +665,7 @@ impl Db {
             .bind(estimate)
             .bind(segments)
             .bind(&result.error)
+            .bind(provider_segments)
             .fetch_optional(&mut *tx)
             .await
             .doing("recording an attempt's outcome")?;
@@ -610,7 +676,7 @@ impl Db {
                 "UPDATE delivery_attempts SET finished_at = $3, outcome = $4, \
                  provider_message_id = $5, provider_status = $6, error_code = $7, error = $8, \
                  cost_micros = $9, currency = $10, cost_is_estimate = $11, segments = $12, \
-                 latency_ms = $13 \
+                 latency_ms = $13, provider_segments = $14 \
                  WHERE delivery_id = $1 AND attempt = $2",
             )
             .bind(delivery_id)
@@ -626,6 +692,7 @@ impl Db {
             .bind(estimate)
             .bind(segments)
             .bind(result.latency_ms)
+            .bind(provider_segments)
             .execute(&mut *tx)
             .await
             .doing("closing an attempt")?;

@@ -356,3 +356,62 @@ fn a_provider_can_be_tried_directly_or_shown_as_a_dry_run() {
             .contains("no provider is named `nope` (configured: primary, backup)")
     );
 }
+
+/// The shipped providers.toml with every `#:` example switched on.
+fn shipped_config_with_examples(dir: &Path) -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("providers.toml")).unwrap();
+    let enabled: String = text
+        .lines()
+        .map(|l| l.strip_prefix("#: ").or(l.strip_prefix("#:")).unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(
+            "dir = \"templates\"",
+            &format!("dir = \"{}\"", templates_dir().display()),
+        );
+    let file = dir.join("providers.toml");
+    std::fs::write(&file, enabled).unwrap();
+    file
+}
+
+#[test]
+fn the_commented_examples_in_the_shipped_configuration_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = shipped_config_with_examples(dir.path());
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let secrets = [
+        ("SMTP_PASSWORD", "smtp-secret-1"),
+        ("AT_API_KEY", "at-secret-2"),
+        ("TWILIO_AUTH_TOKEN", "twilio-secret-3"),
+    ];
+    let out = run_ok(tuma(&config, &url).envs(secrets).arg("check"));
+    for expected in [
+        "smtp             smtp",
+        "africastalking   africastalking",
+        "twilio           twilio",
+        "+254       africastalking -> twilio",
+        "twilio           +1       USD 0.0079 per segment",
+        "circuit breaker: 5 transient failures in a row",
+    ] {
+        assert!(out.contains(expected), "`{expected}` missing from:\n{out}");
+    }
+    for (_, secret) in secrets {
+        assert!(!out.contains(secret), "a secret was printed");
+    }
+
+    // An unset secret is named, with its key, before anything else happens.
+    let out = tuma(&config, &url)
+        .envs(secrets.iter().filter(|(k, _)| *k != "AT_API_KEY").copied())
+        .env_remove("AT_API_KEY")
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("provider[2].api_key_env"), "{err}");
+    assert!(
+        err.contains("environment variable AT_API_KEY is not set"),
+        "{err}"
+    );
+}

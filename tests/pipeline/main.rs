@@ -4,5 +4,6 @@
 mod api;
 mod cli;
 mod delivery;
+mod providers;
 mod recovery;
 mod support;

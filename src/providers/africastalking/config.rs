@@ -65,7 +65,8 @@ impl AfricasTalkingConfig {
         _base: &Path,
         read_secret: impl Fn(&str) -> Result<SecretString, String>,
     ) -> Result<AfricasTalkingConfig, (String, String)> {
-        let raw = RawAfricasTalking::deserialize(table).map_err(|e| key_and_reason(&e))?;
+        let raw =
+            RawAfricasTalking::deserialize(table).map_err(|e| crate::config::table_error(&e))?;
         let refuse = |key: &str, reason: String| (key.to_owned(), reason);
 
         if raw.username.trim().is_empty() {
@@ -140,24 +141,4 @@ fn parse_base_url(text: &str) -> Result<Url, String> {
         ));
     }
     Ok(url)
-}
-
-/// The key a deserialization error is about, and the error without it.
-fn key_and_reason(error: &toml::de::Error) -> (String, String) {
-    // toml ends type errors with "in `key`"; serde says "unknown field `x`,
-    // expected …" or "missing field `x`".
-    let text = error.to_string();
-    let text = text.trim_end();
-    if let Some((reason, key)) = text.rsplit_once("\nin `") {
-        return (
-            key.trim_end_matches('`').to_owned(),
-            reason.trim_end().to_owned(),
-        );
-    }
-    let key = text
-        .split('`')
-        .nth(1)
-        .map(str::to_owned)
-        .unwrap_or_else(|| "(africastalking)".into());
-    (key, text.to_owned())
 }

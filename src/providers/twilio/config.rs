@@ -110,7 +110,7 @@ impl TwilioConfig {
         _base: &Path,
         env: impl Fn(&str) -> Result<SecretString, String>,
     ) -> Result<TwilioConfig, (String, String)> {
-        let raw = RawTwilio::deserialize(table).map_err(|e| serde_error(&e.to_string()))?;
+        let raw = RawTwilio::deserialize(table).map_err(|e| crate::config::table_error(&e))?;
 
         let account_sid = sid("account_sid", &raw.account_sid, "AC")?;
         let read = |key: &str, var: &str| env(var.trim()).map_err(|reason| refuse(key, reason));
@@ -252,25 +252,4 @@ fn validity(text: &str) -> Result<Duration, KeyError> {
         ));
     }
     Ok(period)
-}
-
-/// Names the key a serde error is about: "unknown field `x`, expected …",
-/// "missing field `x`", or a type error followed by a line "in `x`"; other
-/// errors are about the table as a whole.
-fn serde_error(message: &str) -> KeyError {
-    let quoted = |rest: &str| rest.split('`').next().map(str::to_owned);
-    for prefix in ["unknown field `", "missing field `"] {
-        if let Some(key) = message
-            .split_once(prefix)
-            .and_then(|(_, rest)| quoted(rest))
-        {
-            return (key, message.to_owned());
-        }
-    }
-    let mut lines = message.lines();
-    let first = lines.next().unwrap_or_default().to_owned();
-    match lines.find_map(|l| l.trim().strip_prefix("in `").and_then(quoted)) {
-        Some(key) => (key, first),
-        None => ("(twilio)".to_owned(), message.to_owned()),
-    }
 }

@@ -1,0 +1,216 @@
+//! The `[[provider]]` keys of `kind = "smtp"`.
+
+use std::fmt;
+use std::net::Ipv6Addr;
+use std::path::Path;
+
+use lettre::message::Mailbox;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// How the connection to the server is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain text, no TLS at all: local relays and tests only.
+    None,
+    /// Plain connect, then STARTTLS, which is required: the message and the
+    /// password are never sent unencrypted (submission, port 587).
+    StartTls,
+    /// TLS from the first byte, "implicit TLS" (submissions, port 465).
+    Tls,
+}
+
+impl SmtpTls {
+    /// The port used when `port` is not given.
+    pub fn default_port(self) -> u16 {
+        match self {
+            SmtpTls::None => 25,
+            SmtpTls::StartTls => 587,
+            SmtpTls::Tls => 465,
+        }
+    }
+
+    /// The word written in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmtpTls::None => "none",
+            SmtpTls::StartTls => "starttls",
+            SmtpTls::Tls => "tls",
+        }
+    }
+}
+
+impl fmt::Display for SmtpTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A login for servers that want one.
+#[derive(Debug, Clone)]
+pub struct SmtpAuth {
+    /// The account name sent with AUTH.
+    pub username: String,
+    /// The password, read from `password_env` at load (Debug prints `[REDACTED]`).
+    pub password: SecretString,
+    /// The environment variable the password came from, so messages can name it.
+    pub password_env: String,
+}
+
+/// SMTP settings, parsed and checked.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// The server's host name; with TLS, also the name its certificate must carry.
+    pub host: String,
+    /// The server's port (the TLS mode's usual port unless set).
+    pub port: u16,
+    /// Implicit TLS, STARTTLS or none.
+    pub tls: SmtpTls,
+    /// Username and password, when the server wants a login.
+    pub auth: Option<SmtpAuth>,
+    /// The `From` of every email, with display name; its domain also names the Message-IDs.
+    pub from: Mailbox,
+    /// The name sent with EHLO; this machine's host name when absent.
+    pub hello_name: Option<String>,
+}
+
+/// The keys as written, before checks.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    host: String,
+    port: Option<u16>,
+    tls: Option<String>,
+    username: Option<String>,
+    password_env: Option<String>,
+    from: String,
+    hello_name: Option<String>,
+}
+
+impl SmtpConfig {
+    /// Reads the SMTP keys of a `[[provider]]` table (without `name`, `kind`,
+    /// `rate_limit` and `timeout`) and the password from the environment;
+    /// errors name the key and the reason.
+    pub fn from_table(table: toml::Table, base: &Path) -> Result<SmtpConfig, (String, String)> {
+        Self::from_table_with(table, base, crate::config::secret_from_env)
+    }
+
+    /// [`Self::from_table`] with the environment lookup passed in, so tests
+    /// need not change the process environment.
+    pub(super) fn from_table_with(
+        table: toml::Table,
+        _base: &Path,
+        read_secret: impl Fn(&str) -> Result<SecretString, String>,
+    ) -> Result<SmtpConfig, (String, String)> {
+        let raw = RawSmtp::deserialize(table).map_err(|e| crate::config::table_error(&e))?;
+        let refuse = |key: &str, reason: String| (key.to_owned(), reason);
+
+        let host = check_host(&raw.host).map_err(|reason| refuse("host", reason))?;
+        let tls = match raw.tls.as_deref().map(str::trim) {
+            None | Some("starttls") => SmtpTls::StartTls,
+            Some("tls") => SmtpTls::Tls,
+            Some("none") => SmtpTls::None,
+            Some(other) => {
+                return Err(refuse(
+                    "tls",
+                    format!(
+                        "`{other}` is not a TLS mode; write \"starttls\" (port 587), \"tls\" (implicit TLS, port 465) or \"none\" (local servers only)"
+                    ),
+                ));
+            }
+        };
+        let port = match raw.port {
+            Some(0) => {
+                return Err(refuse(
+                    "port",
+                    "must be a port number from 1 to 65535".into(),
+                ));
+            }
+            Some(p) => p,
+            None => tls.default_port(),
+        };
+        let auth = match (raw.username, raw.password_env) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(refuse(
+                    "password_env",
+                    "is set but `username` is not; set both to log in, or neither".into(),
+                ));
+            }
+            (Some(_), None) => {
+                return Err(refuse(
+                    "password_env",
+                    "is required when `username` is set: name the environment variable that holds the password, e.g. \"SMTP_PASSWORD\"".into(),
+                ));
+            }
+            (Some(username), Some(var)) => {
+                if username.trim().is_empty() || username.trim() != username {
+                    return Err(refuse(
+                        "username",
+                        "must be the account name, without spaces around it".into(),
+                    ));
+                }
+                let var = var.trim().to_owned();
+                if var.is_empty() {
+                    return Err(refuse(
+                        "password_env",
+                        "must name the environment variable that holds the password, e.g. \"SMTP_PASSWORD\"".into(),
+                    ));
+                }
+                let password =
+                    read_secret(&var).map_err(|reason| refuse("password_env", reason))?;
+                Some(SmtpAuth {
+                    username,
+                    password,
+                    password_env: var,
+                })
+            }
+        };
+        let from = raw.from.trim().parse::<Mailbox>().map_err(|e| {
+            refuse(
+                "from",
+                format!(
+                    "`{}` is not an address like \"MtaaDAO <no-reply@mtaadao.org>\": {e}",
+                    raw.from
+                ),
+            )
+        })?;
+        let hello_name = match raw.hello_name {
+            None => None,
+            Some(name) if name.is_empty() || name.chars().any(char::is_whitespace) => {
+                return Err(refuse(
+                    "hello_name",
+                    "must be a host name without spaces, e.g. \"mail.mtaadao.org\"".into(),
+                ));
+            }
+            Some(name) => Some(name),
+        };
+        Ok(SmtpConfig {
+            host,
+            port,
+            tls,
+            auth,
+            from,
+            hello_name,
+        })
+    }
+}
+
+/// A bare host name or IP address: no scheme, no port, no spaces.
+fn check_host(text: &str) -> Result<String, String> {
+    let host = text.trim();
+    if host.is_empty() {
+        return Err("must name the SMTP server, e.g. \"smtp.example.org\"".into());
+    }
+    if host.contains("://") || host.contains('/') || host.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "`{text}` is not a host name; write only the name, e.g. \"smtp.example.org\", and the port in `port`"
+        ));
+    }
+    if host.contains(':') && host.parse::<Ipv6Addr>().is_err() {
+        return Err(format!(
+            "`{text}` is not a host name; put the port in `port`"
+        ));
+    }
+    Ok(host.to_owned())
+}

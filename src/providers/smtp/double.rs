@@ -1,0 +1,246 @@
+//! A scriptable SMTP server for the adapter's tests: real SMTP over TCP on
+//! 127.0.0.1, answering as Postfix does unless told otherwise.
+//!
+//! Every step (greeting, EHLO, AUTH, MAIL, RCPT, DATA, the end of the
+//! message, NOOP, RSET, QUIT) has a default reply; a test queues other
+//! answers for a step, used in order, one per time the step comes up. It
+//! records every command line and every message received.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// A point in the SMTP conversation where the server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Step {
+    Greeting,
+    Ehlo,
+    Auth,
+    Mail,
+    Rcpt,
+    Data,
+    /// The reply to the message's final `.`.
+    EndOfData,
+    Noop,
+    Rset,
+    Quit,
+}
+
+impl Step {
+    fn default_reply(self) -> &'static str {
+        match self {
+            Step::Greeting => "220 double.test ESMTP tuma test double",
+            Step::Ehlo => "250-double.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 AUTH PLAIN",
+            Step::Auth => "235 2.7.0 Authentication successful",
+            Step::Mail => "250 2.1.0 Ok",
+            Step::Rcpt => "250 2.1.5 Ok",
+            Step::Data => "354 End data with <CR><LF>.<CR><LF>",
+            Step::EndOfData => "250 2.0.0 Ok: queued as ABC123",
+            Step::Noop | Step::Rset => "250 2.0.0 Ok",
+            Step::Quit => "221 2.0.0 Bye",
+        }
+    }
+}
+
+/// What the server does at a step.
+#[derive(Debug, Clone)]
+pub(super) enum Answer {
+    /// Reply with these lines (joined by CRLF, without the last CRLF).
+    Say(String),
+    /// Wait, then reply.
+    Later(Duration, String),
+    /// Close the connection without a word.
+    Drop,
+    /// Never answer, keeping the connection open.
+    Hang,
+}
+
+/// One message as the server received it.
+#[derive(Debug, Clone)]
+pub(super) struct Received {
+    /// The `MAIL FROM:` line.
+    pub mail_from: String,
+    /// The `RCPT TO:` lines.
+    pub rcpt_to: Vec<String>,
+    /// The message, dot-unstuffed, lines joined by CRLF.
+    pub data: String,
+}
+
+#[derive(Default)]
+struct State {
+    script: HashMap<Step, VecDeque<Answer>>,
+    commands: Vec<String>,
+    messages: Vec<Received>,
+    connections: usize,
+}
+
+impl State {
+    fn answer(&mut self, step: Step) -> Answer {
+        self.script
+            .get_mut(&step)
+            .and_then(VecDeque::pop_front)
+            .unwrap_or_else(|| Answer::Say(step.default_reply().to_owned()))
+    }
+}
+
+/// The running server; stops when dropped.
+pub(super) struct SmtpDouble {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: JoinHandle<()>,
+}
+
+impl SmtpDouble {
+    /// Starts a server on a free port of 127.0.0.1.
+    pub async fn start() -> SmtpDouble {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            let mut sessions = JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                shared.lock().unwrap().connections += 1;
+                sessions.spawn(serve(stream, Arc::clone(&shared)));
+            }
+        });
+        SmtpDouble { addr, state, task }
+    }
+
+    /// Queues `answer` for the next time `step` comes up.
+    pub fn script(&self, step: Step, answer: Answer) -> &Self {
+        self.state
+            .lock()
+            .unwrap()
+            .script
+            .entry(step)
+            .or_default()
+            .push_back(answer);
+        self
+    }
+
+    /// Queues a reply for the next time `step` comes up.
+    pub fn reply(&self, step: Step, text: &str) -> &Self {
+        self.script(step, Answer::Say(text.to_owned()))
+    }
+
+    /// Every command line received, in order, over all connections.
+    pub fn commands(&self) -> Vec<String> {
+        self.state.lock().unwrap().commands.clone()
+    }
+
+    /// Every message received to its final `.`.
+    pub fn messages(&self) -> Vec<Received> {
+        self.state.lock().unwrap().messages.clone()
+    }
+
+    /// How many connections were opened.
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
+    }
+}
+
+impl Drop for SmtpDouble {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sends an answer; false when the connection is to end.
+async fn say(out: &mut OwnedWriteHalf, answer: Answer) -> bool {
+    let text = match answer {
+        Answer::Say(text) => text,
+        Answer::Later(pause, text) => {
+            tokio::time::sleep(pause).await;
+            text
+        }
+        Answer::Drop => return false,
+        Answer::Hang => std::future::pending().await,
+    };
+    out.write_all(format!("{text}\r\n").as_bytes())
+        .await
+        .is_ok()
+        && out.flush().await.is_ok()
+}
+
+async fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
+    let next = |step: Step| state.lock().unwrap().answer(step);
+    let (read, mut out) = stream.into_split();
+    let mut input = BufReader::new(read);
+    if !say(&mut out, next(Step::Greeting)).await {
+        return;
+    }
+    let mut mail_from = String::new();
+    let mut rcpt_to = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match input.read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let command = line.trim_end_matches(['\r', '\n']).to_owned();
+        state.lock().unwrap().commands.push(command.clone());
+        let verb = command
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        let answer = match verb.as_str() {
+            "EHLO" => next(Step::Ehlo),
+            "HELO" => Answer::Say("250 double.test".into()),
+            "AUTH" => next(Step::Auth),
+            "MAIL" => {
+                mail_from = command.clone();
+                rcpt_to.clear();
+                next(Step::Mail)
+            }
+            "RCPT" => {
+                rcpt_to.push(command.clone());
+                next(Step::Rcpt)
+            }
+            "DATA" => next(Step::Data),
+            "NOOP" => next(Step::Noop),
+            "RSET" => next(Step::Rset),
+            "QUIT" => next(Step::Quit),
+            _ => Answer::Say("502 5.5.2 Error: command not recognized".into()),
+        };
+        let takes_data =
+            verb == "DATA" && matches!(&answer, Answer::Say(t) if t.starts_with("354"));
+        if !say(&mut out, answer).await || verb == "QUIT" {
+            return;
+        }
+        if takes_data {
+            let mut data = Vec::new();
+            loop {
+                line.clear();
+                match input.read_line(&mut line).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let text = line.trim_end_matches(['\r', '\n']);
+                if text == "." {
+                    break;
+                }
+                data.push(text.strip_prefix('.').unwrap_or(text).to_owned());
+            }
+            state.lock().unwrap().messages.push(Received {
+                mail_from: mail_from.clone(),
+                rcpt_to: rcpt_to.clone(),
+                data: data.join("\r\n"),
+            });
+            if !say(&mut out, next(Step::EndOfData)).await {
+                return;
+            }
+        }
+    }
+}
