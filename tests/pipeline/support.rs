@@ -444,6 +444,10 @@ pub async fn spawn_app_with(backend: Backend, extra: &str) -> TestServer {
 
 /// Spawns the API over `db`, reached at `url` (through a proxy, say).
 pub async fn spawn_app_at(db: TestDb, url: &str, extra: &str) -> TestServer {
+    // Every API server in this test binary logs into the capture from its
+    // first request on, so a request span is never created before the
+    // subscriber exists (which would log its lines without the request id).
+    let _ = captured_logs();
     let _ = rustls::crypto::ring::default_provider().install_default();
     db.connect().await.close().await;
     let path = db.path().join("providers.toml");
