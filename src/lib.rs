@@ -11,6 +11,8 @@ pub mod intake;
 pub mod pricing;
 pub mod providers;
 pub mod queue;
+pub mod replay;
+pub mod reports;
 pub mod retry;
 pub mod router;
 pub mod store;

@@ -5,6 +5,8 @@
 //! backend so the queries are written once.
 
 mod deliveries;
+mod replays;
+mod reports;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -16,6 +18,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 
 pub use deliveries::*;
+pub use replays::*;
+pub use reports::*;
 
 /// Expands `$body` once per backend with `$pool` bound to that backend's pool.
 macro_rules! on_pool {
