@@ -649,7 +649,7 @@ impl CostReport {
         let fmt = "%Y-%m-%d %H:%M:%S";
         let _ = writeln!(
             out,
-            "Cost report, {} to {} (UTC; end excluded), by created time",
+            "Cost report, {} to {} (UTC; end excluded), by the time each delivery was accepted",
             self.from.format(fmt),
             self.to.format(fmt)
         );
@@ -741,9 +741,18 @@ impl CostReport {
             "MSGS: reached a provider (sent, delivered, undelivered, or failed with a cost). \
              NO-RCPT: sent over {} ago without a receipt; AWAIT: sent since. \
              ACTUAL: the provider's figure; ESTIMATED: segments x the price table.",
-            humantime::format_duration(Duration::from_secs(self.receipt_horizon_secs))
+            short_duration(self.receipt_horizon_secs)
         );
         out
+    }
+}
+
+/// `86400` as `24h`, `90` as `90s`.
+fn short_duration(secs: u64) -> String {
+    match secs {
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
     }
 }
 

@@ -616,3 +616,65 @@ async fn ops_find_failures_by_status_provider_error_code_channel_and_time(backen
     );
 }
 on_both_backends!(ops_find_failures_by_status_provider_error_code_channel_and_time);
+
+async fn deliveries_list_filters_by_provider_and_error_code_from_the_command_line(
+    backend: Backend,
+) {
+    let t = TestApp::new(backend, 3).await;
+    let (config, _) = write_config(t.db.path(), 3);
+    let fail = |code| SeedEnd::Failed(Outcome::Permanent, Some(code));
+    let wanted = seed(
+        &t.app.db,
+        Seed::notification(
+            "2026-11-20T10:00:00Z",
+            "+254711000001",
+            "twilio",
+            fail("21211"),
+        ),
+    )
+    .await;
+    seed(
+        &t.app.db,
+        Seed::notification(
+            "2026-11-20T11:00:00Z",
+            "+254711000002",
+            "twilio",
+            fail("21610"),
+        ),
+    )
+    .await;
+    seed(
+        &t.app.db,
+        Seed::notification(
+            "2026-11-20T12:00:00Z",
+            "+254711000003",
+            "primary",
+            fail("21211"),
+        ),
+    )
+    .await;
+    let out = Command::new(env!("CARGO_BIN_EXE_tuma"))
+        .env("TUMA_CONFIG", &config)
+        .env("DATABASE_URL", &t.db.url)
+        .env("RUST_LOG", "warn")
+        .args([
+            "deliveries",
+            "list",
+            "--status",
+            "failed",
+            "--provider",
+            "twilio",
+        ])
+        .args(["--error-code", "21211", "--format", "csv"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let ids: Vec<&str> = stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(ids, [wanted.as_str()]);
+}
+on_both_backends!(deliveries_list_filters_by_provider_and_error_code_from_the_command_line);

@@ -260,3 +260,58 @@ async fn the_old_dashboard_views_sum_to_the_report_totals_for_the_same_rows(back
     assert_eq!(sent, tw.counts.messages);
 }
 on_both_backends!(the_old_dashboard_views_sum_to_the_report_totals_for_the_same_rows);
+
+async fn the_report_command_prints_csv_with_a_header_row_and_json(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let db = t.connect().await;
+    fixture(&db).await;
+    let (config, _) = write_config(t.path(), 3);
+    let run = |format: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tuma"))
+            .env("TUMA_CONFIG", &config)
+            .env("DATABASE_URL", &t.url)
+            .env("RUST_LOG", "warn")
+            // A horizon far beyond the fixture: every sent message still awaits its receipt,
+            // whatever day the test runs.
+            .args([
+                "report",
+                "costs",
+                "--from",
+                "2026-11-01",
+                "--to",
+                "2026-12-01",
+            ])
+            .args([
+                "--by",
+                "month",
+                "--receipt-horizon",
+                "100000d",
+                "--format",
+                format,
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    assert_eq!(
+        run("csv"),
+        "month,messages,segments,delivered,undelivered,failed,expired,no_receipt,awaiting_receipt,currency,actual_cost,estimated_cost\n\
+         2026-11,1,0,0,0,1,1,0,1,,,\n\
+         2026-11,4,5,1,1,0,0,0,2,KES,3.90,0.00\n\
+         2026-11,2,7,0,0,0,0,0,2,USD,0.00,0.0553\n"
+    );
+    let json: serde_json::Value = serde_json::from_str(&run("json")).unwrap();
+    assert_eq!(json["time_zone"], "UTC");
+    assert_eq!(json["from"], "2026-11-01T00:00:00Z");
+    assert_eq!(json["totals"][0]["currency"], "KES");
+    assert_eq!(json["totals"][0]["actual_micros"], 3_900_000);
+    let table = run("table");
+    assert!(table.contains("(UTC; end excluded)"), "{table}");
+}
+on_both_backends!(the_report_command_prints_csv_with_a_header_row_and_json);
