@@ -372,7 +372,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 by: Some(by),
                 receipt_horizon: Some(receipt_horizon),
             };
-            let now = Utc::now();
+            let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
             let report = cost_report(&db, &CostQuery::from_params(&params, now)?, now).await;
             db.close().await;
             let report = report?;
