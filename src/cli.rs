@@ -47,8 +47,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the workers until SIGTERM or Ctrl-C (the HTTP API joins here later).
-    Serve,
+    /// Run the HTTP API and the workers until SIGTERM or Ctrl-C.
+    Serve {
+        /// Address the HTTP API listens on.
+        #[arg(long, env = "TUMA_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Manage HTTP API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Run the workers.
     Worker {
         /// Deliver everything due now, then exit.
@@ -133,6 +140,26 @@ struct ReplayArgs {
     /// Do not ask before replaying.
     #[arg(long)]
     yes: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it once (only its hash is stored).
+    Create {
+        /// A unique name, e.g. the calling service.
+        #[arg(long)]
+        name: String,
+        /// send, read, ops or reports; repeat for more.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Revoke a key by name; it stops working at once.
+    Revoke {
+        /// The key's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -274,10 +301,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Serve => {
+        Command::Serve { listen } => {
             let app = start(&cli.database_url, config).await?;
-            worker::run(app).await?;
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .with_context(|| format!("--listen {listen}: cannot listen there"))?;
+            worker::serve(app, listener).await?;
             Ok(())
+        }
+        Command::Keys(cmd) => {
+            let db = open(&cli.database_url, &config).await?;
+            let out = keys(&db, cmd).await;
+            db.close().await;
+            out
         }
         Command::Worker { drain, timeout } => {
             let app = start(&cli.database_url, config).await?;
@@ -816,6 +852,69 @@ fn print_plan(plan: &ReplayPlan) {
         }
         if ids.len() > 5 {
             println!("      … and {} more", ids.len() - 5);
+        }
+    }
+}
+
+async fn keys(db: &Db, cmd: KeysCommand) -> anyhow::Result<()> {
+    use crate::api::auth::{Scope, generate_key, hash_key};
+    match cmd {
+        KeysCommand::Create { name, scopes } => {
+            if name.trim().is_empty() {
+                bail!("--name must not be empty");
+            }
+            let mut parsed = scopes
+                .iter()
+                .map(|s| s.parse::<Scope>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            parsed.sort();
+            parsed.dedup();
+            let scopes: Vec<&str> = parsed.iter().map(|s| s.as_str()).collect();
+            let key = generate_key();
+            if !db
+                .create_api_key(&name, &hash_key(&key), &scopes.join(","), Utc::now())
+                .await?
+            {
+                bail!("a key named `{name}` exists; revoke it or pick another name");
+            }
+            eprintln!(
+                "created key `{name}` with scopes {}; it is shown only now:",
+                scopes.join(", ")
+            );
+            println!("{key}");
+            Ok(())
+        }
+        KeysCommand::List => {
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{:<24}  {:<24}  {:<20}  {:<20}  REVOKED",
+                "NAME", "SCOPES", "CREATED (UTC)", "LAST USED"
+            )?;
+            let when = |t: Option<chrono::DateTime<Utc>>| {
+                t.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                    .unwrap_or_else(|| "-".into())
+            };
+            for k in db.api_keys().await? {
+                writeln!(
+                    out,
+                    "{:<24}  {:<24}  {:<20}  {:<20}  {}",
+                    k.name,
+                    k.scopes,
+                    when(Some(k.created_at)),
+                    when(k.last_used_at),
+                    when(k.revoked_at)
+                )?;
+            }
+            Ok(())
+        }
+        KeysCommand::Revoke { name } => {
+            if !db.revoke_api_key(&name, Utc::now()).await? {
+                bail!("no live key is named `{name}`; `tuma keys list` shows them");
+            }
+            println!("revoked key `{name}`");
+            Ok(())
         }
     }
 }

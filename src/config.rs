@@ -53,6 +53,33 @@ pub struct Config {
     pub prices: Vec<PriceConfig>,
     /// When to stop trying a failing provider for a while.
     pub circuit_breaker: CircuitBreakerConfig,
+    /// The HTTP API's limits and abuse guards.
+    pub api: ApiConfig,
+}
+
+/// The HTTP API (`[api]`): limits and SMS pumping guards.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// At most this many OTPs to one recipient per window; `None` is no limit.
+    pub otp_per_recipient: Option<RecipientLimit>,
+    /// SMS only to numbers starting with one of these E.164 prefixes; empty
+    /// allows every number a route carries.
+    pub sms_prefix_allowlist: Vec<String>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest a request may wait on the database before it gets a 503.
+    pub request_timeout: Duration,
+    /// `/metrics` asks for a key with the `ops` scope (else it is open).
+    pub metrics_need_key: bool,
+}
+
+/// A count per sliding window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecipientLimit {
+    /// How many.
+    pub max: u32,
+    /// Per how long.
+    pub per: Duration,
 }
 
 /// One `[[price]]` entry.
@@ -455,6 +482,56 @@ impl Config {
             }
         }
 
+        let api = {
+            let a = raw.api;
+            let otp_per_recipient = match a.otp_per_recipient {
+                None => None,
+                Some(l) => {
+                    let per =
+                        parse_duration(&l.per).map_err(|e| err("api.otp_per_recipient.per", e))?;
+                    if l.max == 0 {
+                        return Err(err(
+                            "api.otp_per_recipient.max",
+                            "must be at least 1 (remove the key for no limit)".into(),
+                        ));
+                    }
+                    if per.is_zero() {
+                        return Err(err(
+                            "api.otp_per_recipient.per",
+                            "must be longer than zero".into(),
+                        ));
+                    }
+                    Some(RecipientLimit { max: l.max, per })
+                }
+            };
+            for (i, prefix) in a.sms_prefix_allowlist.iter().enumerate() {
+                if !is_e164_prefix(prefix) {
+                    return Err(err(
+                        &format!("api.sms_prefix_allowlist[{i}]"),
+                        format!("`{prefix}` is not an E.164 prefix such as \"+254\""),
+                    ));
+                }
+            }
+            if a.max_body_bytes < 256 {
+                return Err(err("api.max_body_bytes", "must be at least 256".into()));
+            }
+            let request_timeout =
+                parse_duration(&a.request_timeout).map_err(|e| err("api.request_timeout", e))?;
+            if request_timeout.is_zero() {
+                return Err(err(
+                    "api.request_timeout",
+                    "must be longer than zero".into(),
+                ));
+            }
+            ApiConfig {
+                otp_per_recipient,
+                sms_prefix_allowlist: a.sms_prefix_allowlist,
+                max_body_bytes: a.max_body_bytes,
+                request_timeout,
+                metrics_need_key: a.metrics_need_key,
+            }
+        };
+
         Ok(Config {
             file: path.to_owned(),
             providers,
@@ -465,6 +542,7 @@ impl Config {
             worker,
             prices,
             circuit_breaker,
+            api,
         })
     }
 
@@ -548,6 +626,40 @@ struct RawConfig {
     price: Vec<RawPrice>,
     #[serde(default)]
     circuit_breaker: RawCircuitBreaker,
+    #[serde(default)]
+    api: RawApi,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawApi {
+    otp_per_recipient: Option<RawLimit>,
+    sms_prefix_allowlist: Vec<String>,
+    max_body_bytes: usize,
+    request_timeout: String,
+    metrics_need_key: bool,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        RawApi {
+            otp_per_recipient: Some(RawLimit {
+                max: 5,
+                per: "15m".into(),
+            }),
+            sms_prefix_allowlist: Vec::new(),
+            max_body_bytes: 16 * 1024,
+            request_timeout: "5s".into(),
+            metrics_need_key: false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    max: u32,
+    per: String,
 }
 
 #[derive(Deserialize)]

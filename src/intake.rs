@@ -14,7 +14,9 @@ use crate::domain::otp::{OtpCode, redact};
 use crate::domain::segments::count_segments;
 use crate::domain::{Channel, DeliveryKind, Recipient};
 use crate::queue::Lane;
-use crate::store::{Delivery, NewDelivery, StoreError};
+use crate::store::{
+    Delivery, IdempotencyClaim, InsertGuards, Inserted, NewDelivery, OtpLimit, StoreError,
+};
 
 /// The name of the OTP template.
 pub const OTP_TEMPLATE: &str = "otp";
@@ -64,9 +66,84 @@ pub enum IntakeError {
         /// Why, in plain words.
         reason: String,
     },
+    /// An abuse guard refused the request; nothing was written.
+    #[error("{field}: refused by rule {rule}: {reason}")]
+    Refused {
+        /// The configuration rule (`api.sms_prefix_allowlist`).
+        rule: &'static str,
+        /// The request field.
+        field: &'static str,
+        /// Why, in plain words.
+        reason: String,
+    },
+    /// Too many OTPs to this recipient lately; nothing was written.
+    #[error("too many one-time codes to this recipient; try again in {}", humantime::format_duration(*retry_after))]
+    TooMany {
+        /// When the oldest OTP in the window leaves it.
+        retry_after: Duration,
+    },
+    /// The Idempotency-Key was used with a different request; nothing was written.
+    #[error("this Idempotency-Key was used with a different request")]
+    KeyReused,
+    /// The Idempotency-Key is claimed but its response cannot be read yet.
+    #[error("a request with this Idempotency-Key is still being processed")]
+    KeyInFlight,
     /// The database failed; nothing was written.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// An `Idempotency-Key` as an API send carries it.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    /// The API key it belongs to: keys are per API key.
+    pub api_key_id: i64,
+    /// The client's key.
+    pub key: String,
+    /// A hash of the request (route and canonical body).
+    pub request_hash: String,
+    /// The status of the response to save and replay.
+    pub response_status: u16,
+}
+
+/// How long an Idempotency-Key is remembered.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What an API send did.
+#[derive(Debug, Clone)]
+pub enum Enqueued {
+    /// A new delivery; `receipt` is the response body (also saved for replays).
+    Created {
+        /// The delivery.
+        delivery: Box<Delivery>,
+        /// `{"id", "status": "pending", "expires_at"?}`.
+        receipt: Value,
+    },
+    /// A repeat of an earlier request with the same Idempotency-Key: its
+    /// saved response; nothing was written.
+    Replayed {
+        /// The saved status.
+        status: u16,
+        /// The saved body.
+        body: String,
+    },
+}
+
+/// The response body of an accepted send: what a client needs to follow it.
+/// It never holds the OTP code.
+pub fn receipt(d: &NewDelivery) -> Value {
+    let mut v = serde_json::json!({ "id": d.id, "status": "pending" });
+    if let (Some(at), Some(obj)) = (d.expires_at, v.as_object_mut()) {
+        obj.insert("expires_at".into(), Value::from(at.to_rfc3339()));
+    }
+    v
+}
+
+/// The limits an API send is held to (`[api]` in the configuration);
+/// command-line sends are the operator's and skip them.
+#[derive(Debug, Clone, Default)]
+struct ApiSend {
+    idempotency: Option<IdempotencyKey>,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> IntakeError {
@@ -79,6 +156,30 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> IntakeError {
 impl App {
     /// Validates and records an OTP send; returns the new delivery.
     pub async fn enqueue_otp(&self, req: OtpRequest) -> Result<Delivery, IntakeError> {
+        created(self.otp(req, None).await?)
+    }
+
+    /// An OTP send from the HTTP API: the `[api]` guards apply (SMS prefix
+    /// allowlist, per-recipient limit) and an Idempotency-Key is claimed in
+    /// the same transaction as the delivery.
+    pub async fn enqueue_otp_from_api(
+        &self,
+        req: OtpRequest,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Enqueued, IntakeError> {
+        self.otp(req, Some(ApiSend { idempotency })).await
+    }
+
+    /// A notification send from the HTTP API (see [`App::enqueue_otp_from_api`]).
+    pub async fn enqueue_notification_from_api(
+        &self,
+        req: NotificationRequest,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Enqueued, IntakeError> {
+        self.notification(req, Some(ApiSend { idempotency })).await
+    }
+
+    async fn otp(&self, req: OtpRequest, api: Option<ApiSend>) -> Result<Enqueued, IntakeError> {
         let code = OtpCode::parse(&req.code).map_err(|e| invalid("code", e.to_string()))?;
         let recipient = self.parse_recipient(&req.to, req.channel)?;
         let ttl = req.ttl.unwrap_or(self.config.otp.ttl);
@@ -110,6 +211,7 @@ impl App {
             Some(&code),
             Some(expires_at),
             None,
+            api,
         )
         .await
     }
@@ -119,6 +221,14 @@ impl App {
         &self,
         req: NotificationRequest,
     ) -> Result<Delivery, IntakeError> {
+        created(self.notification(req, None).await?)
+    }
+
+    async fn notification(
+        &self,
+        req: NotificationRequest,
+        api: Option<ApiSend>,
+    ) -> Result<Enqueued, IntakeError> {
         if req.template == OTP_TEMPLATE {
             return Err(invalid(
                 "template",
@@ -141,6 +251,7 @@ impl App {
             None,
             None,
             req.send_at,
+            api,
         )
         .await
     }
@@ -183,7 +294,25 @@ impl App {
         code: Option<&OtpCode>,
         expires_at: Option<DateTime<Utc>>,
         send_at: Option<DateTime<Utc>>,
-    ) -> Result<Delivery, IntakeError> {
+        api: Option<ApiSend>,
+    ) -> Result<Enqueued, IntakeError> {
+        if let (Some(_), Recipient::Phone(_)) = (&api, &recipient) {
+            let allow = &self.config.api.sms_prefix_allowlist;
+            if !allow.is_empty()
+                && !allow
+                    .iter()
+                    .any(|p| recipient.as_str().starts_with(p.as_str()))
+            {
+                return Err(IntakeError::Refused {
+                    rule: "api.sms_prefix_allowlist",
+                    field: "to",
+                    reason: format!(
+                        "SMS is only sent to numbers starting with {}",
+                        allow.join(", ")
+                    ),
+                });
+            }
+        }
         let locale = locale.unwrap_or_else(|| self.templates.default_locale().to_owned());
         let channel = recipient.channel();
         let rendered = self
@@ -230,12 +359,82 @@ impl App {
             segments,
             encoding,
         };
-        self.db.insert_delivery(&new).await?;
+        let receipt = receipt(&new);
+        let mut guards = InsertGuards::default();
+        if let Some(api) = &api {
+            let since =
+                |d: Duration| now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+            if let (DeliveryKind::Otp, Some(limit)) = (kind, self.config.api.otp_per_recipient) {
+                guards.otp_limit = Some(OtpLimit {
+                    max: limit.max,
+                    since: since(limit.per),
+                });
+            }
+            guards.idempotency = api.idempotency.as_ref().map(|k| IdempotencyClaim {
+                api_key_id: k.api_key_id,
+                key: k.key.clone(),
+                request_hash: k.request_hash.clone(),
+                response_status: k.response_status,
+                response_body: receipt.to_string(),
+                expired_before: since(IDEMPOTENCY_TTL),
+            });
+        }
+        match self.db.insert_delivery_guarded(&new, &guards).await? {
+            Inserted::Created(_) => {}
+            Inserted::Limited { oldest } => {
+                let window = self
+                    .config
+                    .api
+                    .otp_per_recipient
+                    .map(|l| l.per)
+                    .unwrap_or_default();
+                let free_at =
+                    oldest + chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
+                let wait = (free_at - now).to_std().unwrap_or_default();
+                // Whole seconds, rounded up, at least one: what Retry-After carries.
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                return Err(IntakeError::TooMany {
+                    retry_after: Duration::from_secs(secs.max(1)),
+                });
+            }
+            Inserted::KeyTaken => {
+                let Some(claim) = &guards.idempotency else {
+                    return Err(StoreError::Corrupt(
+                        "an idempotency key was taken without a claim".into(),
+                    )
+                    .into());
+                };
+                let saved = self
+                    .db
+                    .saved_response(claim.api_key_id, &claim.key, claim.expired_before)
+                    .await?;
+                return match saved {
+                    Some(s) if s.request_hash == claim.request_hash => Ok(Enqueued::Replayed {
+                        status: u16::try_from(s.response_status).unwrap_or(500),
+                        body: s.response_body,
+                    }),
+                    Some(_) => Err(IntakeError::KeyReused),
+                    None => Err(IntakeError::KeyInFlight),
+                };
+            }
+        }
         self.wakers.wake(Lane::for_kind(kind));
         let delivery = self.db.delivery(&new.id).await?.ok_or_else(|| {
             StoreError::Corrupt(format!("delivery {} vanished after insert", new.id))
         })?;
-        Ok(delivery)
+        Ok(Enqueued::Created {
+            delivery: Box::new(delivery),
+            receipt,
+        })
+    }
+}
+
+fn created(outcome: Enqueued) -> Result<Delivery, IntakeError> {
+    match outcome {
+        Enqueued::Created { delivery, .. } => Ok(*delivery),
+        Enqueued::Replayed { .. } => {
+            Err(StoreError::Corrupt("a send without an Idempotency-Key was replayed".into()).into())
+        }
     }
 }
 

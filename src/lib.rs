@@ -1,6 +1,7 @@
 //! tuma: a durable delivery worker for one-time codes and notifications over
 //! SMS and email. See ARCHITECTURE.md for the map.
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod clock;

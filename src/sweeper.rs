@@ -5,7 +5,8 @@
 //!   gets a new job (the old one, should it ever run, is stale and ignored);
 //! - a delivery left in `sending` by a dead worker (or for longer than any
 //!   send may take) has its attempt closed as `unknown` and is retried;
-//! - finished queue jobs are deleted, so the queue stays small.
+//! - finished queue jobs are deleted, so the queue stays small;
+//! - Idempotency-Keys older than 24 h are deleted.
 
 use chrono::Utc;
 use tracing::{info, warn};
@@ -74,6 +75,13 @@ pub async fn sweep(app: &App) -> Result<SweepReport, StoreError> {
         }
     }
     report.jobs_deleted = app.db.delete_finished_jobs().await?;
+    // Idempotency-Keys are remembered for 24 h.
+    app.db
+        .purge_idempotency_keys(
+            now - chrono::Duration::from_std(crate::intake::IDEMPOTENCY_TTL)
+                .unwrap_or(chrono::Duration::MAX),
+        )
+        .await?;
     if report.requeued > 0 || report.resolved > 0 {
         info!(
             requeued = report.requeued,

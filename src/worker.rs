@@ -30,6 +30,9 @@ pub enum WorkerError {
     /// apalis's monitor failed.
     #[error("the queue monitor stopped: {0}")]
     Monitor(String),
+    /// The HTTP API failed.
+    #[error("the HTTP API stopped: {0}")]
+    Api(String),
     /// Drain mode ran out of time.
     #[error("drain did not finish within {0}: {1} deliveries are still due or sending")]
     DrainTimeout(String, i64),
@@ -173,6 +176,67 @@ where
     result
 }
 
+/// Runs the HTTP API on `listener` and the workers in this process until
+/// SIGTERM or Ctrl-C: then the API stops accepting and finishes its
+/// in-flight requests while the workers finish their in-flight deliveries.
+pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> Result<(), WorkerError> {
+    serve_until(app, listener, shutdown_signal()).await
+}
+
+/// [`serve`] until `stop` resolves. Should either half stop on its own, the
+/// other is stopped too.
+pub async fn serve_until<F>(
+    app: Arc<App>,
+    listener: tokio::net::TcpListener,
+    stop: F,
+) -> Result<(), WorkerError>
+where
+    F: Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let tx = Arc::new(tx);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let signal_tx = tx.clone();
+    let signal = tokio::spawn(async move {
+        if let Err(e) = stop.await {
+            warn!(error = %e, "shutdown signal failed; stopping");
+        }
+        signal_tx.send_replace(true);
+    });
+    let api_tx = tx.clone();
+    let api = tokio::spawn(crate::api::serve(
+        app.clone(),
+        listener,
+        stopped(rx.clone()),
+    ));
+    let api = async move {
+        let result = api.await;
+        api_tx.send_replace(true);
+        result
+    };
+    let workers_tx = tx.clone();
+    let workers = async move {
+        let stop_rx = rx.clone();
+        let result = run_until(app, async move {
+            stopped(stop_rx).await;
+            Ok(())
+        })
+        .await;
+        workers_tx.send_replace(true);
+        result
+    };
+    let (api, workers) = tokio::join!(api, workers);
+    signal.abort();
+    match api {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(WorkerError::Api(e.to_string())),
+        Err(e) => return Err(WorkerError::Api(e.to_string())),
+    }
+    workers
+}
+
 /// Runs until SIGTERM or Ctrl-C.
 pub async fn run(app: Arc<App>) -> Result<(), WorkerError> {
     run_until(app, shutdown_signal()).await
@@ -212,6 +276,8 @@ async fn watch_until_settled(app: &App, timeout: Duration) -> Result<(), WorkerE
                 return Ok(());
             }
         } else {
+            // Deliveries stranded by a dead worker come back through the
+            // sweeper that `run_until` runs beside the workers.
             quiet = 0;
             if started.elapsed() >= timeout {
                 return Err(WorkerError::DrainTimeout(
@@ -219,8 +285,6 @@ async fn watch_until_settled(app: &App, timeout: Duration) -> Result<(), WorkerE
                     due,
                 ));
             }
-            // Deliveries stranded by a dead worker come back through the sweeper.
-            sweeper::sweep(app).await?;
         }
     }
 }

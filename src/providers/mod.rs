@@ -144,6 +144,65 @@ pub trait Provider: Send + Sync + fmt::Debug {
     fn dry_run(&self, message: &OutgoingMessage) -> String;
 }
 
+/// Opening a connection to a provider never takes longer than this.
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The HTTP client an adapter uses: `timeout` bounds a whole request, a
+/// connection opens within the smaller of `timeout` and 5 s, and redirects are
+/// not followed (they would carry credentials to wherever they point).
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    install_crypto();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// The complete email for `message` from `from`: multipart text + HTML (or
+/// text alone), with a Message-ID of `<delivery-id@from-domain>`, the same on
+/// every attempt so a receiver can drop a retried duplicate. An SMS is
+/// refused with `not_email`.
+pub fn email_message(
+    from: &lettre::message::Mailbox,
+    message: &OutgoingMessage,
+    not_email: &str,
+) -> Result<lettre::Message, SendError> {
+    use lettre::message::{Mailbox, MultiPart, header::ContentType};
+    let Content::Email {
+        to,
+        subject,
+        text,
+        html,
+    } = &message.content
+    else {
+        return Err(SendError::permanent(not_email));
+    };
+    let to: Mailbox = to
+        .as_str()
+        .parse()
+        .map_err(|e| SendError::permanent(format!("recipient refused: {e}")))?;
+    let builder = lettre::Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(subject.clone())
+        .message_id(Some(message_id(from, &message.delivery_id)));
+    match html {
+        Some(html) => builder.multipart(MultiPart::alternative_plain_html(
+            text.clone(),
+            html.clone(),
+        )),
+        None => builder.header(ContentType::TEXT_PLAIN).body(text.clone()),
+    }
+    .map_err(|e| SendError::permanent(format!("cannot build the email: {e}")))
+}
+
+/// The Message-ID of a delivery's email: `<delivery-id@from-domain>`.
+pub fn message_id(from: &lettre::message::Mailbox, delivery_id: &str) -> String {
+    format!("<{delivery_id}@{}>", from.email.domain())
+}
+
 /// Makes ring the process's TLS crypto provider (HTTP and SMTP adapters use
 /// rustls). Safe to call more than once.
 pub fn install_crypto() {

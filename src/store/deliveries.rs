@@ -50,6 +50,60 @@ pub struct NewDelivery {
     pub encoding: Option<String>,
 }
 
+/// A claim on an `Idempotency-Key`, saved in the transaction that records
+/// the delivery, with the response a repeat of the request gets.
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    /// The API key the Idempotency-Key belongs to (keys are per API key).
+    pub api_key_id: i64,
+    /// The client's Idempotency-Key.
+    pub key: String,
+    /// A hash of the request (route and body): a repeat must match it.
+    pub request_hash: String,
+    /// The status of the response to replay.
+    pub response_status: u16,
+    /// The body of the response to replay (never holds an OTP code).
+    pub response_body: String,
+    /// A claim created before this has expired: it is replaced, not replayed.
+    pub expired_before: DateTime<Utc>,
+}
+
+/// The per-recipient OTP limit, checked in the inserting transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct OtpLimit {
+    /// OTPs allowed in the window.
+    pub max: u32,
+    /// The window's start.
+    pub since: DateTime<Utc>,
+}
+
+/// Checks made inside the transaction that records a delivery.
+#[derive(Debug, Clone, Default)]
+pub struct InsertGuards {
+    /// Claim this Idempotency-Key.
+    pub idempotency: Option<IdempotencyClaim>,
+    /// Refuse an OTP over this limit.
+    pub otp_limit: Option<OtpLimit>,
+    /// Record the delivery as a replay of another. The unique index
+    /// `deliveries_one_replay` refuses a second live replay of one delivery.
+    pub replay: Option<ReplayLink>,
+}
+
+/// What a guarded insert did.
+#[derive(Debug, Clone)]
+pub enum Inserted {
+    /// Recorded, with this first job.
+    Created(DeliveryJob),
+    /// The Idempotency-Key is already claimed; nothing was written.
+    KeyTaken,
+    /// The OTP limit is reached; nothing was written. The oldest OTP in the
+    /// window was created at `oldest`.
+    Limited {
+        /// When the window's oldest OTP was created.
+        oldest: DateTime<Utc>,
+    },
+}
+
 /// A delivery as stored (the OTP code is never read into this type).
 #[derive(Debug, Clone, FromRow)]
 pub struct DeliveryRow {
@@ -273,7 +327,7 @@ pub struct ReplayLink {
     pub replayed_at: DateTime<Utc>,
 }
 
-const DELIVERY_COLUMNS: &str = "id, kind, channel, recipient, template, locale, vars, subject, body, \
+pub(crate) const DELIVERY_COLUMNS: &str = "id, kind, channel, recipient, template, locale, vars, subject, body, \
     body_html, status, attempts, max_attempts, next_attempt_at, expires_at, job_id, created_at, \
     updated_at, sent_at, provider, provider_message_id, cost_micros, currency, cost_is_estimate, \
     segments, encoding, last_error";
@@ -285,21 +339,99 @@ const ATTEMPT_COLUMNS: &str = "attempt, provider, reason, started_at, finished_a
 impl Db {
     /// Records a new delivery and pushes its first job, in one transaction.
     pub async fn insert_delivery(&self, d: &NewDelivery) -> Result<DeliveryJob, StoreError> {
-        self.insert_delivery_with(d, None).await
+        match self
+            .insert_delivery_guarded(d, &InsertGuards::default())
+            .await?
+        {
+            Inserted::Created(job) => Ok(job),
+            other => Err(StoreError::Corrupt(format!(
+                "an unguarded insert was refused: {other:?}"
+            ))),
+        }
     }
 
-    /// Records a new delivery (a replay when `link` is given) and pushes its
-    /// first job, in one transaction.
-    pub(crate) async fn insert_delivery_with(
+    /// Records a new delivery and pushes its first job, in one transaction
+    /// that also applies `guards`: it claims the Idempotency-Key (saving the
+    /// response to replay) and checks the per-recipient OTP limit. When a
+    /// guard refuses, nothing is written.
+    ///
+    /// A claim racing another claim of the same key waits for the other's
+    /// transaction (SQLite: `BEGIN IMMEDIATE`; Postgres: the primary key's
+    /// unique check), then sees it as taken.
+    pub async fn insert_delivery_guarded(
         &self,
         d: &NewDelivery,
-        link: Option<&ReplayLink>,
-    ) -> Result<DeliveryJob, StoreError> {
+        guards: &InsertGuards,
+    ) -> Result<Inserted, StoreError> {
+        let link = guards.replay.as_ref();
         let job = DeliveryJob::new(&d.id);
         let lane = Lane::for_kind(d.kind);
         let run_at = (d.send_at > d.created_at).then_some(d.send_at);
+        // SQLite: take the write lock at once, so a read-then-write
+        // transaction never fails on a snapshot another writer moved on.
+        let (begin, lock) = match self {
+            Db::Sqlite(_) => ("BEGIN IMMEDIATE", "SELECT $1"),
+            Db::Postgres(_) => (
+                "BEGIN",
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            ),
+        };
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await.doing("starting a transaction")?;
+            let mut tx = pool.begin_with(begin).await.doing("starting a transaction")?;
+            if let Some(claim) = &guards.idempotency {
+                sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE api_key_id = $1 AND key = $2 \
+                     AND created_at < $3",
+                )
+                .bind(claim.api_key_id)
+                .bind(&claim.key)
+                .bind(claim.expired_before)
+                .execute(&mut *tx)
+                .await
+                .doing("expiring an idempotency key")?;
+                let claimed = sqlx::query(
+                    "INSERT INTO idempotency_keys (api_key_id, key, request_hash, delivery_id, \
+                     response_status, response_body, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                )
+                .bind(claim.api_key_id)
+                .bind(&claim.key)
+                .bind(&claim.request_hash)
+                .bind(&d.id)
+                .bind(i64::from(claim.response_status))
+                .bind(&claim.response_body)
+                .bind(d.created_at)
+                .execute(&mut *tx)
+                .await
+                .doing("claiming an idempotency key")?
+                .rows_affected();
+                if claimed == 0 {
+                    return Ok(Inserted::KeyTaken);
+                }
+            }
+            if let Some(limit) = &guards.otp_limit {
+                // Postgres: one transaction at a time per recipient, so two
+                // concurrent sends cannot both take the last slot.
+                sqlx::query(lock)
+                    .bind(&d.recipient)
+                    .execute(&mut *tx)
+                    .await
+                    .doing("locking a recipient")?;
+                let recent: Vec<DateTime<Utc>> = sqlx::query_scalar(
+                    "SELECT created_at FROM deliveries WHERE recipient = $1 AND kind = 'otp' \
+                     AND created_at > $2 ORDER BY created_at",
+                )
+                .bind(&d.recipient)
+                .bind(limit.since)
+                .fetch_all(&mut *tx)
+                .await
+                .doing("counting recent OTPs")?;
+                if recent.len() >= usize::try_from(limit.max).unwrap_or(usize::MAX) {
+                    return Ok(Inserted::Limited {
+                        oldest: recent.first().copied().unwrap_or(limit.since),
+                    });
+                }
+            }
             sqlx::query(
                 "INSERT INTO deliveries (id, kind, channel, recipient, template, locale, vars, \
                  subject, body, body_html, otp_code, status, attempts, max_attempts, \
@@ -335,7 +467,7 @@ impl Db {
             tx.push_job(lane, &job, run_at).await?;
             tx.commit().await.doing("committing the delivery")?;
         });
-        Ok(job)
+        Ok(Inserted::Created(job))
     }
 
     /// A delivery by id.
@@ -407,7 +539,25 @@ impl Db {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
-        on_pool!(self, pool => {
+        match self {
+            // Postgres: one round trip and one commit on the hot path.
+            Db::Postgres(pool) => sqlx::query_scalar(
+                "WITH d AS (UPDATE deliveries SET status = 'sending', attempts = attempts + 1, \
+                 provider = $3, updated_at = $5 \
+                 WHERE id = $1 AND job_id = $2 AND status = 'pending' RETURNING id, attempts) \
+                 INSERT INTO delivery_attempts (delivery_id, attempt, provider, reason, started_at) \
+                 SELECT id, attempts, $3, $4, $5 FROM d RETURNING attempt",
+            )
+            .bind(&job.delivery_id)
+            .bind(&job.job_id)
+            .bind(provider)
+            .bind(reason)
+            .bind(now)
+            .fetch_optional(pool)
+            .await
+            .doing("starting an attempt"),
+            // SQLite is local: two statements in one transaction cost little.
+            Db::Sqlite(pool) => {
             let mut tx = pool.begin().await.doing("starting a transaction")?;
             let attempt: Option<i64> = sqlx::query_scalar(
                 "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, \
@@ -438,7 +588,8 @@ impl Db {
             .doing("recording an attempt")?;
             tx.commit().await.doing("committing an attempt")?;
             Ok(Some(attempt))
-        })
+            }
+        }
     }
 
     /// Closes the open attempt of a `sending` delivery owned by `job_id` and
@@ -474,6 +625,47 @@ impl Db {
         };
         let segments = result.segments.map(i64::from);
         let provider_segments = result.provider_segments.map(i64::from);
+        if let (Db::Postgres(pool), NextStep::Sent | NextStep::Failed) = (self, next) {
+            // The common outcome, on Postgres: one statement, one round trip, one commit.
+            let closed: Option<i64> = sqlx::query_scalar(
+                "WITH d AS (UPDATE deliveries SET status = $3, job_id = $4, next_attempt_at = $5, \
+                 updated_at = $6, otp_code = NULL, \
+                 sent_at = CASE WHEN $3 = 'sent' THEN $6 ELSE sent_at END, \
+                 provider_message_id = COALESCE($7, provider_message_id), \
+                 cost_micros = CASE WHEN $3 = 'sent' THEN $8 ELSE cost_micros END, \
+                 currency = CASE WHEN $3 = 'sent' THEN $9 ELSE currency END, \
+                 cost_is_estimate = CASE WHEN $3 = 'sent' THEN $10 ELSE cost_is_estimate END, \
+                 segments = COALESCE($13, $11, segments), \
+                 last_error = CASE WHEN $3 = 'sent' THEN NULL ELSE $12 END \
+                 WHERE id = $1 AND job_id = $2 AND status = 'sending' RETURNING id, attempts) \
+                 UPDATE delivery_attempts a SET finished_at = $6, outcome = $14, \
+                 provider_message_id = $7, provider_status = $15, error_code = $16, error = $12, \
+                 cost_micros = $8, currency = $9, cost_is_estimate = $10, segments = $11, \
+                 latency_ms = $17, provider_segments = $13 \
+                 FROM d WHERE a.delivery_id = d.id AND a.attempt = d.attempts RETURNING a.attempt",
+            )
+            .bind(delivery_id)
+            .bind(job_id)
+            .bind(status.as_str())
+            .bind(new_job)
+            .bind(next_at)
+            .bind(result.finished_at)
+            .bind(&result.provider_message_id)
+            .bind(cost_micros)
+            .bind(&currency)
+            .bind(estimate)
+            .bind(segments)
+            .bind(&result.error)
+            .bind(provider_segments)
+            .bind(result.outcome.as_str())
+            .bind(&result.provider_status)
+            .bind(&result.error_code)
+            .bind(result.latency_ms)
+            .fetch_optional(pool)
+            .await
+            .doing("recording an attempt's outcome")?;
+            return Ok(closed.is_some());
+        }
         on_pool!(self, pool => {
             let mut tx = pool.begin().await.doing("starting a transaction")?;
             let attempt: Option<i64> = sqlx::query_scalar(

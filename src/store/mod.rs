@@ -4,6 +4,7 @@
 //! can (`$1` placeholders work on both); [`on_pool!`] expands one body for each
 //! backend so the queries are written once.
 
+mod api;
 mod deliveries;
 mod replays;
 mod reports;
@@ -17,6 +18,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
+pub use api::*;
 pub use deliveries::*;
 pub use replays::*;
 pub use reports::*;
@@ -84,7 +86,8 @@ impl<T> Doing<T> for Result<T, sqlx::Error> {
 }
 
 impl Db {
-    /// Opens a pool. SQLite files are created if missing and every connection
+    /// Opens a pool (`max_connections` applies to Postgres; SQLite gets one
+    /// connection, see below). SQLite files are created if missing and every connection
     /// gets WAL, `synchronous=NORMAL`, a busy timeout, foreign keys and
     /// `secure_delete` (so a wiped OTP code does not linger in free pages).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db, StoreError> {
@@ -102,9 +105,15 @@ impl Db {
                 .foreign_keys(true)
                 .pragma("secure_delete", "ON")
                 .pragma("temp_store", "MEMORY");
+            // One connection: SQLite runs one writer at a time anyway, and a
+            // writer that finds the lock taken sleeps in steps of up to 100 ms
+            // (the busy handler). Queueing for the one connection instead is
+            // first come, first served, with no sleeps: OTPs keep their latency
+            // while a bulk backlog drains. Other processes still meet the busy
+            // timeout.
             let pool = SqlitePoolOptions::new()
-                .max_connections(max_connections)
-                .acquire_timeout(Duration::from_secs(10))
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(30))
                 .connect_with(options)
                 .await
                 .map_err(|e| bad(e.to_string()))?;

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::FromRow;
 
-use super::{Db, Doing, NewDelivery, ReplayLink, StoreError, on_pool};
+use super::{Db, Doing, InsertGuards, Inserted, NewDelivery, ReplayLink, StoreError, on_pool};
 use crate::queue::DeliveryJob;
 
 /// A replay of a delivery, as the original shows it.
@@ -43,8 +43,15 @@ impl Db {
         d: &NewDelivery,
         link: &ReplayLink,
     ) -> Result<Option<DeliveryJob>, StoreError> {
-        match self.insert_delivery_with(d, Some(link)).await {
-            Ok(job) => Ok(Some(job)),
+        let guards = InsertGuards {
+            replay: Some(link.clone()),
+            ..InsertGuards::default()
+        };
+        match self.insert_delivery_guarded(d, &guards).await {
+            Ok(Inserted::Created(job)) => Ok(Some(job)),
+            Ok(other) => Err(StoreError::Corrupt(format!(
+                "a replay's insert was refused by a guard it does not set: {other:?}"
+            ))),
             Err(StoreError::Query { source, .. })
                 if source
                     .as_database_error()

@@ -1,6 +1,7 @@
 //! tuma's integration tests, one binary: each module runs on SQLite and on
 //! Postgres (`TUMA_TEST_POSTGRES_URL`), with a fresh database per test.
 
+mod api;
 mod cli;
 mod delivery;
 mod providers;

@@ -92,3 +92,33 @@ async fn a_stale_job_is_ignored(backend: Backend) {
     assert_eq!(t.delivery(&d.row.id).await.status, DeliveryStatus::Sent);
 }
 on_both_backends!(a_stale_job_is_ignored);
+
+#[tokio::test]
+async fn sqlite_connections_are_durable_whatever_apalis_sets() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.connect().await;
+    let tuma::store::Db::Sqlite(pool) = &store else {
+        unreachable!("a SQLite test database")
+    };
+    // apalis's own setup would turn synchronous OFF; tuma never runs it.
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(synchronous, 1, "synchronous = NORMAL");
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(journal, "wal");
+    let secure_delete: i64 = sqlx::query_scalar("PRAGMA secure_delete")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(secure_delete, 1);
+    let timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(timeout >= 5000, "busy timeout {timeout} ms");
+}

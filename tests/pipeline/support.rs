@@ -578,3 +578,214 @@ pub async fn seed(db: &Db, s: Seed) -> String {
     }
     id
 }
+
+/// The HTTP API on port 0 over a fresh database (outbox providers, manual
+/// clock), with a client. Workers do not run: `t.drain()` delivers.
+pub struct TestServer {
+    pub t: TestApp,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: tuma::api::ApiState,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Spawns the API with the test configuration.
+pub async fn spawn_app(backend: Backend) -> TestServer {
+    spawn_app_with(backend, "").await
+}
+
+/// Spawns the API with `extra` appended to the test configuration (an
+/// `[api]` table, say).
+pub async fn spawn_app_with(backend: Backend, extra: &str) -> TestServer {
+    let db = TestDb::new(backend).await;
+    let url = db.url.clone();
+    spawn_app_at(db, &url, extra).await
+}
+
+/// Spawns the API over `db`, reached at `url` (through a proxy, say).
+pub async fn spawn_app_at(db: TestDb, url: &str, extra: &str) -> TestServer {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    db.connect().await.close().await;
+    let path = db.path().join("providers.toml");
+    std::fs::write(&path, format!("{}\n{extra}", config_text(db.path(), 6))).unwrap();
+    let config = Config::load(&path).expect("valid test config");
+    let clock = new_clock();
+    let store = Db::connect(url, 10).await.expect("connect");
+    let providers = Providers::from_config(&config).expect("providers");
+    let app = Arc::new(App::with_parts(config, store, providers, clock.clone()).expect("app"));
+    let state = tuma::api::ApiState::new(app.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = tuma::api::router(state.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    TestServer {
+        t: TestApp { app, clock, db },
+        base,
+        client: reqwest::Client::new(),
+        state,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+impl TestServer {
+    /// Creates an API key with these scopes, as `tuma keys create` does.
+    pub async fn key(&self, name: &str, scopes: &[&str]) -> String {
+        let key = tuma::api::auth::generate_key();
+        assert!(
+            self.t
+                .app
+                .db
+                .create_api_key(
+                    name,
+                    &tuma::api::auth::hash_key(&key),
+                    &scopes.join(","),
+                    self.t.clock.now()
+                )
+                .await
+                .unwrap()
+        );
+        key
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs JSON with a key.
+    pub async fn post(&self, path: &str, key: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// GETs with a key.
+    pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// How many deliveries exist.
+    pub async fn delivery_count(&self) -> usize {
+        self.t
+            .app
+            .db
+            .delivery_page(&tuma::store::PageFilter {
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .len()
+    }
+
+    /// Stops the server, finishing in-flight requests.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap();
+        }
+    }
+}
+
+/// Everything every test in this binary logs from now on (all levels down
+/// to debug), in memory: for searching for secrets.
+pub fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .with_ansi(false)
+            .with_writer(move || LogWriter(writer.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        buffer
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A TCP proxy to a database that can be cut and restored: a database that
+/// goes away and comes back, as the API sees it.
+pub struct DbProxy {
+    pub addr: std::net::SocketAddr,
+    target: String,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl DbProxy {
+    pub async fn start(target: &str) -> DbProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = DbProxy {
+            addr: listener.local_addr().unwrap(),
+            target: target.to_owned(),
+            task: Mutex::new(None),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let target = self.target.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub async fn cut(&self) {
+        let task = self.task.lock().unwrap().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Accepts connections again, on the same address.
+    pub async fn restore(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+}

@@ -19,9 +19,6 @@ const API_KEY_HEADER: &str = "apiKey";
 /// What replaces a secret wherever one would show.
 const MASK: &str = "****";
 
-/// The longest connection setup allowed, whatever the total timeout.
-const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// How much of an unexpected body goes into an error message.
 const MAX_BODY_CHARS: usize = 500;
 
@@ -66,13 +63,7 @@ impl AfricasTalking {
                 )
             })?;
         api_key_header.set_sensitive(true);
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
-            // A redirect would carry the apiKey header to wherever it points.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let client = crate::providers::http_client(timeout)?;
         let endpoint = messaging_url(&config.base_url)?;
         Ok(AfricasTalking {
             config,

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use lettre::message::{Mailbox, MultiPart, header::ContentType};
+use lettre::message::Mailbox;
 use serde::Deserialize;
 
 use super::{Accepted, Content, OutgoingMessage, Provider, SendError};
@@ -83,33 +83,7 @@ impl Outbox {
     }
 
     fn email_bytes(&self, message: &OutgoingMessage) -> Result<(String, Vec<u8>), SendError> {
-        let Content::Email {
-            to,
-            subject,
-            text,
-            html,
-        } = &message.content
-        else {
-            return Err(SendError::permanent("not an email"));
-        };
-        let to: Mailbox = to
-            .as_str()
-            .parse()
-            .map_err(|e| SendError::permanent(format!("recipient refused: {e}")))?;
-        let domain = self.config.from.email.domain().to_owned();
-        let builder = lettre::Message::builder()
-            .from(self.config.from.clone())
-            .to(to)
-            .subject(subject.clone())
-            .message_id(Some(format!("<{}@{}>", message.delivery_id, domain)));
-        let email = match html {
-            Some(html) => builder.multipart(MultiPart::alternative_plain_html(
-                text.clone(),
-                html.clone(),
-            )),
-            None => builder.header(ContentType::TEXT_PLAIN).body(text.clone()),
-        }
-        .map_err(|e| SendError::permanent(format!("cannot build the email: {e}")))?;
+        let email = super::email_message(&self.config.from, message, "not an email")?;
         Ok((format!("{}.eml", message.delivery_id), email.formatted()))
     }
 

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lettre::message::{Mailbox, MultiPart, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
@@ -16,10 +15,9 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 
 use super::config::{SmtpConfig, SmtpTls};
-use crate::providers::{Accepted, Content, OutgoingMessage, Provider, SendError};
+use crate::providers::{Accepted, OutgoingMessage, Provider, SendError};
 
-/// The longest we wait for a TCP (and implicit TLS) connection to open.
-const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::providers::MAX_CONNECT_TIMEOUT;
 
 /// How much of a server's text goes into an error message.
 const MAX_MESSAGE_CHARS: usize = 500;
@@ -93,37 +91,12 @@ impl Smtp {
     /// The Message-ID for a delivery: the same on every attempt, so a
     /// receiver can drop a duplicate of a retried send.
     fn message_id(&self, delivery_id: &str) -> String {
-        format!("<{delivery_id}@{}>", self.config.from.email.domain())
+        crate::providers::message_id(&self.config.from, delivery_id)
     }
 
     /// The complete email for `message`, or a permanent error if it cannot be one.
     fn email(&self, message: &OutgoingMessage) -> Result<Message, SendError> {
-        let Content::Email {
-            to,
-            subject,
-            text,
-            html,
-        } = &message.content
-        else {
-            return Err(SendError::permanent("SMTP sends email only"));
-        };
-        let to: Mailbox = to
-            .as_str()
-            .parse()
-            .map_err(|e| SendError::permanent(format!("recipient refused: {e}")))?;
-        let builder = Message::builder()
-            .from(self.config.from.clone())
-            .to(to)
-            .subject(subject.clone())
-            .message_id(Some(self.message_id(&message.delivery_id)));
-        match html {
-            Some(html) => builder.multipart(MultiPart::alternative_plain_html(
-                text.clone(),
-                html.clone(),
-            )),
-            None => builder.header(ContentType::TEXT_PLAIN).body(text.clone()),
-        }
-        .map_err(|e| SendError::permanent(format!("cannot build the email: {e}")))
+        crate::providers::email_message(&self.config.from, message, "SMTP sends email only")
     }
 
     /// Replaces the password with `****` in text that reached us from outside.

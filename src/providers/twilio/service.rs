@@ -16,9 +16,6 @@ use crate::providers::{Accepted, Content, OutgoingMessage, Provider, SendError, 
 /// The longest `Body` Twilio takes, in characters.
 pub const MAX_BODY_CHARS: usize = 1600;
 
-/// The longest a connection may take to open, whatever the request timeout.
-const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// How much of an unexpected body goes into an error message.
 const SHOWN_BODY_CHARS: usize = 500;
 
@@ -54,14 +51,7 @@ impl Twilio {
     /// connection takes at most the smaller of `timeout` and 5 s.
     pub fn new(config: TwilioConfig, timeout: Duration) -> Result<Twilio, String> {
         install_crypto();
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
-            // A redirect is not part of Twilio's API: report it rather than
-            // carry the credentials elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let client = crate::providers::http_client(timeout)?;
         Ok(Twilio {
             config,
             client,

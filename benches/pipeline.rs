@@ -1,0 +1,638 @@
+//! tuma's benchmark: the queue alone, tuma end to end, OTP latency under a
+//! bulk backlog, and peak memory, on SQLite and Postgres, in one run.
+//!
+//!     cargo bench --bench pipeline -- --help
+//!     cargo bench --bench pipeline -- --deliveries 20000 --backlog 5000
+//!
+//! Prints a table and writes the figures as JSON (`--out`). Everything runs
+//! in this process on fresh databases; provider doubles listen on 127.0.0.1.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use apalis::prelude::*;
+use apalis_postgres::PostgresStorage;
+use apalis_sqlite::SqliteStorage;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use serde::Serialize;
+use serde_json::{Map, json};
+use sqlx::Connection;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+use tuma::app::App;
+use tuma::clock::SystemClock;
+use tuma::config::Config;
+use tuma::intake::{NotificationRequest, OtpRequest};
+use tuma::providers::africastalking::{AfricasTalking, AfricasTalkingConfig};
+use tuma::providers::{Accepted, OutgoingMessage, Provider, Providers, SendError, unlimited};
+use tuma::store::Db;
+
+#[derive(Debug, Parser)]
+#[command(about = "Measure tuma against bare apalis on this machine")]
+struct Args {
+    /// Backends to measure: sqlite, postgres, or both.
+    #[arg(long, default_value = "sqlite,postgres", value_delimiter = ',')]
+    backends: Vec<String>,
+    /// Postgres server (a fresh database is created on it for each phase).
+    #[arg(
+        long,
+        env = "TUMA_TEST_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    postgres_url: String,
+    /// Jobs for the queue floor and deliveries for the end-to-end run.
+    #[arg(long, default_value_t = 20_000)]
+    deliveries: usize,
+    /// Deliveries through the HTTP provider double.
+    #[arg(long, default_value_t = 5_000)]
+    http_deliveries: usize,
+    /// Bulk notifications queued while OTP latency is measured.
+    #[arg(long, default_value_t = 10_000)]
+    backlog: usize,
+    /// OTPs sent (one at a time) under load, and again idle.
+    #[arg(long, default_value_t = 200)]
+    otps: usize,
+    /// Worker concurrency, for apalis and for tuma's notification lane alike.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Where to write the JSON figures.
+    #[arg(long, default_value = "target/bench.json")]
+    out: PathBuf,
+    /// Ignored: cargo passes it to bench targets.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct BackendResult {
+    backend: String,
+    floor_jobs_per_s: f64,
+    floor_peak_rss_mb: f64,
+    intake_per_s: f64,
+    e2e_per_s: f64,
+    e2e_windows_per_s: Vec<f64>,
+    e2e_vs_floor: f64,
+    e2e_peak_rss_mb: f64,
+    http_per_s: f64,
+    http_peak_rss_mb: f64,
+    otp_loaded: Latency,
+    otp_backlog_left_at_end: i64,
+    otp_idle: Latency,
+    otp_peak_rss_mb: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Latency {
+    samples: usize,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+impl Latency {
+    fn of(mut v: Vec<Duration>) -> Latency {
+        v.sort();
+        let at = |q: f64| {
+            let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+            v[i].as_secs_f64() * 1000.0
+        };
+        if v.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            samples: v.len(),
+            p50_ms: at(0.50),
+            p95_ms: at(0.95),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
+    }
+}
+
+/// Accepts everything at once and notes when each delivery reached it.
+#[derive(Debug, Default)]
+struct Instant0 {
+    seen: Mutex<HashMap<String, Instant>>,
+    notify: Notify,
+}
+
+#[async_trait]
+impl Provider for Instant0 {
+    async fn send(&self, message: &OutgoingMessage) -> Result<Accepted, SendError> {
+        if message.kind == tuma::domain::DeliveryKind::Otp {
+            self.seen
+                .lock()
+                .unwrap()
+                .insert(message.delivery_id.clone(), Instant::now());
+            self.notify.notify_waiters();
+        }
+        Ok(Accepted {
+            provider_message_id: format!("bench-{}", message.delivery_id),
+            provider_status: Some("accepted".into()),
+            cost: None,
+            segments: None,
+        })
+    }
+
+    fn dry_run(&self, _: &OutgoingMessage) -> String {
+        "accept at once".into()
+    }
+}
+
+fn rss_reset() {
+    // Linux: writing 5 resets the peak resident set size (VmHWM).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn rss_peak_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+struct Fresh {
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn fresh_database(backend: &str, admin: &str) -> anyhow::Result<Fresh> {
+    let dir = tempfile::tempdir()?;
+    let url = if backend == "sqlite" {
+        format!("sqlite://{}", dir.path().join("bench.db").display())
+    } else {
+        let name = format!("tuma_bench_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = sqlx::PgConnection::connect(admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
+        format!("{base}/{name}")
+    };
+    Ok(Fresh { url, _dir: dir })
+}
+
+fn config(dir: &Path, concurrency: usize) -> anyhow::Result<Config> {
+    let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    let text = format!(
+        r#"
+[[provider]]
+name = "fast"
+kind = "outbox"
+dir = "outbox"
+rate_limit = {{ per_second = 1000000, burst = 1000000 }}
+
+[[route]]
+channel = "sms"
+providers = ["fast"]
+
+[[route]]
+channel = "email"
+providers = ["fast"]
+
+[retry]
+jitter = false
+
+[templates]
+dir = "{}"
+vars = {{ app_name = "tuma" }}
+
+[worker]
+otp_concurrency = 4
+notification_concurrency = {concurrency}
+poll_interval = "200ms"
+"#,
+        templates.display()
+    );
+    let path = dir.join("providers.toml");
+    std::fs::write(&path, text)?;
+    Ok(Config::load(&path)?)
+}
+
+async fn app(
+    url: &str,
+    concurrency: usize,
+    provider: Arc<dyn Provider>,
+) -> anyhow::Result<Arc<App>> {
+    let dir = tempfile::tempdir()?;
+    let config = config(dir.path(), concurrency)?;
+    let db = Db::connect(url, App::pool_size(&config)).await?;
+    db.migrate().await?;
+    let mut providers = Providers::default();
+    providers.insert("fast", provider, unlimited(), Duration::from_secs(10));
+    let app = App::with_parts(config, db, providers, Arc::new(SystemClock))?;
+    std::mem::forget(dir); // the outbox folder is never written: the provider is replaced
+    Ok(Arc::new(app))
+}
+
+fn note(to: String) -> NotificationRequest {
+    NotificationRequest {
+        to,
+        template: "welcome".into(),
+        locale: None,
+        vars: Map::from_iter([("name".to_owned(), json!("Amina"))]),
+        send_at: None,
+    }
+}
+
+/// Enqueues `n` SMS notifications; returns the rate.
+async fn enqueue(app: &App, n: usize) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    for i in 0..n {
+        app.enqueue_notification(note(format!("+2547{:08}", i % 100_000_000)))
+            .await?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Throughput from the records: sends per second over the whole run and per
+/// window of 10k (by completion order).
+async fn throughput(db: &Db) -> anyhow::Result<(f64, Vec<f64>)> {
+    let times: Vec<DateTime<Utc>> = match db {
+        Db::Sqlite(pool) => {
+            sqlx::query_scalar(
+                "SELECT sent_at FROM deliveries WHERE sent_at IS NOT NULL ORDER BY sent_at",
+            )
+            .fetch_all(pool)
+            .await?
+        }
+        Db::Postgres(pool) => {
+            sqlx::query_scalar(
+                "SELECT sent_at FROM deliveries WHERE sent_at IS NOT NULL ORDER BY sent_at",
+            )
+            .fetch_all(pool)
+            .await?
+        }
+    };
+    let rate = |from: usize, to: usize| {
+        let span = (times[to - 1] - times[from])
+            .num_microseconds()
+            .unwrap_or(1)
+            .max(1) as f64
+            / 1e6;
+        (to - from) as f64 / span
+    };
+    if times.len() < 2 {
+        return Ok((0.0, vec![]));
+    }
+    let windows = (0..times.len() / 10_000)
+        .map(|w| rate(w * 10_000, (w + 1) * 10_000))
+        .collect();
+    Ok((rate(0, times.len()), windows))
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct Noop(u64);
+
+async fn noop(_: Noop, done: Data<Arc<(AtomicUsize, usize, Notify)>>) -> Result<(), BoxDynError> {
+    let (count, total, notify) = &**done;
+    if count.fetch_add(1, Ordering::SeqCst) + 1 == *total {
+        notify.notify_waiters();
+    }
+    Ok(())
+}
+
+/// The queue alone: `n` no-op jobs through bare apalis, same backend, pool and concurrency.
+async fn floor(url: &str, n: usize, concurrency: usize) -> anyhow::Result<f64> {
+    let db = Db::connect(url, (concurrency + 6) as u32).await?;
+    db.migrate().await?;
+    let queue = "bench-floor";
+    for chunk in (0..n as u64).collect::<Vec<_>>().chunks(1000) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|i| TaskBuilder::new(serde_json::to_vec(&Noop(*i)).unwrap()).build())
+            .collect();
+        match &db {
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                apalis_sqlite::queries::push_tasks(&mut *tx, queue, &tasks).await?;
+                tx.commit().await?;
+            }
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                apalis_postgres::queries::push_tasks(&mut *tx, queue, tasks).await?;
+                tx.commit().await?;
+            }
+        }
+    }
+    let done = Arc::new((AtomicUsize::new(0), n, Notify::new()));
+    let finished = done.clone();
+    let stop = async move {
+        while finished.0.load(Ordering::SeqCst) < finished.1 {
+            let _ = tokio::time::timeout(Duration::from_millis(50), finished.2.notified()).await;
+        }
+        Ok(())
+    };
+    let started = Instant::now();
+    let monitor = match &db {
+        Db::Sqlite(pool) => {
+            let pool = pool.clone();
+            Monitor::new().register(move |_| {
+                WorkerBuilder::new("bench-floor")
+                    .backend(
+                        SqliteStorage::<Noop>::new(&pool)
+                            .with_config(apalis_sqlite::Config::default().queue(queue)),
+                    )
+                    .concurrency(concurrency)
+                    .data(done.clone())
+                    .build(noop)
+            })
+        }
+        Db::Postgres(pool) => {
+            let pool = pool.clone();
+            Monitor::new().register(move |_| {
+                WorkerBuilder::new("bench-floor")
+                    .backend(
+                        PostgresStorage::<Noop>::new(&pool)
+                            .with_config(apalis_postgres::Config::default().queue(queue)),
+                    )
+                    .concurrency(concurrency)
+                    .data(done.clone())
+                    .build(noop)
+            })
+        }
+    };
+    monitor.run_with_signal(stop).await?;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    db.close().await;
+    Ok(rate)
+}
+
+/// A loopback HTTP server answering every request as Africa's Talking does.
+async fn at_double() -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let body = r#"{"SMSMessageData":{"Message":"Sent to 1/1 Total Cost: KES 0.8000","Recipients":[{"statusCode":101,"number":"+254711000001","status":"Success","cost":"KES 0.8000","messageId":"ATXid_bench"}]}}"#;
+                let reply = format!(
+                    "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut pending = Vec::new();
+                loop {
+                    let Ok(n) = sock.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    // One reply per complete request (headers + Content-Length body).
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&pending[..end]).to_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if pending.len() < end + 4 + len {
+                            break;
+                        }
+                        pending.drain(..end + 4 + len);
+                        if sock.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+async fn wait_seen(provider: &Instant0, id: &str) -> Instant {
+    loop {
+        if let Some(t) = provider.seen.lock().unwrap().get(id) {
+            return *t;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(2), provider.notify.notified()).await;
+    }
+}
+
+async fn otp_latency(app: &Arc<App>, provider: &Instant0, n: usize) -> anyhow::Result<Latency> {
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        let d = app
+            .enqueue_otp(OtpRequest {
+                to: format!("+2547{:08}", 50_000_000 + i),
+                code: "123456".into(),
+                channel: None,
+                locale: None,
+                ttl: None,
+            })
+            .await?;
+        let reached =
+            tokio::time::timeout(Duration::from_secs(10), wait_seen(provider, &d.row.id)).await?;
+        samples.push(reached - started);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(Latency::of(samples))
+}
+
+async fn pending_notifications(db: &Db) -> anyhow::Result<i64> {
+    Ok(match db {
+        Db::Sqlite(pool) => sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE kind = 'notification' AND status IN ('pending', 'sending')").fetch_one(pool).await?,
+        Db::Postgres(pool) => sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE kind = 'notification' AND status IN ('pending', 'sending')").fetch_one(pool).await?,
+    })
+}
+
+async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult> {
+    let mut r = BackendResult {
+        backend: backend.to_owned(),
+        ..Default::default()
+    };
+
+    eprintln!(
+        "[{backend}] 1/4 queue floor: {} no-op jobs through bare apalis",
+        args.deliveries
+    );
+    rss_reset();
+    let fresh = fresh_database(backend, &args.postgres_url).await?;
+    r.floor_jobs_per_s = floor(&fresh.url, args.deliveries, args.concurrency).await?;
+    r.floor_peak_rss_mb = rss_peak_mb();
+
+    eprintln!(
+        "[{backend}] 2/4 end to end: {} deliveries, in-process provider",
+        args.deliveries
+    );
+    rss_reset();
+    let fresh = fresh_database(backend, &args.postgres_url).await?;
+    let provider = Arc::new(Instant0::default());
+    let a = app(&fresh.url, args.concurrency, provider.clone()).await?;
+    r.intake_per_s = enqueue(&a, args.deliveries).await?;
+    tuma::worker::drain(a.clone(), Duration::from_secs(3600)).await?;
+    (r.e2e_per_s, r.e2e_windows_per_s) = throughput(&a.db).await?;
+    r.e2e_vs_floor = r.e2e_per_s / r.floor_jobs_per_s;
+    r.e2e_peak_rss_mb = rss_peak_mb();
+    a.db.close().await;
+
+    eprintln!(
+        "[{backend}] 3/4 end to end: {} deliveries through an HTTP double (Africa's Talking)",
+        args.http_deliveries
+    );
+    rss_reset();
+    let fresh = fresh_database(backend, &args.postgres_url).await?;
+    let base_url = at_double().await?;
+    let at = AfricasTalking::new(
+        AfricasTalkingConfig {
+            username: "bench".into(),
+            api_key: "bench-key".to_owned().into(),
+            api_key_env: "BENCH_AT_API_KEY".into(),
+            sender_id: None,
+            base_url: base_url.parse()?,
+            enqueue: false,
+        },
+        Duration::from_secs(10),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let a = app(&fresh.url, args.concurrency, Arc::new(at)).await?;
+    enqueue(&a, args.http_deliveries).await?;
+    tuma::worker::drain(a.clone(), Duration::from_secs(3600)).await?;
+    r.http_per_s = throughput(&a.db).await?.0;
+    r.http_peak_rss_mb = rss_peak_mb();
+    a.db.close().await;
+
+    eprintln!(
+        "[{backend}] 4/4 OTP latency: {} OTPs while {} notifications drain, then {} idle",
+        args.otps, args.backlog, args.otps
+    );
+    rss_reset();
+    let fresh = fresh_database(backend, &args.postgres_url).await?;
+    let provider = Arc::new(Instant0::default());
+    let a = app(&fresh.url, args.concurrency, provider.clone()).await?;
+    enqueue(&a, args.backlog).await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(tuma::worker::run_until(a.clone(), async move {
+        let _ = stop_rx.await;
+        Ok(())
+    }));
+    r.otp_loaded = otp_latency(&a, &provider, args.otps).await?;
+    r.otp_backlog_left_at_end = pending_notifications(&a.db).await?;
+    while pending_notifications(&a.db).await? > 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    r.otp_idle = otp_latency(&a, &provider, args.otps).await?;
+    r.otp_peak_rss_mb = rss_peak_mb();
+    let _ = stop_tx.send(());
+    running.await??;
+    a.db.close().await;
+    Ok(r)
+}
+
+fn print(results: &[BackendResult], args: &Args) {
+    println!();
+    println!(
+        "tuma bench: {} cores, {} deliveries, {} through HTTP, backlog {}, {} OTPs, concurrency {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        args.deliveries,
+        args.http_deliveries,
+        args.backlog,
+        args.otps,
+        args.concurrency
+    );
+    println!(
+        "{:<44} {}",
+        "",
+        results
+            .iter()
+            .map(|r| format!("{:>14}", r.backend))
+            .collect::<String>()
+    );
+    let row = |name: &str, f: &dyn Fn(&BackendResult) -> String| {
+        println!(
+            "{name:<44} {}",
+            results
+                .iter()
+                .map(|r| format!("{:>14}", f(r)))
+                .collect::<String>()
+        );
+    };
+    row("queue floor, bare apalis (jobs/s)", &|r| {
+        format!("{:.0}", r.floor_jobs_per_s)
+    });
+    row("intake through the library (deliveries/s)", &|r| {
+        format!("{:.0}", r.intake_per_s)
+    });
+    row("end to end, in-process provider (/s)", &|r| {
+        format!("{:.0}", r.e2e_per_s)
+    });
+    row("  ratio to the floor", &|r| {
+        format!("{:.2}", r.e2e_vs_floor)
+    });
+    row("  per 10k window, first (/s)", &|r| {
+        r.e2e_windows_per_s
+            .first()
+            .map(|v| format!("{v:.0}"))
+            .unwrap_or("-".into())
+    });
+    row("  per 10k window, last (/s)", &|r| {
+        r.e2e_windows_per_s
+            .last()
+            .map(|v| format!("{v:.0}"))
+            .unwrap_or("-".into())
+    });
+    row("end to end, HTTP double (/s)", &|r| {
+        format!("{:.0}", r.http_per_s)
+    });
+    row("OTP under load p50 / p99 (ms)", &|r| {
+        format!("{:.1} / {:.1}", r.otp_loaded.p50_ms, r.otp_loaded.p99_ms)
+    });
+    row("  backlog still queued at the end", &|r| {
+        r.otp_backlog_left_at_end.to_string()
+    });
+    row("OTP idle p50 / p99 (ms)", &|r| {
+        format!("{:.1} / {:.1}", r.otp_idle.p50_ms, r.otp_idle.p99_ms)
+    });
+    row("peak RSS: floor / e2e / HTTP / OTP (MB)", &|r| {
+        format!(
+            "{:.0}/{:.0}/{:.0}/{:.0}",
+            r.floor_peak_rss_mb, r.e2e_peak_rss_mb, r.http_peak_rss_mb, r.otp_peak_rss_mb
+        )
+    });
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tuma::providers::install_crypto();
+    let mut results = Vec::new();
+    for backend in &args.backends {
+        anyhow::ensure!(
+            backend == "sqlite" || backend == "postgres",
+            "--backends takes sqlite and/or postgres, not `{backend}`"
+        );
+        results.push(run_backend(backend, &args).await?);
+    }
+    print(&results, &args);
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(
+        &args.out,
+        serde_json::to_string_pretty(&json!({ "args": format!("{args:?}"), "results": results }))?,
+    )?;
+    println!("\nfigures written to {}", args.out.display());
+    Ok(())
+}
