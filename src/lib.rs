@@ -12,6 +12,8 @@ pub mod intake;
 pub mod pricing;
 pub mod providers;
 pub mod queue;
+pub mod replay;
+pub mod reports;
 pub mod retry;
 pub mod router;
 pub mod store;

@@ -6,6 +6,8 @@
 
 mod api;
 mod deliveries;
+mod replays;
+mod reports;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,6 +20,8 @@ use sqlx::{PgPool, SqlitePool};
 
 pub use api::*;
 pub use deliveries::*;
+pub use replays::*;
+pub use reports::*;
 
 /// Expands `$body` once per backend with `$pool` bound to that backend's pool.
 macro_rules! on_pool {

@@ -6,4 +6,6 @@ mod cli;
 mod delivery;
 mod providers;
 mod recovery;
+mod replay;
+mod reports;
 mod support;
