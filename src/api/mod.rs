@@ -11,6 +11,7 @@ pub mod error;
 pub mod handlers;
 pub mod metrics;
 pub mod openapi;
+pub mod ops;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -91,6 +92,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/notifications", post(handlers::post_notification))
         .route("/v1/deliveries", get(handlers::list_deliveries))
         .route("/v1/deliveries/{id}", get(handlers::get_delivery))
+        .route("/v1/deliveries/{id}/replay", post(ops::replay_one))
+        .route("/v1/replays", post(ops::replay_many))
+        .route("/v1/reports/costs", get(ops::costs))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(metrics::render))

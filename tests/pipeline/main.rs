@@ -4,6 +4,7 @@
 mod api;
 mod cli;
 mod delivery;
+mod ops_api;
 mod providers;
 mod recovery;
 mod replay;
