@@ -48,6 +48,11 @@ struct Args {
     /// Jobs for the queue floor and deliveries for the end-to-end run.
     #[arg(long, default_value_t = 20_000)]
     deliveries: usize,
+    /// No-op jobs for the queue floor (default: as many as --deliveries).
+    /// Bare apalis on SQLite slows as finished jobs pile up, so a large floor
+    /// run takes long.
+    #[arg(long)]
+    floor_jobs: Option<usize>,
     /// Deliveries through the HTTP provider double.
     #[arg(long, default_value_t = 5_000)]
     http_deliveries: usize,
@@ -540,11 +545,16 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
 
     eprintln!(
         "[{backend}] 1/5 queue floor: {} no-op jobs through bare apalis",
-        args.deliveries
+        args.floor_jobs.unwrap_or(args.deliveries)
     );
     rss_reset();
     let fresh = fresh_database(backend, &args.postgres_url).await?;
-    r.floor_jobs_per_s = floor(&fresh.url, args.deliveries, args.concurrency).await?;
+    r.floor_jobs_per_s = floor(
+        &fresh.url,
+        args.floor_jobs.unwrap_or(args.deliveries),
+        args.concurrency,
+    )
+    .await?;
     r.floor_peak_rss_mb = rss_peak_mb();
 
     eprintln!(
