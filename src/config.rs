@@ -55,6 +55,16 @@ pub struct Config {
     pub circuit_breaker: CircuitBreakerConfig,
     /// The HTTP API's limits and abuse guards.
     pub api: ApiConfig,
+    /// Delivery receipts.
+    pub receipts: ReceiptsConfig,
+}
+
+/// Delivery receipts (`[receipts]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiptsConfig {
+    /// A delivery `sent` longer ago than this without a final receipt is shown
+    /// as "no receipt" (never taken as delivered).
+    pub no_receipt_after: Duration,
 }
 
 /// The HTTP API (`[api]`): limits and SMS pumping guards.
@@ -532,6 +542,17 @@ impl Config {
             }
         };
 
+        let receipts = ReceiptsConfig {
+            no_receipt_after: parse_duration(&raw.receipts.no_receipt_after)
+                .map_err(|e| err("receipts.no_receipt_after", e))?,
+        };
+        if receipts.no_receipt_after.is_zero() {
+            return Err(err(
+                "receipts.no_receipt_after",
+                "must be longer than zero".into(),
+            ));
+        }
+
         Ok(Config {
             file: path.to_owned(),
             providers,
@@ -543,6 +564,7 @@ impl Config {
             prices,
             circuit_breaker,
             api,
+            receipts,
         })
     }
 
@@ -628,6 +650,22 @@ struct RawConfig {
     circuit_breaker: RawCircuitBreaker,
     #[serde(default)]
     api: RawApi,
+    #[serde(default)]
+    receipts: RawReceipts,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawReceipts {
+    no_receipt_after: String,
+}
+
+impl Default for RawReceipts {
+    fn default() -> Self {
+        RawReceipts {
+            no_receipt_after: "24h".into(),
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -12,6 +12,7 @@ pub mod intake;
 pub mod pricing;
 pub mod providers;
 pub mod queue;
+pub mod receipts;
 pub mod retry;
 pub mod router;
 pub mod store;

@@ -131,6 +131,7 @@ pub struct DeliveryRow {
     pub segments: Option<i64>,
     pub encoding: Option<String>,
     pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
 }
 
 /// A delivery, parsed.
@@ -312,7 +313,7 @@ pub struct ListFilter {
 pub(crate) const DELIVERY_COLUMNS: &str = "id, kind, channel, recipient, template, locale, vars, subject, body, \
     body_html, status, attempts, max_attempts, next_attempt_at, expires_at, job_id, created_at, \
     updated_at, sent_at, provider, provider_message_id, cost_micros, currency, cost_is_estimate, \
-    segments, encoding, last_error";
+    segments, encoding, last_error, delivered_at";
 
 const ATTEMPT_COLUMNS: &str = "attempt, provider, reason, started_at, finished_at, outcome, \
     provider_message_id, provider_status, error_code, error, cost_micros, currency, \

@@ -6,6 +6,7 @@
 
 mod api;
 mod deliveries;
+mod receipts;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use sqlx::{PgPool, SqlitePool};
 
 pub use api::*;
 pub use deliveries::*;
+pub use receipts::*;
 
 /// Expands `$body` once per backend with `$pool` bound to that backend's pool.
 macro_rules! on_pool {

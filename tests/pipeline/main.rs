@@ -5,5 +5,6 @@ mod api;
 mod cli;
 mod delivery;
 mod providers;
+mod receipts;
 mod recovery;
 mod support;

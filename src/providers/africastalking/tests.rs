@@ -52,6 +52,7 @@ fn config(base_url: &str) -> AfricasTalkingConfig {
         sender_id: None,
         base_url: Url::parse(base_url).expect("valid URL"),
         enqueue: false,
+        callback_secret: None,
     }
 }
 
