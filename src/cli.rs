@@ -749,6 +749,8 @@ pub fn delivery_json(
         "updated_at": r.updated_at,
         "sent_at": r.sent_at,
         "delivered_at": r.delivered_at,
+        "price_reconciled_at": r.reconciled_at,
+        "price_note": r.reconcile_note,
         "expires_at": r.expires_at,
         "next_attempt_at": r.next_attempt_at,
     });
@@ -810,6 +812,9 @@ fn print_delivery(
     }
     if let Some(t) = r.delivered_at {
         writeln!(out, "delivered  {}", t.to_rfc3339())?;
+    }
+    if let (Some(t), Some(note)) = (r.reconciled_at, &r.reconcile_note) {
+        writeln!(out, "price      {note} ({})", t.to_rfc3339())?;
     }
     if let Some(t) = r.expires_at {
         writeln!(out, "expires    {}", t.to_rfc3339())?;

@@ -65,6 +65,13 @@ pub struct ReceiptsConfig {
     /// A delivery `sent` longer ago than this without a final receipt is shown
     /// as "no receipt" (never taken as delivered).
     pub no_receipt_after: Duration,
+    /// A Twilio delivery still without an actual price this long after it was
+    /// sent is fetched from Twilio (its price, segments and status).
+    pub reconcile_after: Duration,
+    /// After this long since sending, tuma stops asking for the price.
+    pub give_up_after: Duration,
+    /// How often the worker looks for deliveries to reconcile.
+    pub reconcile_interval: Duration,
 }
 
 /// The HTTP API (`[api]`): limits and SMS pumping guards.
@@ -542,14 +549,29 @@ impl Config {
             }
         };
 
+        let rc = &raw.receipts;
         let receipts = ReceiptsConfig {
-            no_receipt_after: parse_duration(&raw.receipts.no_receipt_after)
+            no_receipt_after: parse_duration(&rc.no_receipt_after)
                 .map_err(|e| err("receipts.no_receipt_after", e))?,
+            reconcile_after: parse_duration(&rc.reconcile_after)
+                .map_err(|e| err("receipts.reconcile_after", e))?,
+            give_up_after: parse_duration(&rc.give_up_after)
+                .map_err(|e| err("receipts.give_up_after", e))?,
+            reconcile_interval: parse_duration(&rc.reconcile_interval)
+                .map_err(|e| err("receipts.reconcile_interval", e))?,
         };
-        if receipts.no_receipt_after.is_zero() {
+        for (key, value) in [
+            ("receipts.no_receipt_after", receipts.no_receipt_after),
+            ("receipts.reconcile_interval", receipts.reconcile_interval),
+        ] {
+            if value.is_zero() {
+                return Err(err(key, "must be longer than zero".into()));
+            }
+        }
+        if receipts.give_up_after <= receipts.reconcile_after {
             return Err(err(
-                "receipts.no_receipt_after",
-                "must be longer than zero".into(),
+                "receipts.give_up_after",
+                "must be longer than receipts.reconcile_after".into(),
             ));
         }
 
@@ -658,12 +680,18 @@ struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 struct RawReceipts {
     no_receipt_after: String,
+    reconcile_after: String,
+    give_up_after: String,
+    reconcile_interval: String,
 }
 
 impl Default for RawReceipts {
     fn default() -> Self {
         RawReceipts {
             no_receipt_after: "24h".into(),
+            reconcile_after: "10m".into(),
+            give_up_after: "48h".into(),
+            reconcile_interval: "1m".into(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod pricing;
 pub mod providers;
 pub mod queue;
 pub mod receipts;
+pub mod reconcile;
 pub mod retry;
 pub mod router;
 pub mod store;

@@ -22,3 +22,8 @@ CREATE TABLE receipts (
 );
 
 CREATE INDEX receipts_delivery ON receipts (delivery_id, received_at);
+
+-- Price reconciliation: when the actual price was recorded or the fetch given
+-- up (and why); NULL while a Twilio delivery still waits for its price.
+ALTER TABLE deliveries ADD COLUMN reconciled_at TEXT;
+ALTER TABLE deliveries ADD COLUMN reconcile_note TEXT;

@@ -152,7 +152,9 @@ pub async fn africastalking(
             .metrics
             .count_callback("africastalking", "wrong_secret");
         warn!("Africa's Talking report refused: wrong URL secret");
-        return Err(ApiError::NotFound("no route matches this path".into()));
+        return Err(ApiError::NotFound(
+            "no delivery-report URL has this secret".into(),
+        ));
     };
     let fields = form_fields(&state, body).await?;
     let receipt = from_africastalking(&provider, &fields, state.app.clock.now())

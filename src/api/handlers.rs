@@ -216,6 +216,8 @@ pub fn delivery_json(d: &Delivery, now: DateTime<Utc>, no_receipt_after: Duratio
             "currency": c.currency.as_str(),
             "estimate": r.cost_is_estimate.unwrap_or(false),
         })),
+        "price_reconciled_at": r.reconciled_at,
+        "price_note": r.reconcile_note,
         "segments": r.segments,
         "encoding": r.encoding,
         "attempt_count": r.attempts,

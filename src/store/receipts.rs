@@ -200,3 +200,107 @@ impl Db {
         }))
     }
 }
+
+/// A delivery waiting for its provider's actual price.
+#[derive(Debug, Clone, FromRow)]
+pub struct Unpriced {
+    pub id: String,
+    pub provider_message_id: String,
+    pub status: String,
+    pub attempts: i64,
+    pub sent_at: DateTime<Utc>,
+}
+
+impl Db {
+    /// Deliveries of `provider` sent at or before `sent_before`, with a message
+    /// id and no actual price yet, not given up: oldest first.
+    pub async fn unpriced(
+        &self,
+        provider: &str,
+        sent_before: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Unpriced>, StoreError> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT id, provider_message_id, status, attempts, sent_at FROM deliveries \
+                 WHERE provider = $1 AND provider_message_id IS NOT NULL \
+                 AND sent_at IS NOT NULL AND sent_at <= $2 AND reconciled_at IS NULL \
+                 AND status IN ('sent', 'delivered', 'undelivered') \
+                 ORDER BY sent_at, id LIMIT $3",
+            )
+            .bind(provider)
+            .bind(sent_before)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .doing("finding deliveries without a price")?
+        }))
+    }
+
+    /// Records the provider's actual price (and billed segments) on the
+    /// delivery and its last attempt, in one transaction.
+    pub async fn record_actual_price(
+        &self,
+        delivery_id: &str,
+        attempt: i64,
+        price: crate::domain::money::Money,
+        segments: Option<u32>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let segments = segments.map(i64::from);
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.doing("starting a transaction")?;
+            sqlx::query(
+                "UPDATE deliveries SET cost_micros = $2, currency = $3, cost_is_estimate = FALSE, \
+                 segments = COALESCE($4, segments), reconciled_at = $5, \
+                 reconcile_note = 'actual price', updated_at = $5 \
+                 WHERE id = $1 AND reconciled_at IS NULL",
+            )
+            .bind(delivery_id)
+            .bind(price.micros)
+            .bind(price.currency.as_str())
+            .bind(segments)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .doing("recording an actual price")?;
+            sqlx::query(
+                "UPDATE delivery_attempts SET cost_micros = $3, currency = $4, \
+                 cost_is_estimate = FALSE, provider_segments = COALESCE($5, provider_segments) \
+                 WHERE delivery_id = $1 AND attempt = $2",
+            )
+            .bind(delivery_id)
+            .bind(attempt)
+            .bind(price.micros)
+            .bind(price.currency.as_str())
+            .bind(segments)
+            .execute(&mut *tx)
+            .await
+            .doing("recording an attempt's actual price")?;
+            tx.commit().await.doing("committing an actual price")?;
+            Ok(())
+        })
+    }
+
+    /// Stops looking for a delivery's price, saying why.
+    pub async fn give_up_price(
+        &self,
+        delivery_id: &str,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE deliveries SET reconciled_at = $2, reconcile_note = $3 \
+                 WHERE id = $1 AND reconciled_at IS NULL",
+            )
+            .bind(delivery_id)
+            .bind(now)
+            .bind(why)
+            .execute(pool)
+            .await
+            .doing("giving up a price")?;
+        });
+        Ok(())
+    }
+}

@@ -453,3 +453,143 @@ async fn a_sent_delivery_without_a_receipt_past_the_horizon_shows_no_receipt(bac
     rig.s.stop().await;
 }
 on_both_backends!(a_sent_delivery_without_a_receipt_past_the_horizon_shows_no_receipt);
+
+async fn mount_fetch(server: &MockServer, sid: &str, status: u16, body: &str, times: Option<u64>) {
+    let mock = Mock::given(method("GET"))
+        .and(path(format!(
+            "/2010-04-01/Accounts/{ACCOUNT}/Messages/{sid}.json"
+        )))
+        .respond_with(
+            ResponseTemplate::new(status).set_body_raw(body.to_owned(), "application/json"),
+        );
+    match times {
+        Some(n) => mock.up_to_n_times(n).mount(server).await,
+        None => mock.mount(server).await,
+    }
+}
+
+async fn reconciliation_fetches_prices_settles_silent_deliveries_and_gives_up(backend: Backend) {
+    let (s1, s2, s3, s4) = (
+        "SM44440000000000000000000000000001",
+        "SM44440000000000000000000000000002",
+        "SM44440000000000000000000000000003",
+        "SM44440000000000000000000000000004",
+    );
+    let twilio = MockServer::start().await;
+    let at = MockServer::start().await;
+    mount_twilio(&twilio, &[s1, s2, s3, s4]).await;
+    let rig_server = spawn_app_with(backend, &extra(&twilio.uri(), &at.uri())).await;
+    let key = rig_server.key("receipts", &["send", "read"]).await;
+    let rig = Rig {
+        s: rig_server,
+        key,
+        _twilio: MockServer::start().await,
+        _at: at,
+    };
+    let d1 = rig.sent("+254711000011").await;
+    let d2 = rig.sent("+254711000012").await;
+    let d3 = rig.sent("+254711000013").await;
+    let d4 = rig.sent("+254711000014").await;
+
+    // Delivered and priced; unknown to Twilio; no price yet; rate-limited once.
+    mount_fetch(
+        &twilio,
+        s1,
+        200,
+        &format!(r#"{{"sid":"{s1}","status":"delivered","price":"-0.00750","price_unit":"USD","num_segments":"2","error_code":null}}"#),
+        None,
+    )
+    .await;
+    mount_fetch(
+        &twilio,
+        s2,
+        404,
+        r#"{"code":20404,"message":"The requested resource was not found","more_info":"https://www.twilio.com/docs/errors/20404","status":404}"#,
+        None,
+    )
+    .await;
+    mount_fetch(
+        &twilio,
+        s3,
+        200,
+        &format!(r#"{{"sid":"{s3}","status":"sent","price":null,"price_unit":"USD","num_segments":"1","error_code":null}}"#),
+        None,
+    )
+    .await;
+    mount_fetch(
+        &twilio,
+        s4,
+        429,
+        r#"{"code":20429,"message":"Too Many Requests","status":429}"#,
+        Some(1),
+    )
+    .await;
+    mount_fetch(
+        &twilio,
+        s4,
+        200,
+        &format!(r#"{{"sid":"{s4}","status":"undelivered","price":"-0.0075","price_unit":"USD","num_segments":"1","error_code":30003}}"#),
+        None,
+    )
+    .await;
+
+    let app = rig.s.t.app.clone();
+    // Too early: nothing is fetched before receipts.reconcile_after (10m).
+    let early = tuma::reconcile::reconcile(&app).await.unwrap();
+    assert_eq!(early, tuma::reconcile::ReconcileReport::default());
+
+    rig.s.t.clock.advance(Duration::from_secs(11 * 60));
+    let first = tuma::reconcile::reconcile(&app).await.unwrap();
+    assert_eq!(
+        (first.priced, first.settled, first.given_up, first.deferred),
+        (1, 1, 1, 1)
+    );
+    let shown = rig.show(&d1).await;
+    assert_eq!(shown["status"], "delivered", "settled by the fetch");
+    assert_eq!(shown["cost"]["currency"], "USD");
+    assert_eq!(shown["cost"]["estimate"], false);
+    assert_eq!(shown["attempts"][0]["cost_micros"], 7500);
+    assert_eq!(shown["segments"], 2);
+    assert_eq!(shown["price_note"], "actual price");
+    assert_eq!(shown["receipts"][0]["fields"]["source"], "fetch");
+    let shown = rig.show(&d2).await;
+    assert!(
+        shown["price_note"].as_str().unwrap().starts_with("gave up"),
+        "{shown}"
+    );
+    assert_eq!(shown["status"], "sent");
+    assert_eq!(rig.show(&d3).await["price_reconciled_at"], Value::Null);
+    assert_eq!(rig.show(&d4).await["status"], "sent", "429: try later");
+
+    let second = tuma::reconcile::reconcile(&app).await.unwrap();
+    assert_eq!(
+        (
+            second.priced,
+            second.settled,
+            second.given_up,
+            second.deferred
+        ),
+        (1, 1, 0, 0)
+    );
+    let shown = rig.show(&d4).await;
+    assert_eq!(shown["status"], "undelivered");
+    assert_eq!(shown["last_error"], "30003 unreachable handset (transient)");
+    assert_eq!(shown["cost"]["estimate"], false);
+    assert_eq!(shown["attempts"][0]["cost_micros"], 7500);
+
+    // Past receipts.give_up_after (48h) the price is no longer asked for.
+    rig.s.t.clock.advance(Duration::from_secs(49 * 3600));
+    let last = tuma::reconcile::reconcile(&app).await.unwrap();
+    assert_eq!((last.given_up, last.priced), (1, 0));
+    let shown = rig.show(&d3).await;
+    assert!(
+        shown["price_note"]
+            .as_str()
+            .unwrap()
+            .contains("give_up_after")
+    );
+    assert_eq!(shown["display_status"], "no receipt");
+    rig.s.stop().await;
+    drop(twilio);
+}
+on_both_backends!(reconciliation_fetches_prices_settles_silent_deliveries_and_gives_up);
