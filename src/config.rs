@@ -881,3 +881,44 @@ pub fn secret_from_env(var: &str) -> Result<secrecy::SecretString, String> {
         _ => Err(format!("environment variable {var} is not set")),
     }
 }
+
+#[cfg(test)]
+mod receipts_tests {
+    use super::*;
+
+    const BASE: &str = "[[provider]]\nname = \"o\"\nkind = \"outbox\"\ndir = \"outbox\"\n\n\
+        [[route]]\nchannel = \"sms\"\nproviders = [\"o\"]\n\n\
+        [[route]]\nchannel = \"email\"\nproviders = [\"o\"]\n\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!("{BASE}{text}"), Path::new("providers.toml"))
+    }
+
+    #[test]
+    fn receipts_settings_have_defaults_and_are_checked() {
+        let c = parse("").expect("defaults");
+        assert_eq!(c.receipts.no_receipt_after, Duration::from_secs(24 * 3600));
+        assert_eq!(c.receipts.reconcile_after, Duration::from_secs(600));
+        assert_eq!(c.receipts.give_up_after, Duration::from_secs(48 * 3600));
+        assert_eq!(c.receipts.reconcile_interval, Duration::from_secs(60));
+        let c = parse("[receipts]\nno_receipt_after = \"2h\"\n").unwrap();
+        assert_eq!(c.receipts.no_receipt_after, Duration::from_secs(7200));
+        for (text, key) in [
+            (
+                "[receipts]\nno_receipt_after = \"soon\"\n",
+                "receipts.no_receipt_after",
+            ),
+            (
+                "[receipts]\nreconcile_interval = \"0s\"\n",
+                "receipts.reconcile_interval",
+            ),
+            (
+                "[receipts]\nreconcile_after = \"2h\"\ngive_up_after = \"1h\"\n",
+                "receipts.give_up_after",
+            ),
+        ] {
+            assert_eq!(parse(text).unwrap_err().key, key, "{text}");
+        }
+        assert!(parse("[receipts]\nnope = 1\n").is_err());
+    }
+}

@@ -589,6 +589,41 @@ async fn reconciliation_fetches_prices_settles_silent_deliveries_and_gives_up(ba
             .contains("give_up_after")
     );
     assert_eq!(shown["display_status"], "no receipt");
+
+    // The whole life, as `tuma deliveries show` prints it.
+    let show = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tuma"))
+            .env("TUMA_CONFIG", rig.s.t.db.path().join("providers.toml"))
+            .env("DATABASE_URL", &rig.s.t.db.url)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = show(&["deliveries", "show", &d1]);
+    for expected in [
+        "status     delivered",
+        "delivered  ",
+        "cost       ",
+        "price      actual price",
+        "receipt #1 twilio",
+    ] {
+        assert!(
+            text.contains(expected),
+            "`{expected}` missing from:\n{text}"
+        );
+    }
+    let json: Value =
+        serde_json::from_str(&show(&["deliveries", "show", &d1, "--format", "json"])).unwrap();
+    assert_eq!(json["status"], "delivered");
+    assert!(json["delivered_at"].is_string());
+    assert_eq!(json["cost_is_estimate"], false);
+    assert_eq!(json["receipts"][0]["status"], "delivered");
     rig.s.stop().await;
     drop(twilio);
 }
