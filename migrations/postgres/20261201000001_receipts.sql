@@ -27,3 +27,4 @@ CREATE INDEX receipts_delivery ON receipts (delivery_id, received_at);
 -- up (and why); NULL while a Twilio delivery still waits for its price.
 ALTER TABLE deliveries ADD COLUMN reconciled_at TIMESTAMPTZ;
 ALTER TABLE deliveries ADD COLUMN reconcile_note TEXT;
+CREATE INDEX deliveries_unpriced ON deliveries (provider, sent_at) WHERE reconciled_at IS NULL;

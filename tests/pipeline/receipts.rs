@@ -129,12 +129,16 @@ async fn mount_at(server: &MockServer, id: &str) {
 struct Rig {
     s: TestServer,
     key: String,
-    _twilio: MockServer,
+    twilio: MockServer,
     _at: MockServer,
 }
 
 async fn rig(backend: Backend, sids: &[&str], at_id: &str) -> Rig {
-    let twilio = MockServer::start().await;
+    rig_with(backend, MockServer::start().await, sids, at_id).await
+}
+
+/// A rig over the given Twilio double (for tests that mount more on it).
+async fn rig_with(backend: Backend, twilio: MockServer, sids: &[&str], at_id: &str) -> Rig {
     let at = MockServer::start().await;
     mount_twilio(&twilio, sids).await;
     mount_at(&at, at_id).await;
@@ -143,7 +147,7 @@ async fn rig(backend: Backend, sids: &[&str], at_id: &str) -> Rig {
     Rig {
         s,
         key,
-        _twilio: twilio,
+        twilio,
         _at: at,
     }
 }
@@ -475,17 +479,14 @@ async fn reconciliation_fetches_prices_settles_silent_deliveries_and_gives_up(ba
         "SM44440000000000000000000000000003",
         "SM44440000000000000000000000000004",
     );
-    let twilio = MockServer::start().await;
-    let at = MockServer::start().await;
-    mount_twilio(&twilio, &[s1, s2, s3, s4]).await;
-    let rig_server = spawn_app_with(backend, &extra(&twilio.uri(), &at.uri())).await;
-    let key = rig_server.key("receipts", &["send", "read"]).await;
-    let rig = Rig {
-        s: rig_server,
-        key,
-        _twilio: MockServer::start().await,
-        _at: at,
-    };
+    let rig = rig_with(
+        backend,
+        MockServer::start().await,
+        &[s1, s2, s3, s4],
+        "ATXid_unused",
+    )
+    .await;
+    let twilio = &rig.twilio;
     let d1 = rig.sent("+254711000011").await;
     let d2 = rig.sent("+254711000012").await;
     let d3 = rig.sent("+254711000013").await;
@@ -493,7 +494,7 @@ async fn reconciliation_fetches_prices_settles_silent_deliveries_and_gives_up(ba
 
     // Delivered and priced; unknown to Twilio; no price yet; rate-limited once.
     mount_fetch(
-        &twilio,
+        twilio,
         s1,
         200,
         &format!(r#"{{"sid":"{s1}","status":"delivered","price":"-0.00750","price_unit":"USD","num_segments":"2","error_code":null}}"#),
@@ -501,7 +502,7 @@ async fn reconciliation_fetches_prices_settles_silent_deliveries_and_gives_up(ba
     )
     .await;
     mount_fetch(
-        &twilio,
+        twilio,
         s2,
         404,
         r#"{"code":20404,"message":"The requested resource was not found","more_info":"https://www.twilio.com/docs/errors/20404","status":404}"#,
@@ -509,7 +510,7 @@ async fn reconciliation_fetches_prices_settles_silent_deliveries_and_gives_up(ba
     )
     .await;
     mount_fetch(
-        &twilio,
+        twilio,
         s3,
         200,
         &format!(r#"{{"sid":"{s3}","status":"sent","price":null,"price_unit":"USD","num_segments":"1","error_code":null}}"#),
@@ -517,7 +518,7 @@ async fn reconciliation_fetches_prices_settles_silent_deliveries_and_gives_up(ba
     )
     .await;
     mount_fetch(
-        &twilio,
+        twilio,
         s4,
         429,
         r#"{"code":20429,"message":"Too Many Requests","status":429}"#,
@@ -525,7 +526,7 @@ async fn reconciliation_fetches_prices_settles_silent_deliveries_and_gives_up(ba
     )
     .await;
     mount_fetch(
-        &twilio,
+        twilio,
         s4,
         200,
         &format!(r#"{{"sid":"{s4}","status":"undelivered","price":"-0.0075","price_unit":"USD","num_segments":"1","error_code":30003}}"#),
@@ -625,6 +626,5 @@ async fn reconciliation_fetches_prices_settles_silent_deliveries_and_gives_up(ba
     assert_eq!(json["cost_is_estimate"], false);
     assert_eq!(json["receipts"][0]["status"], "delivered");
     rig.s.stop().await;
-    drop(twilio);
 }
 on_both_backends!(reconciliation_fetches_prices_settles_silent_deliveries_and_gives_up);
