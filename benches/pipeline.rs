@@ -57,6 +57,12 @@ struct Args {
     /// OTPs sent (one at a time) under load, and again idle.
     #[arg(long, default_value_t = 200)]
     otps: usize,
+    /// `POST /v1/otp` requests for the intake phase.
+    #[arg(long, default_value_t = 5_000)]
+    requests: usize,
+    /// Concurrent HTTP clients for the intake phase.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
     /// Worker concurrency, for apalis and for tuma's notification lane alike.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
@@ -84,6 +90,10 @@ struct BackendResult {
     otp_backlog_left_at_end: i64,
     otp_idle: Latency,
     otp_peak_rss_mb: f64,
+    http_intake_per_s: f64,
+    http_intake: Latency,
+    http_intake_refused: usize,
+    http_intake_peak_rss_mb: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -456,6 +466,72 @@ async fn pending_notifications(db: &Db) -> anyhow::Result<i64> {
     })
 }
 
+/// `requests` OTP sends over HTTP from `clients` concurrent clients (each to
+/// its own recipient, so the per-recipient limit never refuses); returns the
+/// accepted rate, the latency of each request, and how many were not 202.
+async fn http_intake(
+    app: &Arc<App>,
+    requests: usize,
+    clients: usize,
+) -> anyhow::Result<(f64, Latency, usize)> {
+    let key = tuma::api::auth::generate_key();
+    app.db
+        .create_api_key(
+            "bench",
+            &tuma::api::auth::hash_key(&key),
+            "send",
+            Utc::now(),
+        )
+        .await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/v1/otp", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tuma::api::serve(app.clone(), listener, async {
+        let _ = stop_rx.await;
+    }));
+    let client = reqwest::Client::new();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, url, key, next) = (client.clone(), url.clone(), key.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut refused = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= requests {
+                    return (samples, refused);
+                }
+                let body = json!({ "to": format!("+2547{:08}", i), "code": "123456" });
+                let t = Instant::now();
+                let status = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16());
+                samples.push(t.elapsed());
+                if status.ok() != Some(202) {
+                    refused += 1;
+                }
+            }
+        }));
+    }
+    let mut samples = Vec::with_capacity(requests);
+    let mut refused = 0;
+    for t in tasks {
+        let (s, r) = t.await?;
+        samples.extend(s);
+        refused += r;
+    }
+    let rate = (requests - refused) as f64 / started.elapsed().as_secs_f64();
+    let _ = stop_tx.send(());
+    server.await??;
+    Ok((rate, Latency::of(samples), refused))
+}
+
 async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult> {
     let mut r = BackendResult {
         backend: backend.to_owned(),
@@ -463,7 +539,7 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
     };
 
     eprintln!(
-        "[{backend}] 1/4 queue floor: {} no-op jobs through bare apalis",
+        "[{backend}] 1/5 queue floor: {} no-op jobs through bare apalis",
         args.deliveries
     );
     rss_reset();
@@ -472,7 +548,7 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
     r.floor_peak_rss_mb = rss_peak_mb();
 
     eprintln!(
-        "[{backend}] 2/4 end to end: {} deliveries, in-process provider",
+        "[{backend}] 2/5 end to end: {} deliveries, in-process provider",
         args.deliveries
     );
     rss_reset();
@@ -487,7 +563,7 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
     a.db.close().await;
 
     eprintln!(
-        "[{backend}] 3/4 end to end: {} deliveries through an HTTP double (Africa's Talking)",
+        "[{backend}] 3/5 end to end: {} deliveries through an HTTP double (Africa's Talking)",
         args.http_deliveries
     );
     rss_reset();
@@ -514,7 +590,7 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
     a.db.close().await;
 
     eprintln!(
-        "[{backend}] 4/4 OTP latency: {} OTPs while {} notifications drain, then {} idle",
+        "[{backend}] 4/5 OTP latency: {} OTPs while {} notifications drain, then {} idle",
         args.otps, args.backlog, args.otps
     );
     rss_reset();
@@ -537,13 +613,25 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
     let _ = stop_tx.send(());
     running.await??;
     a.db.close().await;
+
+    eprintln!(
+        "[{backend}] 5/5 intake: {} POST /v1/otp from {} clients (workers off)",
+        args.requests, args.clients
+    );
+    rss_reset();
+    let fresh = fresh_database(backend, &args.postgres_url).await?;
+    let a = app(&fresh.url, args.concurrency, Arc::new(Instant0::default())).await?;
+    (r.http_intake_per_s, r.http_intake, r.http_intake_refused) =
+        http_intake(&a, args.requests, args.clients).await?;
+    r.http_intake_peak_rss_mb = rss_peak_mb();
+    a.db.close().await;
     Ok(r)
 }
 
 fn print(results: &[BackendResult], args: &Args) {
     println!();
     println!(
-        "tuma bench: {} cores, {} deliveries, {} through HTTP, backlog {}, {} OTPs, concurrency {}",
+        "tuma bench: {} cores, {} deliveries, {} through HTTP, backlog {}, {} OTPs, concurrency {}, {} requests from {} clients",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
@@ -551,7 +639,9 @@ fn print(results: &[BackendResult], args: &Args) {
         args.http_deliveries,
         args.backlog,
         args.otps,
-        args.concurrency
+        args.concurrency,
+        args.requests,
+        args.clients
     );
     println!(
         "{:<44} {}",
@@ -606,10 +696,20 @@ fn print(results: &[BackendResult], args: &Args) {
     row("OTP idle p50 / p99 (ms)", &|r| {
         format!("{:.1} / {:.1}", r.otp_idle.p50_ms, r.otp_idle.p99_ms)
     });
-    row("peak RSS: floor / e2e / HTTP / OTP (MB)", &|r| {
+    row("POST /v1/otp accepted (/s)", &|r| {
+        format!("{:.0}", r.http_intake_per_s)
+    });
+    row("  latency p50 / p99 (ms)", &|r| {
+        format!("{:.1} / {:.1}", r.http_intake.p50_ms, r.http_intake.p99_ms)
+    });
+    row("  not accepted", &|r| r.http_intake_refused.to_string());
+    row("peak RSS: floor / e2e (MB)", &|r| {
+        format!("{:.0} / {:.0}", r.floor_peak_rss_mb, r.e2e_peak_rss_mb)
+    });
+    row("peak RSS: HTTP double / OTP / intake (MB)", &|r| {
         format!(
-            "{:.0}/{:.0}/{:.0}/{:.0}",
-            r.floor_peak_rss_mb, r.e2e_peak_rss_mb, r.http_peak_rss_mb, r.otp_peak_rss_mb
+            "{:.0} / {:.0} / {:.0}",
+            r.http_peak_rss_mb, r.otp_peak_rss_mb, r.http_intake_peak_rss_mb
         )
     });
 }

@@ -16,6 +16,8 @@ use crate::config::{Config, ProviderKind, parse_duration};
 use crate::domain::segments::count_segments;
 use crate::domain::{Channel, DeliveryStatus};
 use crate::intake::{NotificationRequest, OtpRequest};
+use crate::replay::{ReplayFilter, ReplayPlan, os_user};
+use crate::reports::{CostParams, CostQuery, cost_report};
 use crate::store::{AttemptRow, Db, Delivery, ListFilter, ReceiptRow, mask_password};
 use crate::worker;
 
@@ -76,6 +78,68 @@ enum Command {
     /// Talk to one provider directly.
     #[command(subcommand)]
     Providers(ProvidersCommand),
+    /// Reports for finance.
+    #[command(subcommand)]
+    Report(ReportCommand),
+    /// Send failed deliveries again, each as a new delivery linked to the original.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ReportCommand {
+    /// Messages, segments, receipts and cost per group; totals per currency (UTC).
+    Costs {
+        /// A period ending now, e.g. 30d (the default without dates).
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        since: Option<String>,
+        /// First day, e.g. 2026-11-01 (UTC midnight, included).
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        /// Last day, e.g. 2026-12-01 (UTC midnight, excluded).
+        #[arg(long, requires = "from")]
+        to: Option<String>,
+        /// Groupings: day|week|month, provider, country, template, channel.
+        #[arg(long, default_value = "month")]
+        by: String,
+        /// A sent message without a receipt after this long counts as no-receipt.
+        #[arg(long, default_value = "24h")]
+        receipt_horizon: String,
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// Delivery ids; without them, the filters below choose.
+    ids: Vec<String>,
+    /// Status to replay (failed, undelivered, expired).
+    #[arg(long, default_value = "failed")]
+    status: String,
+    /// Only those created within this long, e.g. 2h.
+    #[arg(long, value_parser = parse_duration)]
+    since: Option<Duration>,
+    /// Only this channel (sms, email).
+    #[arg(long)]
+    channel: Option<String>,
+    /// Only those whose latest attempt went to this provider.
+    #[arg(long)]
+    provider: Option<String>,
+    /// Only those whose latest attempt ended with this provider error code.
+    #[arg(long)]
+    error_code: Option<String>,
+    /// At most this many (newest first).
+    #[arg(long, default_value_t = crate::replay::DEFAULT_REPLAY_LIMIT)]
+    limit: i64,
+    /// Replay permanent-error failures too (they will probably fail again).
+    #[arg(long)]
+    force: bool,
+    /// Show what would be replayed and refused; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Do not ask before replaying.
+    #[arg(long)]
+    yes: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,6 +252,12 @@ enum DeliveriesCommand {
         /// Only those created within this long, e.g. 24h.
         #[arg(long, value_parser = parse_duration)]
         since: Option<Duration>,
+        /// Only those whose latest attempt went to this provider.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Only those whose latest attempt ended with this provider error code, e.g. 21211.
+        #[arg(long)]
+        error_code: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -325,6 +395,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let out = deliveries(&db, cmd, config.receipts.no_receipt_after).await;
             db.close().await;
             out
+        }
+        Command::Report(ReportCommand::Costs {
+            since,
+            from,
+            to,
+            by,
+            receipt_horizon,
+            format,
+        }) => {
+            let db = open(&cli.database_url, &config).await?;
+            let params = CostParams {
+                since,
+                from,
+                to,
+                by: Some(by),
+                receipt_horizon: Some(receipt_horizon),
+            };
+            let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+            let report = cost_report(&db, &CostQuery::from_params(&params, now)?, now).await;
+            db.close().await;
+            let report = report?;
+            match format {
+                ListFormat::Table => print!("{}", report.to_table()),
+                ListFormat::Csv => print!("{}", report.to_csv()),
+                ListFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            Ok(())
+        }
+        Command::Replay(args) => {
+            let app = start(&cli.database_url, config).await?;
+            replay(&app, args).await
         }
     }
 }
@@ -539,15 +640,29 @@ async fn deliveries(
             };
             let attempts = db.attempts(&id).await?;
             let receipts = db.receipts(&id).await?;
+            let (origin, replays) = (db.replay_origin(&id).await?, db.replays_of(&id).await?);
             match format {
                 ShowFormat::Json => {
                     let mut v = delivery_json(&d, Some(&attempts), no_receipt_after);
                     if let Some(obj) = v.as_object_mut() {
                         obj.insert("receipts".into(), json!(receipts));
+                        obj.insert("replay_of".into(), json!(origin));
+                        obj.insert("replays".into(), json!(replays));
                     }
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    println!("{}", serde_json::to_string_pretty(&v)?)
                 }
-                ShowFormat::Text => print_delivery(&d, &attempts, &receipts, no_receipt_after)?,
+                ShowFormat::Text => {
+                    print_delivery(&d, &attempts, &receipts, no_receipt_after)?;
+                    if let Some(o) = origin {
+                        let by = o.replayed_by.as_deref().unwrap_or("?");
+                        println!("replay of  {} (by {by})", o.replay_of);
+                    }
+                    for r in replays {
+                        let at = r.replayed_at.map(|t| t.to_rfc3339()).unwrap_or_default();
+                        let by = r.replayed_by.as_deref().unwrap_or("?");
+                        println!("replayed   as {} ({}) by {by} at {at}", r.id, r.status);
+                    }
+                }
             }
             Ok(())
         }
@@ -555,10 +670,14 @@ async fn deliveries(
             status,
             channel,
             since,
+            provider,
+            error_code,
             limit,
             format,
         } => {
             let filter = ListFilter {
+                provider,
+                error_code,
                 status: status
                     .map(|s| s.parse::<DeliveryStatus>())
                     .transpose()
@@ -640,6 +759,112 @@ async fn deliveries(
                 }
             }
             Ok(())
+        }
+    }
+}
+
+/// `tuma replay`: show the plan, ask, replay with progress, summarise.
+async fn replay(app: &App, a: ReplayArgs) -> anyhow::Result<()> {
+    let plan = if a.ids.is_empty() {
+        let filter = ReplayFilter {
+            status: Some(a.status.parse().map_err(anyhow::Error::msg)?),
+            since: a
+                .since
+                .map(|s| chrono::Duration::from_std(s).map(|d| Utc::now() - d))
+                .transpose()
+                .context("--since is too long")?,
+            channel: a
+                .channel
+                .map(|c| c.parse())
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
+            provider: a.provider,
+            error_code: a.error_code,
+            force: a.force,
+            limit: Some(a.limit),
+        };
+        app.plan_replay_matching(&filter).await?
+    } else {
+        app.plan_replay(&a.ids, a.force).await?
+    };
+    print_plan(&plan);
+    if a.dry_run || plan.replayable.is_empty() {
+        println!(
+            "{}nothing replayed",
+            if a.dry_run { "dry run: " } else { "" }
+        );
+        return Ok(());
+    }
+    if !a.yes {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            bail!("not replaying: pass --yes to replay without a terminal to confirm on");
+        }
+        eprint!("replay {} deliveries? [y/N] ", plan.replayable.len());
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("nothing replayed");
+            return Ok(());
+        }
+    }
+    let actor = os_user();
+    let step = (plan.replayable.len() / 10).max(100);
+    let report = app
+        .execute_replay(&plan, &actor, a.force, |done, total| {
+            if total > 100 && (done % step == 0 || done == total) {
+                eprintln!("replayed {done}/{total}");
+            }
+        })
+        .await?;
+    let late = report.refused.len() - plan.refused.len();
+    println!(
+        "replayed {} as {actor}, refused {}{}",
+        report.replayed.len(),
+        report.refused.len(),
+        if late > 0 {
+            format!(" ({late} changed since the plan)")
+        } else {
+            String::new()
+        }
+    );
+    for r in report.replayed.iter().take(20) {
+        println!("  {} -> {}", r.original, r.replay);
+    }
+    if report.replayed.len() > 20 {
+        println!("  … and {} more", report.replayed.len() - 20);
+    }
+    Ok(())
+}
+
+fn print_plan(plan: &ReplayPlan) {
+    println!("to replay: {}", plan.replayable.len());
+    for c in plan.replayable.iter().take(20) {
+        println!(
+            "  {}  {:<5} {:<20} {:<12} {:<12} {}",
+            c.id,
+            c.channel,
+            c.recipient,
+            c.template,
+            c.provider.as_deref().unwrap_or("-"),
+            c.last_error.as_deref().unwrap_or("")
+        );
+    }
+    if plan.replayable.len() > 20 {
+        println!("  … and {} more", plan.replayable.len() - 20);
+    }
+    println!("refused: {}", plan.refused.len());
+    let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for r in &plan.refused {
+        by_reason.entry(&r.message).or_default().push(&r.id);
+    }
+    for (message, ids) in by_reason {
+        println!("  {} × {message}", ids.len());
+        for id in ids.iter().take(5) {
+            println!("      {id}");
+        }
+        if ids.len() > 5 {
+            println!("      … and {} more", ids.len() - 5);
         }
     }
 }

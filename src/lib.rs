@@ -14,6 +14,8 @@ pub mod providers;
 pub mod queue;
 pub mod receipts;
 pub mod reconcile;
+pub mod replay;
+pub mod reports;
 pub mod retry;
 pub mod router;
 pub mod store;

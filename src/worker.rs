@@ -104,7 +104,8 @@ fn monitor(app: &Arc<App>) -> Monitor {
             Db::Sqlite(pool) => {
                 let config = apalis_sqlite::Config::default()
                     .queue(lane.queue_name())
-                    .heartbeat_interval(app.config.worker.heartbeat);
+                    .heartbeat_interval(app.config.worker.heartbeat)
+                    .batch_size(concurrency(&app, lane).max(1));
                 let pool = pool.clone();
                 monitor.register(move |restarts| {
                     let backend = SqliteStorage::<DeliveryJob>::new(&pool)
@@ -121,7 +122,8 @@ fn monitor(app: &Arc<App>) -> Monitor {
             Db::Postgres(pool) => {
                 let config = apalis_postgres::Config::default()
                     .queue(lane.queue_name())
-                    .heartbeat_interval(app.config.worker.heartbeat);
+                    .heartbeat_interval(app.config.worker.heartbeat)
+                    .batch_size(concurrency(&app, lane).max(1));
                 let pool = pool.clone();
                 monitor.register(move |restarts| {
                     let notify =

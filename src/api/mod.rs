@@ -12,6 +12,7 @@ pub mod error;
 pub mod handlers;
 pub mod metrics;
 pub mod openapi;
+pub mod ops;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -111,6 +112,9 @@ pub fn router(state: ApiState) -> Router {
             "/v1/callbacks/africastalking/{secret}",
             post(callbacks::africastalking),
         )
+        .route("/v1/deliveries/{id}/replay", post(ops::replay_one))
+        .route("/v1/replays", post(ops::replay_many))
+        .route("/v1/reports/costs", get(ops::costs))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(metrics::render))

@@ -205,6 +205,63 @@ pub fn document() -> Value {
                 "parameters": [{ "name": "secret", "in": "path", "required": true, "schema": { "type": "string" } }],
                 "responses": { "200": { "description": "Recorded, or a message tuma does not know" }, "404": problem("Wrong secret") }
             } },
+            "/v1/deliveries/{id}/replay": { "post": {
+                "summary": "Replay a failed, undelivered or expired delivery as a new one (scope ops)",
+                "security": [{ "bearer": [] }],
+                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "requestBody": { "required": false, "content": { "application/json": { "schema": {
+                    "type": "object", "additionalProperties": false,
+                    "properties": { "force": { "type": "boolean" }, "dry_run": { "type": "boolean" } }
+                } } } },
+                "responses": {
+                    "200": { "description": "What was replayed and what was refused, with reasons" },
+                    "401": problem("No valid key"), "403": problem("The key lacks the ops scope"),
+                    "404": problem("No such delivery"), "422": problem("A field is wrong"),
+                    "503": problem("Database unavailable")
+                }
+            } },
+            "/v1/replays": { "post": {
+                "summary": "Replay every delivery matching a filter, or show the plan (scope ops)",
+                "security": [{ "bearer": [] }],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": {
+                    "type": "object", "additionalProperties": false,
+                    "properties": {
+                        "dry_run": { "type": "boolean" },
+                        "filter": { "type": "object", "additionalProperties": false, "properties": {
+                            "status": { "type": "string", "enum": ["failed", "undelivered", "expired"] },
+                            "since": { "type": "string", "format": "date-time" },
+                            "channel": { "type": "string", "enum": ["sms", "email"] },
+                            "provider": { "type": "string" },
+                            "error_code": { "type": "string" },
+                            "force": { "type": "boolean" },
+                            "limit": { "type": "integer", "minimum": 1 }
+                        } }
+                    }
+                } } } },
+                "responses": {
+                    "200": { "description": "What was replayed and what was refused, with reasons" },
+                    "400": problem("Malformed JSON"), "401": problem("No valid key"),
+                    "403": problem("The key lacks the ops scope"), "415": problem("Not JSON"),
+                    "422": problem("A field is wrong"), "503": problem("Database unavailable")
+                }
+            } },
+            "/v1/reports/costs": { "get": {
+                "summary": "SMS and email costs per group and currency, exact (scope reports)",
+                "security": [{ "bearer": [] }],
+                "parameters": [
+                    query("since", json!({ "type": "string" }), "A period ending now, e.g. 30d (the default)"),
+                    query("from", json!({ "type": "string", "format": "date" }), "First day (UTC, included)"),
+                    query("to", json!({ "type": "string", "format": "date" }), "Last day (UTC, excluded)"),
+                    query("by", json!({ "type": "string" }), "Groupings: day|week|month,provider,country,template,channel"),
+                    query("receipt_horizon", json!({ "type": "string" }), "How long a sent message waits for a receipt before it counts as no receipt"),
+                    query("format", json!({ "type": "string", "enum": ["json", "csv"] }), "csv answers text/csv with a header row")
+                ],
+                "responses": {
+                    "200": { "description": "The report", "content": { "application/json": {}, "text/csv": {} } },
+                    "401": problem("No valid key"), "403": problem("The key lacks the reports scope"),
+                    "422": problem("A parameter is wrong"), "503": problem("Database unavailable")
+                }
+            } },
             "/healthz": { "get": {
                 "summary": "The process is up",
                 "responses": { "200": { "description": "Up" } }

@@ -84,6 +84,9 @@ pub struct InsertGuards {
     pub idempotency: Option<IdempotencyClaim>,
     /// Refuse an OTP over this limit.
     pub otp_limit: Option<OtpLimit>,
+    /// Record the delivery as a replay of another. The unique index
+    /// `deliveries_one_replay` refuses a second live replay of one delivery.
+    pub replay: Option<ReplayLink>,
 }
 
 /// What a guarded insert did.
@@ -308,8 +311,23 @@ pub struct ListFilter {
     pub channel: Option<Channel>,
     /// Created at or after.
     pub since: Option<DateTime<Utc>>,
+    /// Only those whose latest attempt went to this provider.
+    pub provider: Option<String>,
+    /// Only those whose latest attempt ended with this provider error code.
+    pub error_code: Option<String>,
     /// At most this many, newest first.
     pub limit: i64,
+}
+
+/// What links a replay to the delivery it replays.
+#[derive(Debug, Clone)]
+pub struct ReplayLink {
+    /// The delivery replayed.
+    pub replay_of: String,
+    /// Who asked: the OS user for the CLI, the key name for the API.
+    pub replayed_by: String,
+    /// When.
+    pub replayed_at: DateTime<Utc>,
 }
 
 pub(crate) const DELIVERY_COLUMNS: &str = "id, kind, channel, recipient, template, locale, vars, subject, body, \
@@ -348,6 +366,7 @@ impl Db {
         d: &NewDelivery,
         guards: &InsertGuards,
     ) -> Result<Inserted, StoreError> {
+        let link = guards.replay.as_ref();
         let job = DeliveryJob::new(&d.id);
         let lane = Lane::for_kind(d.kind);
         let run_at = (d.send_at > d.created_at).then_some(d.send_at);
@@ -419,9 +438,10 @@ impl Db {
             sqlx::query(
                 "INSERT INTO deliveries (id, kind, channel, recipient, template, locale, vars, \
                  subject, body, body_html, otp_code, status, attempts, max_attempts, \
-                 next_attempt_at, expires_at, job_id, created_at, updated_at, segments, encoding) \
+                 next_attempt_at, expires_at, job_id, created_at, updated_at, segments, encoding, \
+                 replay_of, replayed_by, replayed_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0, $12, $13, \
-                 $14, $15, $16, $16, $17, $18)",
+                 $14, $15, $16, $16, $17, $18, $19, $20, $21)",
             )
             .bind(&d.id)
             .bind(d.kind.as_str())
@@ -441,6 +461,9 @@ impl Db {
             .bind(d.created_at)
             .bind(d.segments.map(i64::from))
             .bind(&d.encoding)
+            .bind(link.map(|l| l.replay_of.as_str()))
+            .bind(link.map(|l| l.replayed_by.as_str()))
+            .bind(link.map(|l| l.replayed_at))
             .execute(&mut *tx)
             .await
             .doing("recording the delivery")?;
@@ -486,7 +509,10 @@ impl Db {
         let sql = format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries \
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR channel = $2) \
-             AND ($3 IS NULL OR created_at >= $3) \
+             AND ($3 IS NULL OR created_at >= $3) AND ($5 IS NULL OR provider = $5) \
+             AND ($6 IS NULL OR EXISTS (SELECT 1 FROM delivery_attempts a \
+               WHERE a.delivery_id = deliveries.id AND a.attempt = deliveries.attempts \
+               AND a.error_code = $6)) \
              ORDER BY created_at DESC, id DESC LIMIT $4"
         );
         let status = filter.status.map(|s| s.as_str());
@@ -497,6 +523,8 @@ impl Db {
                 .bind(channel)
                 .bind(filter.since)
                 .bind(filter.limit)
+                .bind(filter.provider.as_deref())
+                .bind(filter.error_code.as_deref())
                 .fetch_all(pool)
                 .await
                 .doing("listing deliveries")?

@@ -7,6 +7,8 @@
 mod api;
 mod deliveries;
 mod receipts;
+mod replays;
+mod reports;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -20,6 +22,11 @@ use sqlx::{PgPool, SqlitePool};
 pub use api::*;
 pub use deliveries::*;
 pub use receipts::*;
+pub use replays::*;
+pub use reports::*;
+
+/// The most connections a SQLite pool opens.
+const SQLITE_CONNECTIONS: u32 = 4;
 
 /// Expands `$body` once per backend with `$pool` bound to that backend's pool.
 macro_rules! on_pool {
@@ -84,9 +91,8 @@ impl<T> Doing<T> for Result<T, sqlx::Error> {
 }
 
 impl Db {
-    /// Opens a pool (`max_connections` applies to Postgres; SQLite gets one
-    /// connection, see below). SQLite files are created if missing and every connection
-    /// gets WAL, `synchronous=NORMAL`, a busy timeout, foreign keys and
+    /// Opens a pool (SQLite keeps it small, see below). SQLite files are
+    /// created if missing and every connection gets WAL, `synchronous=NORMAL`, a busy timeout, foreign keys and
     /// `secure_delete` (so a wiped OTP code does not linger in free pages).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db, StoreError> {
         let bad = |reason: String| StoreError::BadUrl {
@@ -103,14 +109,14 @@ impl Db {
                 .foreign_keys(true)
                 .pragma("secure_delete", "ON")
                 .pragma("temp_store", "MEMORY");
-            // One connection: SQLite runs one writer at a time anyway, and a
+            // Few connections: SQLite runs one writer at a time anyway, and a
             // writer that finds the lock taken sleeps in steps of up to 100 ms
-            // (the busy handler). Queueing for the one connection instead is
-            // first come, first served, with no sleeps: OTPs keep their latency
-            // while a bulk backlog drains. Other processes still meet the busy
-            // timeout.
+            // (the busy handler), so many connections only add waiting. More
+            // than one, because apalis can leave a fetch parked on a connection
+            // while a worker shuts down; a lone connection would then starve
+            // the in-flight sends it waits for.
             let pool = SqlitePoolOptions::new()
-                .max_connections(1)
+                .max_connections(max_connections.clamp(2, SQLITE_CONNECTIONS))
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(options)
                 .await

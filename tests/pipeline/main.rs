@@ -4,7 +4,10 @@
 mod api;
 mod cli;
 mod delivery;
+mod ops_api;
 mod providers;
 mod receipts;
 mod recovery;
+mod replay;
+mod reports;
 mod support;

@@ -418,6 +418,167 @@ pub async fn delete_all_jobs(db: &Db) {
     }
 }
 
+/// How a seeded delivery ended.
+#[derive(Debug, Clone)]
+pub enum SeedEnd {
+    /// Accepted, with this cost (and whether it is an estimate).
+    Sent(Option<(tuma::domain::money::Money, bool)>),
+    /// Accepted, then a delivered receipt.
+    Delivered(Option<(tuma::domain::money::Money, bool)>),
+    /// Accepted, then an undelivered receipt.
+    Undelivered(Option<(tuma::domain::money::Money, bool)>),
+    /// One attempt that failed with this outcome and provider error code.
+    Failed(tuma::store::Outcome, Option<&'static str>),
+    /// An OTP whose TTL passed before a send.
+    Expired,
+}
+
+/// A delivery written through the store with exactly controlled times,
+/// provider, segments, cost and status (for reports and replays).
+#[derive(Debug, Clone)]
+pub struct Seed {
+    pub created_at: DateTime<Utc>,
+    pub kind: tuma::domain::DeliveryKind,
+    pub to: String,
+    pub template: &'static str,
+    pub provider: &'static str,
+    pub segments: u32,
+    pub end: SeedEnd,
+}
+
+impl Seed {
+    /// A `welcome` notification to `to` via `provider`, created at `at`.
+    pub fn notification(at: &str, to: &str, provider: &'static str, end: SeedEnd) -> Seed {
+        Seed {
+            created_at: at.parse().expect("an RFC 3339 time"),
+            kind: tuma::domain::DeliveryKind::Notification,
+            to: to.into(),
+            template: "welcome",
+            provider,
+            segments: 1,
+            end,
+        }
+    }
+}
+
+/// Money in a currency, for seeds: `kes("0.80")`.
+pub fn cost(
+    amount: &str,
+    currency: &str,
+    estimate: bool,
+) -> Option<(tuma::domain::money::Money, bool)> {
+    Some((
+        tuma::domain::money::Money::parse(amount, currency).unwrap(),
+        estimate,
+    ))
+}
+
+/// Writes `seed` through the store: insert with its job, one attempt opened
+/// and closed one second after creation, then any receipt status. Returns its id.
+pub async fn seed(db: &Db, s: Seed) -> String {
+    use tuma::domain::{Channel, DeliveryKind, DeliveryStatus};
+    use tuma::store::{AttemptResult, NewDelivery, NextStep, Outcome};
+    let id = uuid::Uuid::now_v7().to_string();
+    let channel = if s.to.contains('@') {
+        Channel::Email
+    } else {
+        Channel::Sms
+    };
+    let otp = s.kind == DeliveryKind::Otp;
+    let new = NewDelivery {
+        id: id.clone(),
+        kind: s.kind,
+        channel,
+        recipient: s.to.clone(),
+        template: s.template.into(),
+        locale: "en".into(),
+        vars: if otp {
+            serde_json::json!({ "ttl_minutes": 5 })
+        } else {
+            serde_json::json!({ "name": "Amina" })
+        },
+        subject: (channel == Channel::Email).then(|| "Welcome".to_owned()),
+        body: "Karibu Amina".into(),
+        body_html: None,
+        otp_code: otp.then(|| "123456".to_owned()),
+        max_attempts: 1,
+        expires_at: otp.then(|| s.created_at + chrono::Duration::minutes(5)),
+        created_at: s.created_at,
+        send_at: s.created_at,
+        segments: (channel == Channel::Sms).then_some(s.segments),
+        encoding: (channel == Channel::Sms).then(|| "gsm7".to_owned()),
+    };
+    let job = db.insert_delivery(&new).await.expect("insert");
+    let finished_at = s.created_at + chrono::Duration::seconds(1);
+    if let SeedEnd::Expired = s.end {
+        let expired = DeliveryStatus::Expired;
+        let closed = db
+            .close_pending(&id, &job.job_id, expired, "expired", finished_at)
+            .await
+            .unwrap();
+        assert!(closed);
+        return id;
+    }
+    db.begin_attempt(&job, s.provider, "primary", s.created_at)
+        .await
+        .unwrap()
+        .expect("attempt opened");
+    let segments = (channel == Channel::Sms).then_some(s.segments);
+    let (result, next, receipt) = match s.end {
+        SeedEnd::Sent(c) | SeedEnd::Delivered(c) | SeedEnd::Undelivered(c) => {
+            let receipt = match s.end {
+                SeedEnd::Delivered(_) => Some("delivered"),
+                SeedEnd::Undelivered(_) => Some("undelivered"),
+                _ => None,
+            };
+            let result = AttemptResult {
+                outcome: Outcome::Accepted,
+                finished_at,
+                provider_message_id: Some(format!("msg-{id}")),
+                provider_status: Some("queued".into()),
+                error_code: None,
+                error: None,
+                cost: c,
+                segments,
+                provider_segments: None,
+                latency_ms: Some(5),
+            };
+            (result, NextStep::Sent, receipt)
+        }
+        SeedEnd::Failed(outcome, code) => {
+            let mut r = AttemptResult::error(outcome, finished_at, "refused by the provider");
+            r.error_code = code.map(Into::into);
+            (r, NextStep::Failed, None)
+        }
+        SeedEnd::Expired => unreachable!("handled above"),
+    };
+    let lane = tuma::queue::Lane::for_kind(s.kind);
+    let recorded = db
+        .finish_attempt(&id, &job.job_id, &result, &next, lane)
+        .await
+        .unwrap();
+    assert!(recorded);
+    if let Some(status) = receipt {
+        let sql = "UPDATE deliveries SET status = $1 WHERE id = $2 AND status = 'sent'";
+        let updated = match db {
+            Db::Sqlite(pool) => sqlx::query(sql)
+                .bind(status)
+                .bind(&id)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+            Db::Postgres(pool) => sqlx::query(sql)
+                .bind(status)
+                .bind(&id)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected()),
+        };
+        assert_eq!(updated.unwrap(), 1);
+    }
+    id
+}
+
 /// The HTTP API on port 0 over a fresh database (outbox providers, manual
 /// clock), with a client. Workers do not run: `t.drain()` delivers.
 pub struct TestServer {
