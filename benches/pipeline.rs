@@ -587,6 +587,7 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
             sender_id: None,
             base_url: base_url.parse()?,
             enqueue: false,
+            callback_secret: None,
         },
         Duration::from_secs(10),
     )

@@ -18,7 +18,7 @@ use crate::domain::{Channel, DeliveryStatus};
 use crate::intake::{NotificationRequest, OtpRequest};
 use crate::replay::{ReplayFilter, ReplayPlan, os_user};
 use crate::reports::{CostParams, CostQuery, cost_report};
-use crate::store::{AttemptRow, Db, Delivery, ListFilter, mask_password};
+use crate::store::{AttemptRow, Db, Delivery, ListFilter, ReceiptRow, mask_password};
 use crate::worker;
 
 /// tuma: durable OTP and notification delivery over SMS and email.
@@ -377,7 +377,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 SendFormat::Id => println!("{}", delivery.row.id),
                 SendFormat::Json => println!(
                     "{}",
-                    serde_json::to_string_pretty(&delivery_json(&delivery, None))?
+                    serde_json::to_string_pretty(&delivery_json(
+                        &delivery,
+                        None,
+                        app.config.receipts.no_receipt_after
+                    ))?
                 ),
             }
             app.db.close().await;
@@ -388,7 +392,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Deliveries(cmd) => {
             let db = open(&cli.database_url, &config).await?;
-            let out = deliveries(&db, cmd).await;
+            let out = deliveries(&db, cmd, config.receipts.no_receipt_after).await;
             db.close().await;
             out
         }
@@ -624,25 +628,31 @@ fn check(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn deliveries(db: &Db, cmd: DeliveriesCommand) -> anyhow::Result<()> {
+async fn deliveries(
+    db: &Db,
+    cmd: DeliveriesCommand,
+    no_receipt_after: std::time::Duration,
+) -> anyhow::Result<()> {
     match cmd {
         DeliveriesCommand::Show { id, format } => {
             let Some(d) = db.delivery(&id).await? else {
                 bail!("no delivery has id {id}; `tuma deliveries list` shows recent ones");
             };
             let attempts = db.attempts(&id).await?;
+            let receipts = db.receipts(&id).await?;
             let (origin, replays) = (db.replay_origin(&id).await?, db.replays_of(&id).await?);
             match format {
                 ShowFormat::Json => {
-                    let mut v = delivery_json(&d, Some(&attempts));
+                    let mut v = delivery_json(&d, Some(&attempts), no_receipt_after);
                     if let Some(obj) = v.as_object_mut() {
+                        obj.insert("receipts".into(), json!(receipts));
                         obj.insert("replay_of".into(), json!(origin));
                         obj.insert("replays".into(), json!(replays));
                     }
                     println!("{}", serde_json::to_string_pretty(&v)?)
                 }
                 ShowFormat::Text => {
-                    print_delivery(&d, &attempts)?;
+                    print_delivery(&d, &attempts, &receipts, no_receipt_after)?;
                     if let Some(o) = origin {
                         let by = o.replayed_by.as_deref().unwrap_or("?");
                         println!("replay of  {} (by {by})", o.replay_of);
@@ -686,7 +696,10 @@ async fn deliveries(db: &Db, cmd: DeliveriesCommand) -> anyhow::Result<()> {
             let mut out = std::io::stdout().lock();
             match format {
                 ListFormat::Json => {
-                    let list: Vec<Value> = rows.iter().map(|d| delivery_json(d, None)).collect();
+                    let list: Vec<Value> = rows
+                        .iter()
+                        .map(|d| delivery_json(d, None, no_receipt_after))
+                        .collect();
                     writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
                 }
                 ListFormat::Csv => {
@@ -701,7 +714,7 @@ async fn deliveries(db: &Db, cmd: DeliveriesCommand) -> anyhow::Result<()> {
                             r.kind.clone(),
                             r.channel.clone(),
                             r.recipient.clone(),
-                            r.status.clone(),
+                            d.display_status(Utc::now(), no_receipt_after),
                             r.attempts.to_string(),
                             r.provider.clone().unwrap_or_default(),
                             r.provider_message_id.clone().unwrap_or_default(),
@@ -734,7 +747,7 @@ async fn deliveries(db: &Db, cmd: DeliveriesCommand) -> anyhow::Result<()> {
                             r.kind,
                             r.channel,
                             r.recipient,
-                            r.status,
+                            d.display_status(Utc::now(), no_receipt_after),
                             r.attempts,
                             r.provider.as_deref().unwrap_or("-"),
                             r.created_at.format("%Y-%m-%d %H:%M:%S")
@@ -928,7 +941,13 @@ fn csv_field(s: &str) -> String {
 }
 
 /// A delivery as JSON; the OTP code is never in it (bodies are stored redacted).
-pub fn delivery_json(d: &Delivery, attempts: Option<&[AttemptRow]>) -> Value {
+/// `display_status` is `no receipt` for a delivery sent longer than
+/// `no_receipt_after` ago without a final receipt, else the status.
+pub fn delivery_json(
+    d: &Delivery,
+    attempts: Option<&[AttemptRow]>,
+    no_receipt_after: std::time::Duration,
+) -> Value {
     let r = &d.row;
     let mut v = json!({
         "id": r.id,
@@ -936,6 +955,7 @@ pub fn delivery_json(d: &Delivery, attempts: Option<&[AttemptRow]>) -> Value {
         "channel": r.channel,
         "recipient": r.recipient,
         "status": r.status,
+        "display_status": d.display_status(Utc::now(), no_receipt_after),
         "template": r.template,
         "locale": r.locale,
         "provider": r.provider,
@@ -953,6 +973,9 @@ pub fn delivery_json(d: &Delivery, attempts: Option<&[AttemptRow]>) -> Value {
         "created_at": r.created_at,
         "updated_at": r.updated_at,
         "sent_at": r.sent_at,
+        "delivered_at": r.delivered_at,
+        "price_reconciled_at": r.reconciled_at,
+        "price_note": r.reconcile_note,
         "expires_at": r.expires_at,
         "next_attempt_at": r.next_attempt_at,
     });
@@ -962,11 +985,20 @@ pub fn delivery_json(d: &Delivery, attempts: Option<&[AttemptRow]>) -> Value {
     v
 }
 
-fn print_delivery(d: &Delivery, attempts: &[AttemptRow]) -> anyhow::Result<()> {
+fn print_delivery(
+    d: &Delivery,
+    attempts: &[AttemptRow],
+    receipts: &[ReceiptRow],
+    no_receipt_after: std::time::Duration,
+) -> anyhow::Result<()> {
     let r = &d.row;
     let mut out = std::io::stdout().lock();
     writeln!(out, "delivery   {}", r.id)?;
-    writeln!(out, "status     {}", r.status)?;
+    writeln!(
+        out,
+        "status     {}",
+        d.display_status(Utc::now(), no_receipt_after)
+    )?;
     writeln!(
         out,
         "kind       {} via {} to {}",
@@ -1003,6 +1035,12 @@ fn print_delivery(d: &Delivery, attempts: &[AttemptRow]) -> anyhow::Result<()> {
     if let Some(t) = r.sent_at {
         writeln!(out, "sent       {}", t.to_rfc3339())?;
     }
+    if let Some(t) = r.delivered_at {
+        writeln!(out, "delivered  {}", t.to_rfc3339())?;
+    }
+    if let (Some(t), Some(note)) = (r.reconciled_at, &r.reconcile_note) {
+        writeln!(out, "price      {note} ({})", t.to_rfc3339())?;
+    }
     if let Some(t) = r.expires_at {
         writeln!(out, "expires    {}", t.to_rfc3339())?;
     }
@@ -1025,6 +1063,21 @@ fn print_delivery(d: &Delivery, attempts: &[AttemptRow]) -> anyhow::Result<()> {
                 .as_deref()
                 .or(a.provider_message_id.as_deref())
                 .unwrap_or("")
+        )?;
+    }
+    for rc in receipts {
+        writeln!(
+            out,
+            "  receipt #{} {:<12} {:<11} {}{}{}",
+            rc.attempt,
+            rc.provider,
+            rc.status,
+            rc.received_at.format("%H:%M:%S%.3f"),
+            rc.error
+                .as_deref()
+                .map(|e| format!(" {e}"))
+                .unwrap_or_default(),
+            if rc.applied { "" } else { " (no change)" }
         )?;
     }
     Ok(())

@@ -55,6 +55,23 @@ pub struct Config {
     pub circuit_breaker: CircuitBreakerConfig,
     /// The HTTP API's limits and abuse guards.
     pub api: ApiConfig,
+    /// Delivery receipts.
+    pub receipts: ReceiptsConfig,
+}
+
+/// Delivery receipts (`[receipts]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiptsConfig {
+    /// A delivery `sent` longer ago than this without a final receipt is shown
+    /// as "no receipt" (never taken as delivered).
+    pub no_receipt_after: Duration,
+    /// A Twilio delivery still without an actual price this long after it was
+    /// sent is fetched from Twilio (its price, segments and status).
+    pub reconcile_after: Duration,
+    /// After this long since sending, tuma stops asking for the price.
+    pub give_up_after: Duration,
+    /// How often the worker looks for deliveries to reconcile.
+    pub reconcile_interval: Duration,
 }
 
 /// The HTTP API (`[api]`): limits and SMS pumping guards.
@@ -532,6 +549,32 @@ impl Config {
             }
         };
 
+        let rc = &raw.receipts;
+        let receipts = ReceiptsConfig {
+            no_receipt_after: parse_duration(&rc.no_receipt_after)
+                .map_err(|e| err("receipts.no_receipt_after", e))?,
+            reconcile_after: parse_duration(&rc.reconcile_after)
+                .map_err(|e| err("receipts.reconcile_after", e))?,
+            give_up_after: parse_duration(&rc.give_up_after)
+                .map_err(|e| err("receipts.give_up_after", e))?,
+            reconcile_interval: parse_duration(&rc.reconcile_interval)
+                .map_err(|e| err("receipts.reconcile_interval", e))?,
+        };
+        for (key, value) in [
+            ("receipts.no_receipt_after", receipts.no_receipt_after),
+            ("receipts.reconcile_interval", receipts.reconcile_interval),
+        ] {
+            if value.is_zero() {
+                return Err(err(key, "must be longer than zero".into()));
+            }
+        }
+        if receipts.give_up_after <= receipts.reconcile_after {
+            return Err(err(
+                "receipts.give_up_after",
+                "must be longer than receipts.reconcile_after".into(),
+            ));
+        }
+
         Ok(Config {
             file: path.to_owned(),
             providers,
@@ -543,6 +586,7 @@ impl Config {
             prices,
             circuit_breaker,
             api,
+            receipts,
         })
     }
 
@@ -628,6 +672,28 @@ struct RawConfig {
     circuit_breaker: RawCircuitBreaker,
     #[serde(default)]
     api: RawApi,
+    #[serde(default)]
+    receipts: RawReceipts,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawReceipts {
+    no_receipt_after: String,
+    reconcile_after: String,
+    give_up_after: String,
+    reconcile_interval: String,
+}
+
+impl Default for RawReceipts {
+    fn default() -> Self {
+        RawReceipts {
+            no_receipt_after: "24h".into(),
+            reconcile_after: "10m".into(),
+            give_up_after: "48h".into(),
+            reconcile_interval: "1m".into(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -813,5 +879,46 @@ pub fn secret_from_env(var: &str) -> Result<secrecy::SecretString, String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Ok(secrecy::SecretString::from(v)),
         _ => Err(format!("environment variable {var} is not set")),
+    }
+}
+
+#[cfg(test)]
+mod receipts_tests {
+    use super::*;
+
+    const BASE: &str = "[[provider]]\nname = \"o\"\nkind = \"outbox\"\ndir = \"outbox\"\n\n\
+        [[route]]\nchannel = \"sms\"\nproviders = [\"o\"]\n\n\
+        [[route]]\nchannel = \"email\"\nproviders = [\"o\"]\n\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!("{BASE}{text}"), Path::new("providers.toml"))
+    }
+
+    #[test]
+    fn receipts_settings_have_defaults_and_are_checked() {
+        let c = parse("").expect("defaults");
+        assert_eq!(c.receipts.no_receipt_after, Duration::from_secs(24 * 3600));
+        assert_eq!(c.receipts.reconcile_after, Duration::from_secs(600));
+        assert_eq!(c.receipts.give_up_after, Duration::from_secs(48 * 3600));
+        assert_eq!(c.receipts.reconcile_interval, Duration::from_secs(60));
+        let c = parse("[receipts]\nno_receipt_after = \"2h\"\n").unwrap();
+        assert_eq!(c.receipts.no_receipt_after, Duration::from_secs(7200));
+        for (text, key) in [
+            (
+                "[receipts]\nno_receipt_after = \"soon\"\n",
+                "receipts.no_receipt_after",
+            ),
+            (
+                "[receipts]\nreconcile_interval = \"0s\"\n",
+                "receipts.reconcile_interval",
+            ),
+            (
+                "[receipts]\nreconcile_after = \"2h\"\ngive_up_after = \"1h\"\n",
+                "receipts.give_up_after",
+            ),
+        ] {
+            assert_eq!(parse(text).unwrap_err().key, key, "{text}");
+        }
+        assert!(parse("[receipts]\nnope = 1\n").is_err());
     }
 }

@@ -12,6 +12,8 @@ pub mod intake;
 pub mod pricing;
 pub mod providers;
 pub mod queue;
+pub mod receipts;
+pub mod reconcile;
 pub mod replay;
 pub mod reports;
 pub mod retry;

@@ -1,4 +1,5 @@
-//! Runs the two lanes as apalis workers, plus the sweeper.
+//! Runs the two lanes as apalis workers, plus the sweeper and the price
+//! reconciliation of Twilio deliveries.
 //!
 //! Each lane is its own apalis queue with its own worker and concurrency.
 //! Idle workers wake at once for new work (Postgres LISTEN/NOTIFY; in-process
@@ -159,6 +160,7 @@ where
         );
     }
     let sweeper = tokio::spawn(sweeper::run(app.clone()));
+    let reconciler = tokio::spawn(crate::reconcile::run(app.clone()));
     info!(
         backend = app.db.backend_name(),
         otp = app.config.worker.otp_concurrency,
@@ -170,6 +172,7 @@ where
         .await
         .map_err(|e| WorkerError::Monitor(e.to_string()));
     sweeper.abort();
+    reconciler.abort();
     // Leave the queue tidy for the next run.
     if let Err(e) = app.db.delete_finished_jobs().await {
         warn!(error = %e, "could not delete finished jobs at shutdown");

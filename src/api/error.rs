@@ -68,6 +68,9 @@ pub enum ApiError {
     /// A live key without the scope this route needs (403).
     #[error("missing scope {0}")]
     Forbidden(&'static str),
+    /// A provider callback whose signature is missing or wrong (403).
+    #[error("bad callback signature")]
+    BadSignature,
     /// Nothing here (404).
     #[error("not found: {0}")]
     NotFound(String),
@@ -96,7 +99,7 @@ impl ApiError {
             ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::KeyInFlight => StatusCode::CONFLICT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::BadSignature => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -118,6 +121,7 @@ impl ApiError {
             ApiError::KeyInFlight => "idempotency-key-in-flight",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::BadSignature => "bad-signature",
             ApiError::NotFound(_) => "not-found",
             ApiError::MethodNotAllowed => "method-not-allowed",
             ApiError::Unavailable(_) => "unavailable",
@@ -147,6 +151,7 @@ impl ApiError {
             ApiError::KeyInFlight => "Idempotency-Key still in use",
             ApiError::Unauthorized => "Missing or invalid API key",
             ApiError::Forbidden(_) => "API key lacks the scope",
+            ApiError::BadSignature => "Missing or wrong callback signature",
             ApiError::NotFound(_) => "Not found",
             ApiError::MethodNotAllowed => "Method not allowed",
             ApiError::Unavailable(_) => "Service unavailable",
@@ -249,6 +254,9 @@ impl IntoResponse for ApiError {
                 "send a live API key as `Authorization: Bearer <key>`".to_owned()
             }
             ApiError::Forbidden(scope) => format!("this route needs the `{scope}` scope"),
+            ApiError::BadSignature => {
+                "the X-Twilio-Signature header is missing or does not match".to_owned()
+            }
             ApiError::NotFound(what) => what.clone(),
             ApiError::MethodNotAllowed => "this route does not take that method".to_owned(),
             ApiError::Unavailable(cause) => {

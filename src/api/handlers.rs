@@ -20,7 +20,7 @@ use super::body::{idempotency_key, parse_json, request_hash};
 use super::error::ApiError;
 use crate::domain::{Channel, DeliveryStatus};
 use crate::intake::{Enqueued, IdempotencyKey, NotificationRequest, OtpRequest};
-use crate::store::{AttemptRow, Delivery, PageFilter};
+use crate::store::{AttemptRow, Delivery, PageFilter, ReceiptRow};
 
 /// Default page size of `GET /v1/deliveries`.
 pub const DEFAULT_LIMIT: i64 = 50;
@@ -193,7 +193,10 @@ pub async fn post_notification(
 
 /// A delivery as the API shows it. Bodies are stored with the OTP code
 /// redacted and the code itself is never read, so it cannot appear here.
-pub fn delivery_json(d: &Delivery) -> Value {
+///
+/// `display_status` is `no receipt` for a delivery `sent` longer than
+/// `no_receipt_after` before `now` without a final receipt, else the status.
+pub fn delivery_json(d: &Delivery, now: DateTime<Utc>, no_receipt_after: Duration) -> Value {
     let r = &d.row;
     json!({
         "id": r.id,
@@ -201,6 +204,7 @@ pub fn delivery_json(d: &Delivery) -> Value {
         "channel": r.channel,
         "recipient": r.recipient,
         "status": r.status,
+        "display_status": d.display_status(now, no_receipt_after),
         "template": r.template,
         "locale": r.locale,
         "subject": r.subject,
@@ -212,6 +216,8 @@ pub fn delivery_json(d: &Delivery) -> Value {
             "currency": c.currency.as_str(),
             "estimate": r.cost_is_estimate.unwrap_or(false),
         })),
+        "price_reconciled_at": r.reconciled_at,
+        "price_note": r.reconcile_note,
         "segments": r.segments,
         "encoding": r.encoding,
         "attempt_count": r.attempts,
@@ -220,8 +226,24 @@ pub fn delivery_json(d: &Delivery) -> Value {
         "created_at": r.created_at,
         "updated_at": r.updated_at,
         "sent_at": r.sent_at,
+        "delivered_at": r.delivered_at,
         "expires_at": r.expires_at,
         "next_attempt_at": r.next_attempt_at,
+    })
+}
+
+/// A receipt as the API shows it: the provider's fields as they came.
+pub fn receipt_json(r: &ReceiptRow) -> Value {
+    json!({
+        "attempt": r.attempt,
+        "provider": r.provider,
+        "provider_message_id": r.provider_message_id,
+        "status": r.status,
+        "error_code": r.error_code,
+        "error": r.error,
+        "applied": r.applied,
+        "fields": serde_json::from_str::<Value>(&r.fields).unwrap_or(Value::Null),
+        "received_at": r.received_at,
     })
 }
 
@@ -255,16 +277,25 @@ pub async fn get_delivery(
     let found = state
         .within_timeout(async {
             match db.delivery(&id).await? {
-                Some(d) => Ok::<_, crate::store::StoreError>(Some((d, db.attempts(&id).await?))),
+                Some(d) => Ok::<_, crate::store::StoreError>(Some((
+                    d,
+                    db.attempts(&id).await?,
+                    db.receipts(&id).await?,
+                ))),
                 None => Ok(None),
             }
         })
         .await?;
-    let Some((d, attempts)) = found else {
+    let Some((d, attempts, receipts)) = found else {
         return Err(ApiError::NotFound(format!("no delivery has id `{id}`")));
     };
-    let mut v = delivery_json(&d);
+    let mut v = delivery_json(
+        &d,
+        state.app.clock.now(),
+        state.app.config.receipts.no_receipt_after,
+    );
     v["attempts"] = Value::Array(attempts.iter().map(attempt_json).collect());
+    v["receipts"] = Value::Array(receipts.iter().map(receipt_json).collect());
     Ok(Json(v).into_response())
 }
 
@@ -342,6 +373,7 @@ pub async fn list_deliveries(
             ..filter.clone()
         }))
         .await?;
+    let now = state.app.clock.now();
     let more = page.len() > usize::try_from(filter.limit).unwrap_or(usize::MAX);
     page.truncate(usize::try_from(filter.limit).unwrap_or(usize::MAX));
     let next_cursor = if more {
@@ -350,7 +382,10 @@ pub async fn list_deliveries(
         None
     };
     Ok(Json(json!({
-        "items": page.iter().map(delivery_json).collect::<Vec<_>>(),
+        "items": page
+            .iter()
+            .map(|d| delivery_json(d, now, state.app.config.receipts.no_receipt_after))
+            .collect::<Vec<_>>(),
         "next_cursor": next_cursor,
     }))
     .into_response())

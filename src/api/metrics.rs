@@ -26,9 +26,24 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     /// Guard refusals by configuration rule.
     refusals: Mutex<BTreeMap<&'static str, u64>>,
+    /// Provider callbacks by (provider kind, outcome).
+    callbacks: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 impl Metrics {
+    /// Counts one provider callback: `outcome` is `applied`, `unchanged`,
+    /// `unknown_message`, `bad_signature`, `wrong_secret` or `malformed`.
+    pub fn count_callback(&self, provider: &'static str, outcome: &'static str) {
+        if let Ok(mut m) = self.callbacks.lock() {
+            *m.entry((provider, outcome)).or_default() += 1;
+        }
+    }
+
+    /// Provider callbacks so far, by (provider kind, outcome).
+    pub fn callbacks(&self) -> BTreeMap<(&'static str, &'static str), u64> {
+        self.callbacks.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
     /// Guard refusals so far, by rule.
     pub fn refusals(&self) -> BTreeMap<&'static str, u64> {
         self.refusals.lock().map(|m| m.clone()).unwrap_or_default()
@@ -95,6 +110,17 @@ pub async fn render(
     let _ = writeln!(w, "# TYPE tuma_refusals_total counter");
     for (rule, n) in state.metrics.refusals() {
         let _ = writeln!(w, "tuma_refusals_total{{rule=\"{rule}\"}} {n}");
+    }
+    let _ = writeln!(
+        w,
+        "# HELP tuma_callbacks_total Provider delivery callbacks, by provider kind and outcome."
+    );
+    let _ = writeln!(w, "# TYPE tuma_callbacks_total counter");
+    for ((provider, outcome), n) in state.metrics.callbacks() {
+        let _ = writeln!(
+            w,
+            "tuma_callbacks_total{{provider=\"{provider}\",outcome=\"{outcome}\"}} {n}"
+        );
     }
 
     let db = &state.app.db;

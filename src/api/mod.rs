@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod callbacks;
 pub mod error;
 pub mod handlers;
 pub mod metrics;
@@ -65,6 +66,11 @@ impl ApiState {
     }
 }
 
+/// Africa's Talking reports carry a secret in their path, which logs never show.
+const AT_CALLBACK_PREFIX: &str = "/v1/callbacks/africastalking/";
+/// What logs show instead.
+const AT_CALLBACK_SHOWN: &str = "/v1/callbacks/africastalking/****";
+
 /// The API's routes with request ids, tracing and request metrics.
 pub fn router(state: ApiState) -> Router {
     let trace = TraceLayer::new_for_http()
@@ -74,12 +80,21 @@ pub fn router(state: ApiState) -> Router {
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-");
-            // The path only: bodies and headers (keys) are never logged.
-            info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+            // The path only: bodies and headers (keys) are never logged, nor
+            // the secret in a delivery-report URL.
+            let path = req.uri().path();
+            let path = if path.starts_with(AT_CALLBACK_PREFIX) {
+                AT_CALLBACK_SHOWN
+            } else {
+                path
+            };
+            info_span!("request", request_id = %id, method = %req.method(), path = %path)
         })
         // Logged under tuma's own target so the default filter keeps it.
         .on_response(
-            |response: &axum::response::Response, latency: std::time::Duration, _: &tracing::Span| {
+            |response: &axum::response::Response,
+             latency: std::time::Duration,
+             _: &tracing::Span| {
                 info!(
                     status = response.status().as_u16(),
                     latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
@@ -92,6 +107,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/notifications", post(handlers::post_notification))
         .route("/v1/deliveries", get(handlers::list_deliveries))
         .route("/v1/deliveries/{id}", get(handlers::get_delivery))
+        .route("/v1/callbacks/twilio", post(callbacks::twilio))
+        .route(
+            "/v1/callbacks/africastalking/{secret}",
+            post(callbacks::africastalking),
+        )
         .route("/v1/deliveries/{id}/replay", post(ops::replay_one))
         .route("/v1/replays", post(ops::replay_many))
         .route("/v1/reports/costs", get(ops::costs))

@@ -143,6 +143,9 @@ pub fn document() -> Value {
                         "channel": { "type": "string", "enum": ["sms", "email"] },
                         "recipient": { "type": "string" },
                         "status": { "type": "string", "enum": ["pending", "sending", "sent", "delivered", "undelivered", "failed", "expired"] },
+                        "display_status": { "type": "string", "description": "`no receipt` for a delivery sent longer than receipts.no_receipt_after ago without a final receipt; else the status" },
+                        "delivered_at": { "type": ["string", "null"], "format": "date-time" },
+                        "receipts": { "type": "array", "items": { "type": "object" }, "description": "GET /v1/deliveries/{id} only: every receipt, in arrival order" },
                         "template": { "type": "string" },
                         "locale": { "type": "string" },
                         "subject": { "type": ["string", "null"] },
@@ -192,6 +195,15 @@ pub fn document() -> Value {
                 "security": [{ "bearer": [] }],
                 "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
                 "responses": Value::Object(get_one)
+            } },
+            "/v1/callbacks/twilio": { "post": {
+                "summary": "Twilio status callback (form-encoded; authenticated by X-Twilio-Signature, not an API key)",
+                "responses": { "200": { "description": "Recorded, or a message tuma does not know" }, "403": problem("Missing or wrong signature") }
+            } },
+            "/v1/callbacks/africastalking/{secret}": { "post": {
+                "summary": "Africa's Talking delivery report (form-encoded; authenticated by the URL secret)",
+                "parameters": [{ "name": "secret", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": { "200": { "description": "Recorded, or a message tuma does not know" }, "404": problem("Wrong secret") }
             } },
             "/v1/deliveries/{id}/replay": { "post": {
                 "summary": "Replay a failed, undelivered or expired delivery as a new one (scope ops)",

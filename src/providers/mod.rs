@@ -281,6 +281,8 @@ impl Breaker {
 #[derive(Debug, Clone)]
 pub struct Providers {
     by_name: HashMap<String, ProviderHandle>,
+    /// The Twilio adapters again, typed: price reconciliation fetches messages.
+    twilio: HashMap<String, Arc<twilio::Twilio>>,
     breaker: CircuitBreakerConfig,
 }
 
@@ -288,6 +290,7 @@ impl Default for Providers {
     fn default() -> Self {
         Providers {
             by_name: HashMap::new(),
+            twilio: HashMap::new(),
             breaker: CircuitBreakerConfig {
                 failures: 5,
                 cooldown: Duration::from_secs(30),
@@ -319,6 +322,7 @@ impl Providers {
                 name: p.name.clone(),
                 reason,
             };
+            let mut typed_twilio = None;
             let adapter: Arc<dyn Provider> = match &p.kind {
                 ProviderKind::Outbox(c) => {
                     Arc::new(outbox::Outbox::new(c.clone()).map_err(failed)?)
@@ -327,13 +331,19 @@ impl Providers {
                     africastalking::AfricasTalking::new(c.clone(), p.timeout).map_err(failed)?,
                 ),
                 ProviderKind::Twilio(c) => {
-                    Arc::new(twilio::Twilio::new(c.clone(), p.timeout).map_err(failed)?)
+                    let adapter =
+                        Arc::new(twilio::Twilio::new(c.clone(), p.timeout).map_err(failed)?);
+                    typed_twilio = Some(adapter.clone());
+                    adapter
                 }
                 ProviderKind::Smtp(c) => {
                     Arc::new(smtp::Smtp::new(c.clone(), p.timeout).map_err(failed)?)
                 }
             };
             providers.insert(&p.name, adapter, p.rate_limit, p.timeout);
+            if let Some(twilio) = typed_twilio {
+                providers.twilio.insert(p.name.clone(), twilio);
+            }
         }
         Ok(providers)
     }
@@ -347,6 +357,7 @@ impl Providers {
         timeout: Duration,
     ) {
         let quota = Quota::per_second(rate.per_second).allow_burst(rate.burst);
+        self.twilio.remove(name);
         self.by_name.insert(
             name.to_owned(),
             ProviderHandle {
@@ -362,6 +373,11 @@ impl Providers {
     /// The provider named `name`.
     pub fn get(&self, name: &str) -> Option<&ProviderHandle> {
         self.by_name.get(name)
+    }
+
+    /// The configured Twilio adapter named `name` (unless a test replaced it).
+    pub fn twilio(&self, name: &str) -> Option<&Arc<twilio::Twilio>> {
+        self.twilio.get(name)
     }
 }
 

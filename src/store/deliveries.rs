@@ -134,6 +134,9 @@ pub struct DeliveryRow {
     pub segments: Option<i64>,
     pub encoding: Option<String>,
     pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub reconciled_at: Option<DateTime<Utc>>,
+    pub reconcile_note: Option<String>,
 }
 
 /// A delivery, parsed.
@@ -330,7 +333,7 @@ pub struct ReplayLink {
 pub(crate) const DELIVERY_COLUMNS: &str = "id, kind, channel, recipient, template, locale, vars, subject, body, \
     body_html, status, attempts, max_attempts, next_attempt_at, expires_at, job_id, created_at, \
     updated_at, sent_at, provider, provider_message_id, cost_micros, currency, cost_is_estimate, \
-    segments, encoding, last_error";
+    segments, encoding, last_error, delivered_at, reconciled_at, reconcile_note";
 
 const ATTEMPT_COLUMNS: &str = "attempt, provider, reason, started_at, finished_at, outcome, \
     provider_message_id, provider_status, error_code, error, cost_micros, currency, \

@@ -6,6 +6,7 @@
 
 mod api;
 mod deliveries;
+mod receipts;
 mod replays;
 mod reports;
 
@@ -20,6 +21,7 @@ use sqlx::{PgPool, SqlitePool};
 
 pub use api::*;
 pub use deliveries::*;
+pub use receipts::*;
 pub use replays::*;
 pub use reports::*;
 

@@ -1033,6 +1033,8 @@ async fn the_openapi_document_describes_the_real_router(backend: Backend) {
         "POST /v1/notifications",
         "GET /v1/deliveries",
         "GET /v1/deliveries/{id}",
+        "POST /v1/callbacks/twilio",
+        "POST /v1/callbacks/africastalking/{secret}",
         "POST /v1/deliveries/{id}/replay",
         "POST /v1/replays",
         "GET /v1/reports/costs",

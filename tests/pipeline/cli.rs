@@ -384,6 +384,10 @@ fn the_commented_examples_in_the_shipped_configuration_parse() {
         ("SMTP_PASSWORD", "smtp-secret-1"),
         ("AT_API_KEY", "at-secret-2"),
         ("TWILIO_AUTH_TOKEN", "twilio-secret-3"),
+        (
+            "AT_CALLBACK_SECRET",
+            "at-callback-secret-4-0123456789abcdef",
+        ),
     ];
     let out = run_ok(tuma(&config, &url).envs(secrets).arg("check"));
     for expected in [

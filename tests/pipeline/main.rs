@@ -6,6 +6,7 @@ mod cli;
 mod delivery;
 mod ops_api;
 mod providers;
+mod receipts;
 mod recovery;
 mod replay;
 mod reports;

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use reqwest::Url;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// The live API, used unless `base_url` says otherwise.
@@ -11,6 +11,9 @@ pub const DEFAULT_BASE_URL: &str = "https://api.africastalking.com";
 
 /// The sandbox API, the default when `username` is `sandbox`.
 pub const SANDBOX_BASE_URL: &str = "https://api.sandbox.africastalking.com";
+
+/// The shortest delivery-report URL secret accepted.
+pub const MIN_CALLBACK_SECRET_LEN: usize = 24;
 
 /// The username Africa's Talking gives every sandbox application.
 const SANDBOX_USERNAME: &str = "sandbox";
@@ -33,6 +36,10 @@ pub struct AfricasTalkingConfig {
     pub base_url: Url,
     /// Sends `enqueue=1`, which asks Africa's Talking to queue bulk sends.
     pub enqueue: bool,
+    /// The secret path segment of this provider's delivery-report URL
+    /// (`/v1/callbacks/africastalking/{secret}`), read from `callback_secret_env`;
+    /// without it reports for this provider are refused.
+    pub callback_secret: Option<SecretString>,
 }
 
 /// The keys as written, before checks.
@@ -45,6 +52,7 @@ struct RawAfricasTalking {
     base_url: Option<String>,
     #[serde(default)]
     enqueue: bool,
+    callback_secret_env: Option<String>,
 }
 
 impl AfricasTalkingConfig {
@@ -107,7 +115,31 @@ impl AfricasTalkingConfig {
                 parse_base_url(DEFAULT_BASE_URL).map_err(|reason| refuse("base_url", reason))?
             }
         };
+        let callback_secret = match raw.callback_secret_env.as_deref().map(str::trim) {
+            None => None,
+            Some("") => {
+                return Err(refuse(
+                    "callback_secret_env",
+                    "must name the environment variable that holds the delivery-report URL secret"
+                        .into(),
+                ));
+            }
+            Some(var) => {
+                let secret =
+                    read_secret(var).map_err(|reason| refuse("callback_secret_env", reason))?;
+                if secret.expose_secret().len() < MIN_CALLBACK_SECRET_LEN {
+                    return Err(refuse(
+                        "callback_secret_env",
+                        format!(
+                            "the secret in {var} is too short: use at least {MIN_CALLBACK_SECRET_LEN} random characters"
+                        ),
+                    ));
+                }
+                Some(secret)
+            }
+        };
         Ok(AfricasTalkingConfig {
+            callback_secret,
             username: raw.username,
             api_key,
             api_key_env: var.to_owned(),

@@ -52,6 +52,7 @@ fn config(base_url: &str) -> AfricasTalkingConfig {
         sender_id: None,
         base_url: Url::parse(base_url).expect("valid URL"),
         enqueue: false,
+        callback_secret: None,
     }
 }
 
@@ -1000,5 +1001,44 @@ fn a_recipient_without_a_status_word_is_named_from_the_table() {
         classify(StatusCode::CREATED, &body),
         "406",
         "UserInBlacklist (406)",
+    );
+}
+
+#[test]
+fn the_callback_secret_comes_from_its_variable_and_must_be_long() {
+    let long = "r".repeat(32);
+    let env = |var: &str| match var {
+        "AT_API_KEY" => Ok(SecretString::from(KEY)),
+        "AT_LONG" => Ok(SecretString::from(long.clone())),
+        "AT_SHORT" => Ok(SecretString::from("short")),
+        other => Err(format!("environment variable {other} is not set")),
+    };
+    let with = |var: &str| {
+        AfricasTalkingConfig::from_table_with(
+            table(&format!(
+                "username = \"mtaadao\"\napi_key_env = \"AT_API_KEY\"\ncallback_secret_env = \"{var}\""
+            )),
+            Path::new("."),
+            env,
+        )
+    };
+    let config = with("AT_LONG").expect("valid");
+    assert_eq!(
+        config
+            .callback_secret
+            .as_ref()
+            .map(|s| s.expose_secret().len()),
+        Some(32)
+    );
+    assert!(!format!("{config:?}").contains(&long), "Debug hides it");
+    for var in ["AT_SHORT", "AT_UNSET", ""] {
+        let (key, _) = with(var).unwrap_err();
+        assert_eq!(key, "callback_secret_env", "{var}");
+    }
+    assert!(
+        parse("username = \"mtaadao\"\napi_key_env = \"AT_API_KEY\"")
+            .unwrap()
+            .callback_secret
+            .is_none()
     );
 }

@@ -11,6 +11,7 @@
 //! Email is not a Twilio channel here: an email content is a permanent error.
 
 mod config;
+pub mod receipt;
 mod service;
 
 #[cfg(test)]
