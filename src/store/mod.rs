@@ -25,8 +25,8 @@ pub use receipts::*;
 pub use replays::*;
 pub use reports::*;
 
-/// The most connections a SQLite pool opens.
-const SQLITE_CONNECTIONS: u32 = 4;
+/// The connections of a SQLite pool (see `Db::connect`).
+const SQLITE_CONNECTIONS: u32 = 2;
 
 /// Expands `$body` once per backend with `$pool` bound to that backend's pool.
 macro_rules! on_pool {
@@ -116,7 +116,7 @@ impl Db {
             // while a worker shuts down; a lone connection would then starve
             // the in-flight sends it waits for.
             let pool = SqlitePoolOptions::new()
-                .max_connections(max_connections.clamp(2, SQLITE_CONNECTIONS))
+                .max_connections(SQLITE_CONNECTIONS)
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(options)
                 .await
