@@ -90,6 +90,38 @@ impl<T> Doing<T> for Result<T, sqlx::Error> {
     }
 }
 
+/// Checks a Postgres connection coming back to the pool, and rolls back a
+/// transaction left open on it.
+///
+/// sqlx 0.9 counts a transaction only once the server has answered its
+/// `BEGIN`; a future dropped while waiting for that answer (a timeout, an
+/// aborted task, a request whose client went away, a worker stopping inside
+/// apalis) leaves the server in a transaction that sqlx does not know of
+/// (sqlx issue #4393), and the pool hands the connection on. Every later
+/// statement on it would then run inside that transaction: never committed,
+/// its row locks held until the connection dies. Inside a transaction block the
+/// transaction began before the statement that asks, so the two timestamps
+/// differ; outside one, each statement is its own transaction and they agree.
+/// A connection whose check fails is closed, which ends whatever it held.
+async fn end_abandoned_transaction(conn: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
+    let open: Result<bool, sqlx::Error> =
+        sqlx::query_scalar("SELECT transaction_timestamp() <> statement_timestamp()")
+            .fetch_one(&mut *conn)
+            .await;
+    match open {
+        Ok(false) => Ok(true),
+        Ok(true) => {
+            tracing::warn!(
+                "a Postgres connection came back inside an abandoned transaction; rolling it back"
+            );
+            sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+            Ok(true)
+        }
+        // An aborted transaction refuses the check: close the connection.
+        Err(_) => Ok(false),
+    }
+}
+
 impl Db {
     /// Opens a pool (SQLite keeps it small, see below). SQLite files are
     /// created if missing and every connection gets WAL, `synchronous=NORMAL`, a busy timeout, foreign keys and
@@ -127,6 +159,7 @@ impl Db {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(10))
+                .after_release(|conn, _| Box::pin(end_abandoned_transaction(conn)))
                 .connect_with(options)
                 .await
                 .map_err(|e| bad(e.to_string()))?;

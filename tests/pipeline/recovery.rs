@@ -1,10 +1,13 @@
 //! Crash safety: a delivery whose job was lost, or whose worker died during
 //! the provider call, is found by the sweeper and finished.
 
+use std::time::Duration;
+
 use tuma::clock::Clock;
 use tuma::domain::DeliveryStatus;
 use tuma::intake::OtpRequest;
 use tuma::queue::DeliveryJob;
+use tuma::store::Db;
 
 use crate::on_both_backends;
 use crate::support::*;
@@ -121,4 +124,52 @@ async fn sqlite_connections_are_durable_whatever_apalis_sets() {
         .await
         .unwrap();
     assert!(timeout >= 5000, "busy timeout {timeout} ms");
+}
+
+/// A transaction start abandoned half-way (a request whose client went away,
+/// a timeout, a stopping worker) must not leave the pooled connection inside
+/// that transaction: the next borrower's writes would never commit, and the
+/// locks they take would be held until the connection died.
+async fn an_abandoned_transaction_start_leaves_no_transaction_behind(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    // One connection, so every borrower gets the one an abandoned start used;
+    // the witness reads through a pool of its own.
+    let db = Db::connect(&test_db.url, 1).await.unwrap();
+    let witness = Db::connect(&test_db.url, 1).await.unwrap();
+    run_sql(&witness, "CREATE TABLE writes (n BIGINT NOT NULL)").await;
+    for i in 0..400_u64 {
+        // Give up on `begin` at varying points of its round trips.
+        let patience = Duration::from_micros(i % 80 * 10);
+        match &db {
+            Db::Sqlite(pool) => drop(tokio::time::timeout(patience, pool.begin()).await),
+            Db::Postgres(pool) => drop(tokio::time::timeout(patience, pool.begin()).await),
+        }
+        run_sql(&db, &format!("INSERT INTO writes (n) VALUES ({i})")).await;
+        // Another connection sees the write: it was committed.
+        let seen: i64 = match &witness {
+            Db::Sqlite(pool) => sqlx::query_scalar("SELECT COUNT(*) FROM writes")
+                .fetch_one(pool)
+                .await
+                .unwrap(),
+            Db::Postgres(pool) => sqlx::query_scalar("SELECT COUNT(*) FROM writes")
+                .fetch_one(pool)
+                .await
+                .unwrap(),
+        };
+        assert_eq!(
+            seen,
+            i64::try_from(i).unwrap() + 1,
+            "the write after abandoned start {i} was not committed"
+        );
+    }
+}
+on_both_backends!(an_abandoned_transaction_start_leaves_no_transaction_behind);
+
+async fn run_sql(db: &Db, sql: &str) {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    match db {
+        Db::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+        Db::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+    }
+    .unwrap();
 }
