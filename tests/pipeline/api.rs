@@ -1315,7 +1315,10 @@ async fn tuma_serve_answers_http_and_exits_0_on_sigterm_after_finishing_a_send(b
         "{log}"
     );
     let d = store.delivery(&id).await.unwrap().unwrap();
-    assert_eq!(d.row.status, "sent", "the in-flight send was finished");
+    assert_eq!(
+        d.row.status, "sent",
+        "the in-flight send was finished\n{log}"
+    );
     assert!(!log.contains("1234 is your") && !log.contains(&key));
     // JSON lines; those of a request carry its id.
     let mut request_lines = 0;
