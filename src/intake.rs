@@ -113,9 +113,14 @@ pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 #[derive(Debug, Clone)]
 pub enum Enqueued {
     /// A new delivery; `receipt` is the response body (also saved for replays).
+    /// The row is not read back: an API answer needs no more than this.
     Created {
-        /// The delivery.
-        delivery: Box<Delivery>,
+        /// The new delivery's id.
+        id: String,
+        /// Its channel.
+        channel: Channel,
+        /// Its template.
+        template: String,
         /// `{"id", "status": "pending", "expires_at"?}`.
         receipt: Value,
     },
@@ -156,7 +161,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> IntakeError {
 impl App {
     /// Validates and records an OTP send; returns the new delivery.
     pub async fn enqueue_otp(&self, req: OtpRequest) -> Result<Delivery, IntakeError> {
-        created(self.otp(req, None).await?)
+        self.created(self.otp(req, None).await?).await
     }
 
     /// An OTP send from the HTTP API: the `[api]` guards apply (SMS prefix
@@ -221,7 +226,7 @@ impl App {
         &self,
         req: NotificationRequest,
     ) -> Result<Delivery, IntakeError> {
-        created(self.notification(req, None).await?)
+        self.created(self.notification(req, None).await?).await
     }
 
     async fn notification(
@@ -419,21 +424,24 @@ impl App {
             }
         }
         self.wakers.wake(Lane::for_kind(kind));
-        let delivery = self.db.delivery(&new.id).await?.ok_or_else(|| {
-            StoreError::Corrupt(format!("delivery {} vanished after insert", new.id))
-        })?;
         Ok(Enqueued::Created {
-            delivery: Box::new(delivery),
+            id: new.id,
+            channel,
+            template: new.template,
             receipt,
         })
     }
-}
 
-fn created(outcome: Enqueued) -> Result<Delivery, IntakeError> {
-    match outcome {
-        Enqueued::Created { delivery, .. } => Ok(*delivery),
-        Enqueued::Replayed { .. } => {
-            Err(StoreError::Corrupt("a send without an Idempotency-Key was replayed".into()).into())
+    /// The delivery a command-line or library send created, as stored.
+    async fn created(&self, outcome: Enqueued) -> Result<Delivery, IntakeError> {
+        match outcome {
+            Enqueued::Created { id, .. } => Ok(self.db.delivery(&id).await?.ok_or_else(|| {
+                StoreError::Corrupt(format!("delivery {id} vanished after insert"))
+            })?),
+            Enqueued::Replayed { .. } => Err(StoreError::Corrupt(
+                "a send without an Idempotency-Key was replayed".into(),
+            )
+            .into()),
         }
     }
 }

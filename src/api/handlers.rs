@@ -77,11 +77,9 @@ fn idempotency(
 /// request with the same Idempotency-Key.
 fn accepted(outcome: Enqueued) -> Response {
     match outcome {
-        Enqueued::Created { delivery, receipt } => {
+        Enqueued::Created { id, receipt, .. } => {
             let mut response = (StatusCode::ACCEPTED, Json(receipt)).into_response();
-            if let Ok(location) =
-                HeaderValue::from_str(&format!("/v1/deliveries/{}", delivery.row.id))
-            {
+            if let Ok(location) = HeaderValue::from_str(&format!("/v1/deliveries/{id}")) {
                 response.headers_mut().insert(header::LOCATION, location);
             }
             response
@@ -137,10 +135,10 @@ pub async fn post_otp(
     let outcome = state
         .within_timeout(state.app.enqueue_otp_from_api(req, idem))
         .await?;
-    if let Enqueued::Created { delivery, .. } = &outcome {
+    if let Enqueued::Created { id, channel, .. } = &outcome {
         info!(
-            delivery = %delivery.row.id,
-            channel = %delivery.channel,
+            delivery = %id,
+            channel = %channel,
             purpose = b.purpose.as_deref().unwrap_or("-"),
             key = %caller.key.name,
             "OTP accepted"
@@ -179,11 +177,17 @@ pub async fn post_notification(
     let outcome = state
         .within_timeout(state.app.enqueue_notification_from_api(req, idem))
         .await?;
-    if let Enqueued::Created { delivery, .. } = &outcome {
+    if let Enqueued::Created {
+        id,
+        channel,
+        template,
+        ..
+    } = &outcome
+    {
         info!(
-            delivery = %delivery.row.id,
-            channel = %delivery.channel,
-            template = %delivery.row.template,
+            delivery = %id,
+            channel = %channel,
+            template = %template,
             key = %caller.key.name,
             "notification accepted"
         );
