@@ -160,6 +160,11 @@ impl Db {
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(10))
                 .after_release(|conn, _| Box::pin(end_abandoned_transaction(conn)))
+                // Every connection already makes a round trip as it comes back
+                // (the check above, then sqlx's own ping); a third before each
+                // use would find nothing those two missed. A connection that
+                // breaks while idle fails its next statement, and sqlx drops it.
+                .test_before_acquire(false)
                 .connect_with(options)
                 .await
                 .map_err(|e| bad(e.to_string()))?;
