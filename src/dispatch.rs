@@ -27,7 +27,7 @@ use crate::store::{AttemptResult, Delivery, NextStep, Outcome, StoreError};
 /// Handles one job. Errors are database errors only: every delivery outcome,
 /// good or bad, is recorded and returns `Ok`.
 pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> {
-    let Some(delivery) = app.db.delivery(&job.delivery_id).await? else {
+    let Some((delivery, code)) = app.db.delivery_to_send(&job.delivery_id).await? else {
         warn!(delivery = %job.delivery_id, "job for a delivery that does not exist; dropped");
         return Ok(());
     };
@@ -86,7 +86,7 @@ pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> 
         let reason = format!("provider `{provider_name}` is not configured");
         return fail_unsendable(app, job, &reason).await;
     };
-    let message = match build_message(app, &delivery, &recipient).await? {
+    let message = match build_message(app, &delivery, code.as_deref(), &recipient) {
         Ok(m) => m,
         Err(reason) => return fail_unsendable(app, job, &reason).await,
     };
@@ -355,25 +355,26 @@ fn parse_stored_recipient(delivery: &Delivery) -> Result<Recipient, String> {
 }
 
 /// Renders the message again, now with the OTP code, exactly as validated at intake.
-async fn build_message(
+fn build_message(
     app: &App,
     delivery: &Delivery,
+    code: Option<&str>,
     recipient: &Recipient,
-) -> Result<Result<OutgoingMessage, String>, StoreError> {
+) -> Result<OutgoingMessage, String> {
     let row = &delivery.row;
     let code = match delivery.kind {
-        DeliveryKind::Otp => match app.db.otp_code(&row.id).await? {
-            Some(c) => match OtpCode::parse(&c) {
+        DeliveryKind::Otp => match code {
+            Some(c) => match OtpCode::parse(c) {
                 Ok(code) => Some(code),
-                Err(e) => return Ok(Err(format!("stored code is not usable: {e}"))),
+                Err(e) => return Err(format!("stored code is not usable: {e}")),
             },
-            None => return Ok(Err("the OTP code is no longer stored".into())),
+            None => return Err("the OTP code is no longer stored".into()),
         },
         DeliveryKind::Notification => None,
     };
     let vars = match serde_json::from_str::<serde_json::Value>(&row.vars) {
         Ok(serde_json::Value::Object(m)) => m,
-        _ => return Ok(Err("stored template variables are not a JSON object".into())),
+        _ => return Err("stored template variables are not a JSON object".into()),
     };
     let rendered = match app.templates.render(
         &row.template,
@@ -382,7 +383,7 @@ async fn build_message(
         &with_code(&vars, code.as_ref()),
     ) {
         Ok(r) => r,
-        Err(e) => return Ok(Err(e.to_string())),
+        Err(e) => return Err(e.to_string()),
     };
     let content = match recipient {
         Recipient::Phone(to) => Content::Sms {
@@ -396,9 +397,9 @@ async fn build_message(
             html: rendered.html,
         },
     };
-    Ok(Ok(OutgoingMessage {
+    Ok(OutgoingMessage {
         delivery_id: row.id.clone(),
         kind: delivery.kind,
         content,
-    }))
+    })
 }

@@ -154,6 +154,14 @@ pub struct Delivery {
     pub cost: Option<Money>,
 }
 
+/// A stored delivery and its OTP code, read together for sending.
+#[derive(FromRow)]
+struct RowToSend {
+    #[sqlx(flatten)]
+    row: DeliveryRow,
+    otp_code: Option<String>,
+}
+
 impl TryFrom<DeliveryRow> for Delivery {
     type Error = StoreError;
     fn try_from(row: DeliveryRow) -> Result<Self, StoreError> {
@@ -482,16 +490,19 @@ impl Db {
         row.map(Delivery::try_from).transpose()
     }
 
-    /// The OTP code of a delivery that can still be sent.
-    pub async fn otp_code(&self, id: &str) -> Result<Option<String>, StoreError> {
-        let code: Option<Option<String>> = on_pool!(self, pool => {
-            sqlx::query_scalar("SELECT otp_code FROM deliveries WHERE id = $1")
-                .bind(id)
-                .fetch_optional(pool)
-                .await
-                .doing("reading an OTP code")?
+    /// A delivery about to be sent, with its OTP code while it is stored
+    /// (one read: the dispatcher's first statement). The code stays apart
+    /// from [`Delivery`], which is shown and logged.
+    pub async fn delivery_to_send(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Delivery, Option<String>)>, StoreError> {
+        let sql = format!("SELECT {DELIVERY_COLUMNS}, otp_code FROM deliveries WHERE id = $1");
+        let row: Option<RowToSend> = on_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await.doing("reading a delivery to send")?
         });
-        Ok(code.flatten())
+        row.map(|r| Ok((Delivery::try_from(r.row)?, r.otp_code)))
+            .transpose()
     }
 
     /// A delivery's attempts, in order.
