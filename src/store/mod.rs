@@ -101,13 +101,16 @@ impl<T> Doing<T> for Result<T, sqlx::Error> {
 /// statement on it would then run inside that transaction: never committed,
 /// its row locks held until the connection dies. Inside a transaction block the
 /// transaction began before the statement that asks, so the two timestamps
-/// differ; outside one, each statement is its own transaction and they agree.
+/// differ; outside one, the statement is its own transaction and they agree.
 /// A connection whose check fails is closed, which ends whatever it held.
 async fn end_abandoned_transaction(conn: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
-    let open: Result<bool, sqlx::Error> =
-        sqlx::query_scalar("SELECT transaction_timestamp() <> statement_timestamp()")
-            .fetch_one(&mut *conn)
-            .await;
+    // The simple query protocol on purpose: with it, a statement outside a
+    // transaction block starts its transaction at the statement's own start
+    // time; the extended protocol restarts the statement clock at Bind.
+    let open = sqlx::raw_sql("SELECT transaction_timestamp() <> statement_timestamp()")
+        .fetch_one(&mut *conn)
+        .await
+        .and_then(|row| sqlx::Row::try_get::<bool, _>(&row, 0));
     match open {
         Ok(false) => Ok(true),
         Ok(true) => {
