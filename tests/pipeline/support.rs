@@ -68,6 +68,46 @@ pub struct TestDb {
     pub dir: tempfile::TempDir,
 }
 
+/// A Postgres test database is dropped with its test, unless the test failed:
+/// then it stays for a look (`.ci/run` drops what is left before it starts).
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if !self.url.starts_with("postgres") || std::thread::panicking() {
+            return;
+        }
+        let Some((_, name)) = self.url.rsplit_once('/') else {
+            return;
+        };
+        let (Some(admin), name) = (postgres_admin_url(), name.to_owned()) else {
+            return;
+        };
+        // Its own thread and runtime (this may run inside a test's runtime),
+        // not waited for: a drop takes Postgres a while. One still running
+        // when the test binary exits is left to `.ci/run`.
+        let url = self.url.clone();
+        std::thread::spawn(move || {
+            let dropped = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        let mut conn = sqlx::PgConnection::connect(&admin).await?;
+                        sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&mut conn)
+                        .await
+                    })
+                    .map_err(|e| e.to_string())
+                });
+            if let Err(e) = dropped {
+                eprintln!("test database {url} was not dropped: {e}");
+            }
+        });
+    }
+}
+
 impl TestDb {
     pub async fn new(backend: Backend) -> TestDb {
         let dir = tempfile::tempdir().expect("temporary folder");
