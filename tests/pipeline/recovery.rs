@@ -146,16 +146,7 @@ async fn an_abandoned_transaction_start_leaves_no_transaction_behind(backend: Ba
         }
         run_sql(&db, &format!("INSERT INTO writes (n) VALUES ({i})")).await;
         // Another connection sees the write: it was committed.
-        let seen: i64 = match &witness {
-            Db::Sqlite(pool) => sqlx::query_scalar("SELECT COUNT(*) FROM writes")
-                .fetch_one(pool)
-                .await
-                .unwrap(),
-            Db::Postgres(pool) => sqlx::query_scalar("SELECT COUNT(*) FROM writes")
-                .fetch_one(pool)
-                .await
-                .unwrap(),
-        };
+        let seen = count(&witness, "SELECT COUNT(*) FROM writes").await;
         assert_eq!(
             seen,
             i64::try_from(i).unwrap() + 1,

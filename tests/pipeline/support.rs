@@ -432,14 +432,16 @@ pub async fn all_database_text(db: &Db) -> String {
 /// The queue's job rows (for checking that history is not kept there).
 pub async fn job_rows(db: &Db) -> i64 {
     match db {
-        Db::Sqlite(pool) => sqlx::query_scalar("SELECT COUNT(*) FROM Jobs")
-            .fetch_one(pool)
-            .await
-            .unwrap(),
-        Db::Postgres(pool) => sqlx::query_scalar("SELECT COUNT(*) FROM apalis.jobs")
-            .fetch_one(pool)
-            .await
-            .unwrap(),
+        Db::Sqlite(_) => count(db, "SELECT COUNT(*) FROM Jobs").await,
+        Db::Postgres(_) => count(db, "SELECT COUNT(*) FROM apalis.jobs").await,
+    }
+}
+
+/// The one number a `SELECT COUNT(*) …` answers.
+pub async fn count(db: &Db, sql: &'static str) -> i64 {
+    match db {
+        Db::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
     }
 }
 
