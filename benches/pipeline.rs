@@ -71,6 +71,13 @@ struct Args {
     /// Worker concurrency, for apalis and for tuma's notification lane alike.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// Phases to run: floor, e2e, http, otp, intake (default: all).
+    #[arg(
+        long,
+        default_value = "floor,e2e,http,otp,intake",
+        value_delimiter = ','
+    )]
+    phases: Vec<String>,
     /// Where to write the JSON figures.
     #[arg(long, default_value = "target/bench.json")]
     out: PathBuf,
@@ -543,98 +550,111 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
         ..Default::default()
     };
 
-    eprintln!(
-        "[{backend}] 1/5 queue floor: {} no-op jobs through bare apalis",
-        args.floor_jobs.unwrap_or(args.deliveries)
-    );
-    rss_reset();
-    let fresh = fresh_database(backend, &args.postgres_url).await?;
-    r.floor_jobs_per_s = floor(
-        &fresh.url,
-        args.floor_jobs.unwrap_or(args.deliveries),
-        args.concurrency,
-    )
-    .await?;
-    r.floor_peak_rss_mb = rss_peak_mb();
-
-    eprintln!(
-        "[{backend}] 2/5 end to end: {} deliveries, in-process provider",
-        args.deliveries
-    );
-    rss_reset();
-    let fresh = fresh_database(backend, &args.postgres_url).await?;
-    let provider = Arc::new(Instant0::default());
-    let a = app(&fresh.url, args.concurrency, provider.clone()).await?;
-    r.intake_per_s = enqueue(&a, args.deliveries).await?;
-    tuma::worker::drain(a.clone(), Duration::from_secs(3600)).await?;
-    (r.e2e_per_s, r.e2e_windows_per_s) = throughput(&a.db).await?;
-    r.e2e_vs_floor = r.e2e_per_s / r.floor_jobs_per_s;
-    r.e2e_peak_rss_mb = rss_peak_mb();
-    a.db.close().await;
-
-    eprintln!(
-        "[{backend}] 3/5 end to end: {} deliveries through an HTTP double (Africa's Talking)",
-        args.http_deliveries
-    );
-    rss_reset();
-    let fresh = fresh_database(backend, &args.postgres_url).await?;
-    let base_url = at_double().await?;
-    let at = AfricasTalking::new(
-        AfricasTalkingConfig {
-            username: "bench".into(),
-            api_key: "bench-key".to_owned().into(),
-            api_key_env: "BENCH_AT_API_KEY".into(),
-            sender_id: None,
-            base_url: base_url.parse()?,
-            enqueue: false,
-            callback_secret: None,
-        },
-        Duration::from_secs(10),
-    )
-    .map_err(anyhow::Error::msg)?;
-    let a = app(&fresh.url, args.concurrency, Arc::new(at)).await?;
-    enqueue(&a, args.http_deliveries).await?;
-    tuma::worker::drain(a.clone(), Duration::from_secs(3600)).await?;
-    r.http_per_s = throughput(&a.db).await?.0;
-    r.http_peak_rss_mb = rss_peak_mb();
-    a.db.close().await;
-
-    eprintln!(
-        "[{backend}] 4/5 OTP latency: {} OTPs while {} notifications drain, then {} idle",
-        args.otps, args.backlog, args.otps
-    );
-    rss_reset();
-    let fresh = fresh_database(backend, &args.postgres_url).await?;
-    let provider = Arc::new(Instant0::default());
-    let a = app(&fresh.url, args.concurrency, provider.clone()).await?;
-    enqueue(&a, args.backlog).await?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(tuma::worker::run_until(a.clone(), async move {
-        let _ = stop_rx.await;
-        Ok(())
-    }));
-    r.otp_loaded = otp_latency(&a, &provider, args.otps).await?;
-    r.otp_backlog_left_at_end = pending_notifications(&a.db).await?;
-    while pending_notifications(&a.db).await? > 0 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let run = |phase: &str| args.phases.iter().any(|p| p == phase);
+    if run("floor") {
+        eprintln!(
+            "[{backend}] 1/5 queue floor: {} no-op jobs through bare apalis",
+            args.floor_jobs.unwrap_or(args.deliveries)
+        );
+        rss_reset();
+        let fresh = fresh_database(backend, &args.postgres_url).await?;
+        r.floor_jobs_per_s = floor(
+            &fresh.url,
+            args.floor_jobs.unwrap_or(args.deliveries),
+            args.concurrency,
+        )
+        .await?;
+        r.floor_peak_rss_mb = rss_peak_mb();
     }
-    r.otp_idle = otp_latency(&a, &provider, args.otps).await?;
-    r.otp_peak_rss_mb = rss_peak_mb();
-    let _ = stop_tx.send(());
-    running.await??;
-    a.db.close().await;
 
-    eprintln!(
-        "[{backend}] 5/5 intake: {} POST /v1/otp from {} clients (workers off)",
-        args.requests, args.clients
-    );
-    rss_reset();
-    let fresh = fresh_database(backend, &args.postgres_url).await?;
-    let a = app(&fresh.url, args.concurrency, Arc::new(Instant0::default())).await?;
-    (r.http_intake_per_s, r.http_intake, r.http_intake_refused) =
-        http_intake(&a, args.requests, args.clients).await?;
-    r.http_intake_peak_rss_mb = rss_peak_mb();
-    a.db.close().await;
+    if run("e2e") {
+        eprintln!(
+            "[{backend}] 2/5 end to end: {} deliveries, in-process provider",
+            args.deliveries
+        );
+        rss_reset();
+        let fresh = fresh_database(backend, &args.postgres_url).await?;
+        let provider = Arc::new(Instant0::default());
+        let a = app(&fresh.url, args.concurrency, provider.clone()).await?;
+        r.intake_per_s = enqueue(&a, args.deliveries).await?;
+        tuma::worker::drain(a.clone(), Duration::from_secs(3600)).await?;
+        (r.e2e_per_s, r.e2e_windows_per_s) = throughput(&a.db).await?;
+        if r.floor_jobs_per_s > 0.0 {
+            r.e2e_vs_floor = r.e2e_per_s / r.floor_jobs_per_s;
+        }
+        r.e2e_peak_rss_mb = rss_peak_mb();
+        a.db.close().await;
+    }
+
+    if run("http") {
+        eprintln!(
+            "[{backend}] 3/5 end to end: {} deliveries through an HTTP double (Africa's Talking)",
+            args.http_deliveries
+        );
+        rss_reset();
+        let fresh = fresh_database(backend, &args.postgres_url).await?;
+        let base_url = at_double().await?;
+        let at = AfricasTalking::new(
+            AfricasTalkingConfig {
+                username: "bench".into(),
+                api_key: "bench-key".to_owned().into(),
+                api_key_env: "BENCH_AT_API_KEY".into(),
+                sender_id: None,
+                base_url: base_url.parse()?,
+                enqueue: false,
+                callback_secret: None,
+            },
+            Duration::from_secs(10),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let a = app(&fresh.url, args.concurrency, Arc::new(at)).await?;
+        enqueue(&a, args.http_deliveries).await?;
+        tuma::worker::drain(a.clone(), Duration::from_secs(3600)).await?;
+        r.http_per_s = throughput(&a.db).await?.0;
+        r.http_peak_rss_mb = rss_peak_mb();
+        a.db.close().await;
+    }
+
+    if run("otp") {
+        eprintln!(
+            "[{backend}] 4/5 OTP latency: {} OTPs while {} notifications drain, then {} idle",
+            args.otps, args.backlog, args.otps
+        );
+        rss_reset();
+        let fresh = fresh_database(backend, &args.postgres_url).await?;
+        let provider = Arc::new(Instant0::default());
+        let a = app(&fresh.url, args.concurrency, provider.clone()).await?;
+        enqueue(&a, args.backlog).await?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(tuma::worker::run_until(a.clone(), async move {
+            let _ = stop_rx.await;
+            Ok(())
+        }));
+        r.otp_loaded = otp_latency(&a, &provider, args.otps).await?;
+        r.otp_backlog_left_at_end = pending_notifications(&a.db).await?;
+        while pending_notifications(&a.db).await? > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        r.otp_idle = otp_latency(&a, &provider, args.otps).await?;
+        r.otp_peak_rss_mb = rss_peak_mb();
+        let _ = stop_tx.send(());
+        running.await??;
+        a.db.close().await;
+    }
+
+    if run("intake") {
+        eprintln!(
+            "[{backend}] 5/5 intake: {} POST /v1/otp from {} clients (workers off)",
+            args.requests, args.clients
+        );
+        rss_reset();
+        let fresh = fresh_database(backend, &args.postgres_url).await?;
+        let a = app(&fresh.url, args.concurrency, Arc::new(Instant0::default())).await?;
+        (r.http_intake_per_s, r.http_intake, r.http_intake_refused) =
+            http_intake(&a, args.requests, args.clients).await?;
+        r.http_intake_peak_rss_mb = rss_peak_mb();
+        a.db.close().await;
+    }
     Ok(r)
 }
 

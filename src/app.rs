@@ -8,7 +8,7 @@ use crate::pricing::Pricing;
 use crate::providers::Providers;
 use crate::queue::Wakers;
 use crate::router::Router;
-use crate::store::Db;
+use crate::store::{Batcher, Db};
 use crate::templates::Templates;
 
 /// Configuration, storage, templates, routes and providers: built once at
@@ -19,6 +19,8 @@ pub struct App {
     pub config: Config,
     /// The database (queue and records).
     pub db: Db,
+    /// The dispatcher's statements, batched across worker slots.
+    pub batcher: Batcher,
     /// Compiled templates.
     pub templates: Templates,
     /// Routing table.
@@ -68,6 +70,7 @@ impl App {
         Ok(App {
             pricing,
             config,
+            batcher: Batcher::new(db.clone()),
             db,
             templates,
             router,

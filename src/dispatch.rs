@@ -27,7 +27,7 @@ use crate::store::{AttemptResult, Delivery, NextStep, Outcome, StoreError};
 /// Handles one job. Errors are database errors only: every delivery outcome,
 /// good or bad, is recorded and returns `Ok`.
 pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> {
-    let Some((delivery, code)) = app.db.delivery_to_send(&job.delivery_id).await? else {
+    let Some((delivery, code)) = app.batcher.delivery_to_send(&job.delivery_id).await? else {
         warn!(delivery = %job.delivery_id, "job for a delivery that does not exist; dropped");
         return Ok(());
     };
@@ -108,7 +108,7 @@ pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> 
 
     let started_at = app.clock.now();
     let Some(attempt) = app
-        .db
+        .batcher
         .begin_attempt(job, provider_name, &why, started_at)
         .await?
     else {
@@ -194,9 +194,10 @@ pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> 
         }
     };
     let lane = Lane::for_kind(delivery.kind);
+    let error = result.error.clone().unwrap_or_default();
     let recorded = app
-        .db
-        .finish_attempt(id, &job.job_id, &result, &next, lane)
+        .batcher
+        .finish_attempt(job, result, next.clone(), lane)
         .await?;
     if !recorded {
         warn!(delivery = %id, attempt, "the sweeper took this delivery over during the call");
@@ -207,10 +208,10 @@ pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> 
             info!(delivery = %id, provider = %provider_name, attempt, latency_ms, "sent")
         }
         NextStep::Failed => {
-            warn!(delivery = %id, provider = %provider_name, attempt, error = result.error.as_deref().unwrap_or(""), "failed")
+            warn!(delivery = %id, provider = %provider_name, attempt, error, "failed")
         }
         NextStep::Retry { at, .. } => {
-            info!(delivery = %id, provider = %provider_name, attempt, retry_at = %at, error = result.error.as_deref().unwrap_or(""), "transient error; retry scheduled")
+            info!(delivery = %id, provider = %provider_name, attempt, retry_at = %at, error, "transient error; retry scheduled")
         }
     }
     Ok(())

@@ -74,7 +74,7 @@ pub async fn sweep(app: &App) -> Result<SweepReport, StoreError> {
             _ => {}
         }
     }
-    report.jobs_deleted = app.db.delete_finished_jobs().await?;
+    report.jobs_deleted = app.db.delete_finished_jobs(true).await?;
     // Idempotency-Keys are remembered for 24 h.
     app.db
         .purge_idempotency_keys(
@@ -107,7 +107,7 @@ pub async fn run(app: std::sync::Arc<App>) {
             last_sweep = tokio::time::Instant::now();
             sweep(&app).await.map(|_| ())
         } else {
-            app.db.delete_finished_jobs().await.map(|_| ())
+            app.db.delete_finished_jobs(false).await.map(|_| ())
         };
         if let Err(e) = outcome {
             warn!(error = %e, "queue maintenance failed; will try again");

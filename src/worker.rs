@@ -174,7 +174,7 @@ where
     sweeper.abort();
     reconciler.abort();
     // Leave the queue tidy for the next run.
-    if let Err(e) = app.db.delete_finished_jobs().await {
+    if let Err(e) = app.db.delete_finished_jobs(true).await {
         warn!(error = %e, "could not delete finished jobs at shutdown");
     }
     info!("workers stopped");

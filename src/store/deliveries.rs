@@ -2,6 +2,8 @@
 //! one transaction, guarded by the delivery's current job id and status, so
 //! two workers (or a worker and the sweeper) can never both move it.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::FromRow;
@@ -298,6 +300,83 @@ pub enum NextStep {
     },
 }
 
+/// An attempt to open: `delivery_id`, owned by `job_id`, goes to `provider`.
+#[derive(Debug, Clone)]
+pub struct AttemptStart {
+    /// The delivery.
+    pub delivery_id: String,
+    /// The job that must still own it.
+    pub job_id: String,
+    /// The provider the attempt goes to.
+    pub provider: String,
+    /// Why that provider (primary, failover, …).
+    pub reason: String,
+    /// When the attempt starts.
+    pub at: DateTime<Utc>,
+}
+
+/// An attempt to close, and where its delivery goes next.
+#[derive(Debug, Clone)]
+pub struct AttemptEnd {
+    /// The delivery.
+    pub delivery_id: String,
+    /// The job that must still own it.
+    pub job_id: String,
+    /// What the attempt recorded.
+    pub result: AttemptResult,
+    /// Sent, failed or retried.
+    pub next: NextStep,
+    /// The lane a retry job goes to.
+    pub lane: Lane,
+}
+
+/// An [`AttemptEnd`] as its columns.
+struct ClosedAttempt<'a> {
+    delivery_id: &'a str,
+    job_id: &'a str,
+    result: &'a AttemptResult,
+    status: DeliveryStatus,
+    retry: Option<(&'a DeliveryJob, DateTime<Utc>)>,
+    lane: Lane,
+    cost_micros: Option<i64>,
+    currency: Option<&'a str>,
+    estimate: Option<bool>,
+    segments: Option<i64>,
+    provider_segments: Option<i64>,
+}
+
+impl<'a> ClosedAttempt<'a> {
+    fn new(end: &'a AttemptEnd) -> Result<Self, StoreError> {
+        let (status, retry) = match &end.next {
+            NextStep::Sent => (DeliveryStatus::Sent, None),
+            NextStep::Failed => (DeliveryStatus::Failed, None),
+            NextStep::Retry { job, at } => (DeliveryStatus::Pending, Some((job, *at))),
+        };
+        DeliveryStatus::Sending
+            .check_transition(status)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let cost = end.result.cost.as_ref();
+        Ok(ClosedAttempt {
+            delivery_id: &end.delivery_id,
+            job_id: &end.job_id,
+            result: &end.result,
+            status,
+            retry,
+            lane: end.lane,
+            cost_micros: cost.map(|(m, _)| m.micros),
+            currency: cost.map(|(m, _)| m.currency.as_str()),
+            estimate: cost.map(|(_, est)| *est),
+            segments: end.result.segments.map(i64::from),
+            provider_segments: end.result.provider_segments.map(i64::from),
+        })
+    }
+}
+
+/// One field of every row, as a Postgres array parameter.
+fn column<'a, T, V>(rows: &'a [T], field: impl Fn(&'a T) -> V) -> Vec<V> {
+    rows.iter().map(field).collect()
+}
+
 /// A delivery whose job is gone or whose worker died.
 #[derive(Debug, Clone, FromRow)]
 pub struct Orphan {
@@ -497,12 +576,48 @@ impl Db {
         &self,
         id: &str,
     ) -> Result<Option<(Delivery, Option<String>)>, StoreError> {
-        let sql = format!("SELECT {DELIVERY_COLUMNS}, otp_code FROM deliveries WHERE id = $1");
-        let row: Option<RowToSend> = on_pool!(self, pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await.doing("reading a delivery to send")?
-        });
-        row.map(|r| Ok((Delivery::try_from(r.row)?, r.otp_code)))
-            .transpose()
+        Ok(self
+            .deliveries_to_send(&[id.to_owned()])
+            .await?
+            .pop()
+            .flatten())
+    }
+
+    /// [`Db::delivery_to_send`] for many deliveries in one statement; the
+    /// answers are in the order of `ids`.
+    pub async fn deliveries_to_send(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<Option<(Delivery, Option<String>)>>, StoreError> {
+        let rows: Vec<RowToSend> = match self {
+            Db::Postgres(pool) => {
+                let sql = format!(
+                    "SELECT {DELIVERY_COLUMNS}, otp_code FROM deliveries WHERE id = ANY($1)"
+                );
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(ids)
+                    .fetch_all(pool)
+                    .await
+            }
+            Db::Sqlite(pool) => {
+                let sql = format!(
+                    "SELECT {DELIVERY_COLUMNS}, otp_code FROM deliveries \
+                     WHERE id IN (SELECT value FROM json_each($1))"
+                );
+                let ids =
+                    serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(ids)
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+        .doing("reading deliveries to send")?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for r in rows {
+            found.insert(r.row.id.clone(), (Delivery::try_from(r.row)?, r.otp_code));
+        }
+        Ok(ids.iter().map(|id| found.remove(id)).collect())
     }
 
     /// A delivery's attempts, in order.
@@ -553,55 +668,90 @@ impl Db {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
+        let start = AttemptStart {
+            delivery_id: job.delivery_id.clone(),
+            job_id: job.job_id.clone(),
+            provider: provider.to_owned(),
+            reason: reason.to_owned(),
+            at: now,
+        };
+        Ok(self
+            .begin_attempts(std::slice::from_ref(&start))
+            .await?
+            .pop()
+            .flatten())
+    }
+
+    /// [`Db::begin_attempt`] for many deliveries at once, all or none: one
+    /// statement on Postgres, one transaction on SQLite. A delivery may appear
+    /// only once. The answers are in the order of `starts`.
+    pub async fn begin_attempts(
+        &self,
+        starts: &[AttemptStart],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
         match self {
-            // Postgres: one round trip and one commit on the hot path.
-            Db::Postgres(pool) => sqlx::query_scalar(
-                "WITH d AS (UPDATE deliveries SET status = 'sending', attempts = attempts + 1, \
-                 provider = $3, updated_at = $5 \
-                 WHERE id = $1 AND job_id = $2 AND status = 'pending' RETURNING id, attempts) \
-                 INSERT INTO delivery_attempts (delivery_id, attempt, provider, reason, started_at) \
-                 SELECT id, attempts, $3, $4, $5 FROM d RETURNING attempt",
-            )
-            .bind(&job.delivery_id)
-            .bind(&job.job_id)
-            .bind(provider)
-            .bind(reason)
-            .bind(now)
-            .fetch_optional(pool)
-            .await
-            .doing("starting an attempt"),
-            // SQLite is local: two statements in one transaction cost little.
+            Db::Postgres(pool) => {
+                let started: Vec<(String, i64)> = sqlx::query_as(
+                    "WITH r AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], \
+                     $4::text[], $5::timestamptz[]) AS r (id, job_id, provider, reason, at)), \
+                     d AS (UPDATE deliveries SET status = 'sending', \
+                     attempts = deliveries.attempts + 1, provider = r.provider, updated_at = r.at \
+                     FROM r WHERE deliveries.id = r.id AND deliveries.job_id = r.job_id \
+                     AND deliveries.status = 'pending' \
+                     RETURNING deliveries.id, deliveries.attempts, r.provider, r.reason, r.at) \
+                     INSERT INTO delivery_attempts (delivery_id, attempt, provider, reason, started_at) \
+                     SELECT id, attempts, provider, reason, at FROM d RETURNING delivery_id, attempt",
+                )
+                .bind(column(starts, |s| s.delivery_id.as_str()))
+                .bind(column(starts, |s| s.job_id.as_str()))
+                .bind(column(starts, |s| s.provider.as_str()))
+                .bind(column(starts, |s| s.reason.as_str()))
+                .bind(column(starts, |s| s.at))
+                .fetch_all(pool)
+                .await
+                .doing("starting attempts")?;
+                let started: HashMap<String, i64> = started.into_iter().collect();
+                Ok(starts
+                    .iter()
+                    .map(|s| started.get(&s.delivery_id).copied())
+                    .collect())
+            }
+            // SQLite is local: statements cost little, commits and the write lock more.
             Db::Sqlite(pool) => {
-            let mut tx = pool.begin().await.doing("starting a transaction")?;
-            let attempt: Option<i64> = sqlx::query_scalar(
-                "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, \
-                 provider = $3, updated_at = $4 \
-                 WHERE id = $1 AND job_id = $2 AND status = 'pending' RETURNING attempts",
-            )
-            .bind(&job.delivery_id)
-            .bind(&job.job_id)
-            .bind(provider)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await
-            .doing("starting an attempt")?;
-            let Some(attempt) = attempt else {
-                return Ok(None);
-            };
-            sqlx::query(
-                "INSERT INTO delivery_attempts (delivery_id, attempt, provider, reason, started_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(&job.delivery_id)
-            .bind(attempt)
-            .bind(provider)
-            .bind(reason)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .doing("recording an attempt")?;
-            tx.commit().await.doing("committing an attempt")?;
-            Ok(Some(attempt))
+                let mut tx = pool.begin().await.doing("starting a transaction")?;
+                let mut out = Vec::with_capacity(starts.len());
+                for s in starts {
+                    let attempt: Option<i64> = sqlx::query_scalar(
+                        "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, \
+                         provider = $3, updated_at = $4 \
+                         WHERE id = $1 AND job_id = $2 AND status = 'pending' RETURNING attempts",
+                    )
+                    .bind(&s.delivery_id)
+                    .bind(&s.job_id)
+                    .bind(&s.provider)
+                    .bind(s.at)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .doing("starting an attempt")?;
+                    if let Some(attempt) = attempt {
+                        sqlx::query(
+                            "INSERT INTO delivery_attempts \
+                             (delivery_id, attempt, provider, reason, started_at) \
+                             VALUES ($1, $2, $3, $4, $5)",
+                        )
+                        .bind(&s.delivery_id)
+                        .bind(attempt)
+                        .bind(&s.provider)
+                        .bind(&s.reason)
+                        .bind(s.at)
+                        .execute(&mut *tx)
+                        .await
+                        .doing("recording an attempt")?;
+                    }
+                    out.push(attempt);
+                }
+                tx.commit().await.doing("committing attempts")?;
+                Ok(out)
             }
         }
     }
@@ -617,132 +767,151 @@ impl Db {
         next: &NextStep,
         lane: Lane,
     ) -> Result<bool, StoreError> {
-        let (status, new_job, next_at) = match next {
-            NextStep::Sent => (DeliveryStatus::Sent, None, None),
-            NextStep::Failed => (DeliveryStatus::Failed, None, None),
-            NextStep::Retry { job, at } => (
-                DeliveryStatus::Pending,
-                Some(job.job_id.as_str()),
-                Some(*at),
-            ),
+        let end = AttemptEnd {
+            delivery_id: delivery_id.to_owned(),
+            job_id: job_id.to_owned(),
+            result: result.clone(),
+            next: next.clone(),
+            lane,
         };
-        DeliveryStatus::Sending
-            .check_transition(status)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (cost_micros, currency, estimate) = match &result.cost {
-            Some((m, est)) => (
-                Some(m.micros),
-                Some(m.currency.as_str().to_owned()),
-                Some(*est),
-            ),
-            None => (None, None, None),
-        };
-        let segments = result.segments.map(i64::from);
-        let provider_segments = result.provider_segments.map(i64::from);
-        if let (Db::Postgres(pool), NextStep::Sent | NextStep::Failed) = (self, next) {
-            // The common outcome, on Postgres: one statement, one round trip, one commit.
-            let closed: Option<i64> = sqlx::query_scalar(
-                "WITH d AS (UPDATE deliveries SET status = $3, job_id = $4, next_attempt_at = $5, \
-                 updated_at = $6, otp_code = NULL, \
-                 sent_at = CASE WHEN $3 = 'sent' THEN $6 ELSE sent_at END, \
-                 provider_message_id = COALESCE($7, provider_message_id), \
-                 cost_micros = CASE WHEN $3 = 'sent' THEN $8 ELSE cost_micros END, \
-                 currency = CASE WHEN $3 = 'sent' THEN $9 ELSE currency END, \
-                 cost_is_estimate = CASE WHEN $3 = 'sent' THEN $10 ELSE cost_is_estimate END, \
-                 segments = COALESCE($13, $11, segments), \
-                 last_error = CASE WHEN $3 = 'sent' THEN NULL ELSE $12 END \
-                 WHERE id = $1 AND job_id = $2 AND status = 'sending' RETURNING id, attempts) \
-                 UPDATE delivery_attempts a SET finished_at = $6, outcome = $14, \
-                 provider_message_id = $7, provider_status = $15, error_code = $16, error = $12, \
-                 cost_micros = $8, currency = $9, cost_is_estimate = $10, segments = $11, \
-                 latency_ms = $17, provider_segments = $13 \
-                 FROM d WHERE a.delivery_id = d.id AND a.attempt = d.attempts RETURNING a.attempt",
+        Ok(self
+            .finish_attempts(std::slice::from_ref(&end))
+            .await?
+            .pop()
+            .unwrap_or(false))
+    }
+
+    /// [`Db::finish_attempt`] for many deliveries at once, all or none. On
+    /// Postgres a batch of sent and failed outcomes is one statement; one
+    /// with a retry (which pushes a job) is one transaction, as on SQLite. A
+    /// delivery may appear only once. The answers are in the order of `ends`.
+    pub async fn finish_attempts(&self, ends: &[AttemptEnd]) -> Result<Vec<bool>, StoreError> {
+        let ends: Vec<ClosedAttempt<'_>> = ends
+            .iter()
+            .map(ClosedAttempt::new)
+            .collect::<Result<_, _>>()?;
+        if let Db::Postgres(pool) = self
+            && ends.iter().all(|e| e.retry.is_none())
+        {
+            // The common outcomes, on Postgres: one statement, one round trip, one commit.
+            let closed: Vec<String> = sqlx::query_scalar(
+                "WITH r AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], \
+                 $4::timestamptz[], $5::text[], $6::int8[], $7::text[], $8::bool[], $9::int8[], \
+                 $10::text[], $11::int8[], $12::text[], $13::text[], $14::text[], $15::int8[]) \
+                 AS r (id, job_id, status, finished_at, message_id, cost_micros, currency, \
+                 estimate, segments, error, provider_segments, outcome, provider_status, \
+                 error_code, latency_ms)), \
+                 d AS (UPDATE deliveries SET status = r.status, job_id = NULL, \
+                 next_attempt_at = NULL, updated_at = r.finished_at, otp_code = NULL, \
+                 sent_at = CASE WHEN r.status = 'sent' THEN r.finished_at ELSE deliveries.sent_at END, \
+                 provider_message_id = COALESCE(r.message_id, deliveries.provider_message_id), \
+                 cost_micros = CASE WHEN r.status = 'sent' THEN r.cost_micros ELSE deliveries.cost_micros END, \
+                 currency = CASE WHEN r.status = 'sent' THEN r.currency ELSE deliveries.currency END, \
+                 cost_is_estimate = CASE WHEN r.status = 'sent' THEN r.estimate \
+                   ELSE deliveries.cost_is_estimate END, \
+                 segments = COALESCE(r.provider_segments, r.segments, deliveries.segments), \
+                 last_error = CASE WHEN r.status = 'sent' THEN NULL ELSE r.error END \
+                 FROM r WHERE deliveries.id = r.id AND deliveries.job_id = r.job_id \
+                 AND deliveries.status = 'sending' RETURNING deliveries.id, deliveries.attempts) \
+                 UPDATE delivery_attempts a SET finished_at = r.finished_at, outcome = r.outcome, \
+                 provider_message_id = r.message_id, provider_status = r.provider_status, \
+                 error_code = r.error_code, error = r.error, cost_micros = r.cost_micros, \
+                 currency = r.currency, cost_is_estimate = r.estimate, segments = r.segments, \
+                 latency_ms = r.latency_ms, provider_segments = r.provider_segments \
+                 FROM d JOIN r ON r.id = d.id \
+                 WHERE a.delivery_id = d.id AND a.attempt = d.attempts RETURNING a.delivery_id",
             )
-            .bind(delivery_id)
-            .bind(job_id)
-            .bind(status.as_str())
-            .bind(new_job)
-            .bind(next_at)
-            .bind(result.finished_at)
-            .bind(&result.provider_message_id)
-            .bind(cost_micros)
-            .bind(&currency)
-            .bind(estimate)
-            .bind(segments)
-            .bind(&result.error)
-            .bind(provider_segments)
-            .bind(result.outcome.as_str())
-            .bind(&result.provider_status)
-            .bind(&result.error_code)
-            .bind(result.latency_ms)
-            .fetch_optional(pool)
+            .bind(column(&ends, |e| e.delivery_id))
+            .bind(column(&ends, |e| e.job_id))
+            .bind(column(&ends, |e| e.status.as_str()))
+            .bind(column(&ends, |e| e.result.finished_at))
+            .bind(column(&ends, |e| e.result.provider_message_id.as_deref()))
+            .bind(column(&ends, |e| e.cost_micros))
+            .bind(column(&ends, |e| e.currency))
+            .bind(column(&ends, |e| e.estimate))
+            .bind(column(&ends, |e| e.segments))
+            .bind(column(&ends, |e| e.result.error.as_deref()))
+            .bind(column(&ends, |e| e.provider_segments))
+            .bind(column(&ends, |e| e.result.outcome.as_str()))
+            .bind(column(&ends, |e| e.result.provider_status.as_deref()))
+            .bind(column(&ends, |e| e.result.error_code.as_deref()))
+            .bind(column(&ends, |e| e.result.latency_ms))
+            .fetch_all(pool)
             .await
-            .doing("recording an attempt's outcome")?;
-            return Ok(closed.is_some());
+            .doing("recording attempts' outcomes")?;
+            return Ok(ends
+                .iter()
+                .map(|e| closed.iter().any(|id| id == e.delivery_id))
+                .collect());
         }
         on_pool!(self, pool => {
             let mut tx = pool.begin().await.doing("starting a transaction")?;
-            let attempt: Option<i64> = sqlx::query_scalar(
-                "UPDATE deliveries SET status = $3, job_id = $4, next_attempt_at = $5, \
-                 updated_at = $6, \
-                 otp_code = CASE WHEN $3 = 'pending' THEN otp_code ELSE NULL END, \
-                 sent_at = CASE WHEN $3 = 'sent' THEN $6 ELSE sent_at END, \
-                 provider_message_id = COALESCE($7, provider_message_id), \
-                 cost_micros = CASE WHEN $3 = 'sent' THEN $8 ELSE cost_micros END, \
-                 currency = CASE WHEN $3 = 'sent' THEN $9 ELSE currency END, \
-                 cost_is_estimate = CASE WHEN $3 = 'sent' THEN $10 ELSE cost_is_estimate END, \
-                 segments = COALESCE($13, $11, segments), \
-                 last_error = CASE WHEN $3 = 'sent' THEN NULL ELSE $12 END \
-                 WHERE id = $1 AND job_id = $2 AND status = 'sending' RETURNING attempts",
-            )
-            .bind(delivery_id)
-            .bind(job_id)
-            .bind(status.as_str())
-            .bind(new_job)
-            .bind(next_at)
-            .bind(result.finished_at)
-            .bind(&result.provider_message_id)
-            .bind(cost_micros)
-            .bind(&currency)
-            .bind(estimate)
-            .bind(segments)
-            .bind(&result.error)
-            .bind(provider_segments)
-            .fetch_optional(&mut *tx)
-            .await
-            .doing("recording an attempt's outcome")?;
-            let Some(attempt) = attempt else {
-                return Ok(false);
-            };
-            sqlx::query(
-                "UPDATE delivery_attempts SET finished_at = $3, outcome = $4, \
-                 provider_message_id = $5, provider_status = $6, error_code = $7, error = $8, \
-                 cost_micros = $9, currency = $10, cost_is_estimate = $11, segments = $12, \
-                 latency_ms = $13, provider_segments = $14 \
-                 WHERE delivery_id = $1 AND attempt = $2",
-            )
-            .bind(delivery_id)
-            .bind(attempt)
-            .bind(result.finished_at)
-            .bind(result.outcome.as_str())
-            .bind(&result.provider_message_id)
-            .bind(&result.provider_status)
-            .bind(&result.error_code)
-            .bind(&result.error)
-            .bind(cost_micros)
-            .bind(&currency)
-            .bind(estimate)
-            .bind(segments)
-            .bind(result.latency_ms)
-            .bind(provider_segments)
-            .execute(&mut *tx)
-            .await
-            .doing("closing an attempt")?;
-            if let NextStep::Retry { job, at } = next {
-                tx.push_job(lane, job, Some(*at)).await?;
+            let mut out = Vec::with_capacity(ends.len());
+            for e in &ends {
+                let attempt: Option<i64> = sqlx::query_scalar(
+                    "UPDATE deliveries SET status = $3, job_id = $4, next_attempt_at = $5, \
+                     updated_at = $6, \
+                     otp_code = CASE WHEN $3 = 'pending' THEN otp_code ELSE NULL END, \
+                     sent_at = CASE WHEN $3 = 'sent' THEN $6 ELSE sent_at END, \
+                     provider_message_id = COALESCE($7, provider_message_id), \
+                     cost_micros = CASE WHEN $3 = 'sent' THEN $8 ELSE cost_micros END, \
+                     currency = CASE WHEN $3 = 'sent' THEN $9 ELSE currency END, \
+                     cost_is_estimate = CASE WHEN $3 = 'sent' THEN $10 ELSE cost_is_estimate END, \
+                     segments = COALESCE($13, $11, segments), \
+                     last_error = CASE WHEN $3 = 'sent' THEN NULL ELSE $12 END \
+                     WHERE id = $1 AND job_id = $2 AND status = 'sending' RETURNING attempts",
+                )
+                .bind(e.delivery_id)
+                .bind(e.job_id)
+                .bind(e.status.as_str())
+                .bind(e.retry.map(|(job, _)| job.job_id.as_str()))
+                .bind(e.retry.map(|(_, at)| at))
+                .bind(e.result.finished_at)
+                .bind(&e.result.provider_message_id)
+                .bind(e.cost_micros)
+                .bind(e.currency)
+                .bind(e.estimate)
+                .bind(e.segments)
+                .bind(&e.result.error)
+                .bind(e.provider_segments)
+                .fetch_optional(&mut *tx)
+                .await
+                .doing("recording an attempt's outcome")?;
+                let Some(attempt) = attempt else {
+                    out.push(false);
+                    continue;
+                };
+                sqlx::query(
+                    "UPDATE delivery_attempts SET finished_at = $3, outcome = $4, \
+                     provider_message_id = $5, provider_status = $6, error_code = $7, error = $8, \
+                     cost_micros = $9, currency = $10, cost_is_estimate = $11, segments = $12, \
+                     latency_ms = $13, provider_segments = $14 \
+                     WHERE delivery_id = $1 AND attempt = $2",
+                )
+                .bind(e.delivery_id)
+                .bind(attempt)
+                .bind(e.result.finished_at)
+                .bind(e.result.outcome.as_str())
+                .bind(&e.result.provider_message_id)
+                .bind(&e.result.provider_status)
+                .bind(&e.result.error_code)
+                .bind(&e.result.error)
+                .bind(e.cost_micros)
+                .bind(e.currency)
+                .bind(e.estimate)
+                .bind(e.segments)
+                .bind(e.result.latency_ms)
+                .bind(e.provider_segments)
+                .execute(&mut *tx)
+                .await
+                .doing("closing an attempt")?;
+                if let Some((job, at)) = e.retry {
+                    tx.push_job(e.lane, job, Some(at)).await?;
+                }
+                out.push(true);
             }
-            tx.commit().await.doing("committing an attempt's outcome")?;
-            Ok(true)
+            tx.commit().await.doing("committing attempts' outcomes")?;
+            Ok(out)
         })
     }
 
@@ -859,34 +1028,40 @@ impl Db {
         rows.doing("looking for orphaned deliveries")
     }
 
-    /// Deletes queue jobs of tuma's lanes that are finished, or stale (no
-    /// delivery holds their id any more, like those a dead worker was holding):
-    /// history lives in tuma's tables, and a queue full of old rows slows
-    /// every fetch.
-    pub async fn delete_finished_jobs(&self) -> Result<u64, StoreError> {
+    /// Deletes queue jobs of tuma's lanes that are finished: history lives in
+    /// tuma's tables, and a queue full of old rows slows every fetch. With
+    /// `stale`, also jobs no delivery holds the id of any more (like those a
+    /// dead worker was holding): that check reads every job, so the sweeper
+    /// makes it only on its full sweeps, while finished jobs, found by
+    /// apalis's status index, go every second.
+    pub async fn delete_finished_jobs(&self, stale: bool) -> Result<u64, StoreError> {
         let lanes = [Lane::Otp.queue_name(), Lane::Notifications.queue_name()];
-        let deleted = match self {
-            Db::Sqlite(pool) => sqlx::query(
-                "DELETE FROM Jobs WHERE job_type IN ($1, $2) \
-                 AND (status IN ('Done', 'Failed', 'Killed') \
-                   OR NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = Jobs.id))",
-            )
-            .bind(lanes[0])
-            .bind(lanes[1])
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()),
-            Db::Postgres(pool) => sqlx::query(
-                "DELETE FROM apalis.jobs j WHERE job_type IN ($1, $2) \
-                 AND (status IN ('Done', 'Failed', 'Killed') \
-                   OR NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = j.id))",
-            )
-            .bind(lanes[0])
-            .bind(lanes[1])
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()),
+        // Two statements rather than one with `OR $3`: the planner has to
+        // read every row for an OR it cannot rule out when it plans.
+        let (table, alias) = match self {
+            Db::Sqlite(_) => ("Jobs", "Jobs"),
+            Db::Postgres(_) => ("apalis.jobs j", "j"),
         };
+        let sql = if stale {
+            format!(
+                "DELETE FROM {table} WHERE job_type IN ($1, $2) \
+                 AND (status IN ('Done', 'Failed', 'Killed') \
+                   OR NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = {alias}.id))"
+            )
+        } else {
+            format!(
+                "DELETE FROM {table} WHERE job_type IN ($1, $2) \
+                 AND status IN ('Done', 'Failed', 'Killed')"
+            )
+        };
+        let deleted = on_pool!(self, pool => {
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(lanes[0])
+                .bind(lanes[1])
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+        });
         deleted.doing("deleting finished jobs")
     }
 

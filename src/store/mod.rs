@@ -5,6 +5,7 @@
 //! backend so the queries are written once.
 
 mod api;
+mod batch;
 mod deliveries;
 mod receipts;
 mod replays;
@@ -20,13 +21,14 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 
 pub use api::*;
+pub use batch::Batcher;
 pub use deliveries::*;
 pub use receipts::*;
 pub use replays::*;
 pub use reports::*;
 
 /// The connections of a SQLite pool (see `Db::connect`).
-const SQLITE_CONNECTIONS: u32 = 2;
+const SQLITE_CONNECTIONS: u32 = 4;
 
 /// Expands `$body` once per backend with `$pool` bound to that backend's pool.
 macro_rules! on_pool {
@@ -74,6 +76,10 @@ pub enum StoreError {
     /// The queue refused a job.
     #[error("queueing a job failed: {0}")]
     Queue(String),
+    /// The task running a batch of statements stopped before it answered
+    /// (its runtime shut down): the statement may or may not have run.
+    #[error("the database batch stopped before it answered")]
+    BatchLost,
     /// A row holds a value tuma does not know: the database was changed by hand.
     #[error("the database holds an unexpected value: {0}")]
     Corrupt(String),
@@ -125,6 +131,57 @@ async fn end_abandoned_transaction(conn: &mut sqlx::PgConnection) -> Result<bool
     }
 }
 
+/// How long a SQLite writer waits for the write lock before giving up.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pauses of [`sqlite_busy`]: 50 µs, doubling to 1 ms.
+fn sqlite_busy_pause(tries: u32) -> Duration {
+    Duration::from_micros((50u64 << tries.min(5)).min(1000))
+}
+
+/// SQLite's busy handler: called while another connection holds the write lock.
+///
+/// SQLite's own (`busy_timeout`) sleeps 1, 2, 5, 10 … up to 100 ms between
+/// tries. tuma's transactions hold the lock for a millisecond or so, so under
+/// load a writer that had lost once slept far longer than the lock was held
+/// (OTPs waited behind bulk work for a second at the 99th percentile). This
+/// one tries again after 50 µs, doubling to 1 ms, for `SQLITE_BUSY_TIMEOUT` in
+/// all. It runs on the connection's own thread, where SQLite's would sleep too.
+extern "C" fn sqlite_busy(_: *mut std::ffi::c_void, tries: std::ffi::c_int) -> std::ffi::c_int {
+    let tries = u32::try_from(tries).unwrap_or(0);
+    let waited: Duration = (0..tries.min(5)).map(sqlite_busy_pause).sum::<Duration>()
+        + Duration::from_millis(1) * tries.saturating_sub(5);
+    if waited >= SQLITE_BUSY_TIMEOUT {
+        return 0; // give up: the statement fails with SQLITE_BUSY
+    }
+    std::thread::sleep(sqlite_busy_pause(tries));
+    1
+}
+
+/// Installs [`sqlite_busy`] on a new connection (replacing the handler that
+/// sqlx's `busy_timeout` set).
+async fn install_busy_handler(conn: &mut sqlx::SqliteConnection) -> Result<(), sqlx::Error> {
+    let mut handle = conn.lock_handle().await?;
+    let db = handle.as_raw_handle().as_ptr();
+    // SAFETY: `db` is the live connection handle, held locked for this call;
+    // the callback is a plain function with no state (a null argument), valid
+    // for the life of the program.
+    let rc = unsafe {
+        libsqlite3_sys::sqlite3_busy_handler(
+            db,
+            Some(sqlite_busy as unsafe extern "C" fn(_, _) -> _),
+            std::ptr::null_mut(),
+        )
+    };
+    if rc == libsqlite3_sys::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(sqlx::Error::Configuration(
+            format!("could not set SQLite's busy handler (error {rc})").into(),
+        ))
+    }
+}
+
 impl Db {
     /// Opens a pool (SQLite keeps it small, see below). SQLite files are
     /// created if missing and every connection gets WAL, `synchronous=NORMAL`, a busy timeout, foreign keys and
@@ -140,18 +197,18 @@ impl Db {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(10))
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true)
                 .pragma("secure_delete", "ON")
                 .pragma("temp_store", "MEMORY");
-            // Few connections: SQLite runs one writer at a time anyway, and a
-            // writer that finds the lock taken sleeps in steps of up to 100 ms
-            // (the busy handler), so many connections only add waiting. More
+            // Few connections: SQLite runs one writer at a time anyway, so
+            // many connections only add waiting for the write lock. More
             // than one, because apalis can leave a fetch parked on a connection
             // while a worker shuts down; a lone connection would then starve
             // the in-flight sends it waits for.
             let pool = SqlitePoolOptions::new()
                 .max_connections(SQLITE_CONNECTIONS)
+                .after_connect(|conn, _| Box::pin(install_busy_handler(conn)))
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(options)
                 .await
@@ -238,6 +295,17 @@ pub fn mask_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sqlite_busy_handler_tries_again_soon_and_gives_up_after_the_timeout() {
+        let pauses: Vec<u128> = (0..7).map(|t| sqlite_busy_pause(t).as_micros()).collect();
+        assert_eq!(pauses, [50, 100, 200, 400, 800, 1000, 1000]);
+        // 1.55 ms for the first five tries, then 1 ms a try: 10 s is near try 10,004.
+        assert_eq!(sqlite_busy(std::ptr::null_mut(), 10_003), 1);
+        assert_eq!(sqlite_busy(std::ptr::null_mut(), 10_004), 0);
+        assert_eq!(sqlite_busy(std::ptr::null_mut(), i32::MAX), 0);
+        assert_eq!(sqlite_busy(std::ptr::null_mut(), -1), 1);
+    }
 
     #[test]
     fn passwords_in_database_urls_are_masked() {

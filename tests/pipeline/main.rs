@@ -2,6 +2,7 @@
 //! Postgres (`TUMA_TEST_POSTGRES_URL`), with a fresh database per test.
 
 mod api;
+mod batch;
 mod cli;
 mod delivery;
 mod ops_api;

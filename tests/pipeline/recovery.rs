@@ -119,11 +119,35 @@ async fn sqlite_connections_are_durable_whatever_apalis_sets() {
         .await
         .unwrap();
     assert_eq!(secure_delete, 1);
-    let timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
-        .fetch_one(pool)
+    // A writer that finds the write lock taken waits for it (tuma's busy
+    // handler, which replaces `busy_timeout`) instead of failing at once.
+    let mut holder = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *holder)
         .await
         .unwrap();
-    assert!(timeout >= 5000, "busy timeout {timeout} ms");
+    sqlx::query("CREATE TABLE lock_probe (x INTEGER)")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let waiter = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            sqlx::query("CREATE TABLE lock_waiter (x INTEGER)")
+                .execute(&pool)
+                .await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !waiter.is_finished(),
+        "the second writer waits for the lock"
+    );
+    sqlx::query("COMMIT").execute(&mut *holder).await.unwrap();
+    waiter
+        .await
+        .unwrap()
+        .expect("the waiting write succeeds once the lock is free");
 }
 
 /// A transaction start abandoned half-way (a request whose client went away,

@@ -1,0 +1,272 @@
+//! The dispatcher's statements run in batches (`Db::deliveries_to_send`,
+//! `begin_attempts`, `finish_attempts`, and the `Batcher` that groups
+//! concurrent calls): each delivery in a batch gets the answer it would get
+//! alone, and one bad row fails only its own caller.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use serde_json::{Map, json};
+use tuma::clock::Clock;
+use tuma::domain::DeliveryStatus;
+use tuma::domain::money::Money;
+use tuma::intake::{NotificationRequest, OtpRequest};
+use tuma::queue::{DeliveryJob, Lane};
+use tuma::store::{AttemptEnd, AttemptResult, AttemptStart, Db, NextStep, Outcome, StoreError};
+
+use crate::on_both_backends;
+use crate::support::*;
+
+async fn notification(t: &TestApp, to: &str) -> DeliveryJob {
+    let d = t
+        .app
+        .enqueue_notification(NotificationRequest {
+            to: to.into(),
+            template: "welcome".into(),
+            locale: None,
+            vars: Map::from_iter([("name".to_owned(), json!("Amina"))]),
+            send_at: None,
+        })
+        .await
+        .unwrap();
+    DeliveryJob {
+        delivery_id: d.row.id.clone(),
+        job_id: d.row.job_id.clone().unwrap(),
+    }
+}
+
+fn start(t: &TestApp, job: &DeliveryJob) -> AttemptStart {
+    AttemptStart {
+        delivery_id: job.delivery_id.clone(),
+        job_id: job.job_id.clone(),
+        provider: "outbox".into(),
+        reason: "primary".into(),
+        at: t.clock.now(),
+    }
+}
+
+fn end(t: &TestApp, job: &DeliveryJob, outcome: Outcome, next: NextStep) -> AttemptEnd {
+    let mut result = AttemptResult::error(outcome, t.clock.now(), "no");
+    if outcome == Outcome::Accepted {
+        result.error = None;
+        result.provider_message_id = Some(format!("msg-{}", job.delivery_id));
+        result.cost = Some((Money::parse("0.80", "KES").unwrap(), false));
+        result.segments = Some(1);
+    }
+    result.latency_ms = Some(3);
+    AttemptEnd {
+        delivery_id: job.delivery_id.clone(),
+        job_id: job.job_id.clone(),
+        result,
+        next,
+        lane: Lane::Notifications,
+    }
+}
+
+async fn one_batch_answers_each_delivery_as_it_would_alone(backend: Backend) {
+    let t = TestApp::new(backend, 6).await;
+    let otp = t
+        .app
+        .enqueue_otp(OtpRequest {
+            to: "+254711000300".into(),
+            code: "135790".into(),
+            channel: None,
+            locale: None,
+            ttl: None,
+        })
+        .await
+        .unwrap();
+    let otp = DeliveryJob {
+        delivery_id: otp.row.id.clone(),
+        job_id: otp.row.job_id.clone().unwrap(),
+    };
+    let a = notification(&t, "+254711000301").await;
+    let b = notification(&t, "+254711000302").await;
+    let c = notification(&t, "+254711000303").await;
+
+    // Reads: in the order asked, the code only for the OTP, nothing for an unknown id.
+    let ids = [&otp, &a, &b, &c]
+        .iter()
+        .map(|j| j.delivery_id.clone())
+        .chain(["no-such-delivery".to_owned()])
+        .collect::<Vec<_>>();
+    let read = t.app.db.deliveries_to_send(&ids).await.unwrap();
+    assert_eq!(read.len(), 5);
+    for (got, id) in read.iter().zip(&ids).take(4) {
+        assert_eq!(got.as_ref().unwrap().0.row.id, *id);
+    }
+    assert_eq!(read[0].as_ref().unwrap().1.as_deref(), Some("135790"));
+    assert_eq!(read[1].as_ref().unwrap().1, None);
+    assert!(read[4].is_none());
+
+    // Starts: a job that no longer owns its delivery opens nothing.
+    let stale = DeliveryJob {
+        delivery_id: b.delivery_id.clone(),
+        job_id: DeliveryJob::new(&b.delivery_id).job_id,
+    };
+    let starts = [&otp, &a, &stale, &c].map(|j| start(&t, j));
+    let opened = t.app.db.begin_attempts(&starts).await.unwrap();
+    assert_eq!(opened, vec![Some(1), Some(1), None, Some(1)]);
+    assert_eq!(
+        t.delivery(&b.delivery_id).await.status,
+        DeliveryStatus::Pending
+    );
+    assert_eq!(t.app.db.attempts(&b.delivery_id).await.unwrap().len(), 0);
+    assert_eq!(
+        t.app.db.begin_attempts(&starts[..1]).await.unwrap(),
+        vec![None],
+        "a delivery already sending is not started twice"
+    );
+
+    // Ends, all final: sent and failed, plus the stale job, which moves nothing.
+    let ends = [
+        end(&t, &otp, Outcome::Accepted, NextStep::Sent),
+        end(&t, &a, Outcome::Permanent, NextStep::Failed),
+        end(&t, &stale, Outcome::Accepted, NextStep::Sent),
+    ];
+    let closed = t.app.db.finish_attempts(&ends).await.unwrap();
+    assert_eq!(closed, vec![true, true, false]);
+    let sent = t.delivery(&otp.delivery_id).await;
+    assert_eq!(sent.status, DeliveryStatus::Sent);
+    assert_eq!(sent.cost, Some(Money::parse("0.80", "KES").unwrap()));
+    assert_eq!(
+        t.app
+            .db
+            .delivery_to_send(&otp.delivery_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .1,
+        None,
+        "the code is wiped once sent"
+    );
+    let attempt = &t.app.db.attempts(&otp.delivery_id).await.unwrap()[0];
+    assert_eq!(attempt.outcome.as_deref(), Some("accepted"));
+    assert_eq!(
+        attempt.provider_message_id.as_deref(),
+        Some(format!("msg-{}", otp.delivery_id).as_str())
+    );
+    assert_eq!(attempt.latency_ms, Some(3));
+    let failed = t.delivery(&a.delivery_id).await;
+    assert_eq!(failed.status, DeliveryStatus::Failed);
+    assert_eq!(failed.row.last_error.as_deref(), Some("no"));
+
+    // Ends with a retry: the retry's job is pushed in the same transaction.
+    let retry_job = DeliveryJob::new(&c.delivery_id);
+    let retry_at = t.clock.now() + chrono::Duration::seconds(30);
+    let jobs_before = job_rows(&t.app.db).await;
+    let closed = t
+        .app
+        .db
+        .finish_attempts(&[
+            end(
+                &t,
+                &c,
+                Outcome::Transient,
+                NextStep::Retry {
+                    job: retry_job.clone(),
+                    at: retry_at,
+                },
+            ),
+            end(&t, &otp, Outcome::Accepted, NextStep::Sent),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(closed, vec![true, false], "a delivery is closed only once");
+    let retried = t.delivery(&c.delivery_id).await;
+    assert_eq!(retried.status, DeliveryStatus::Pending);
+    assert_eq!(
+        retried.row.job_id.as_deref(),
+        Some(retry_job.job_id.as_str())
+    );
+    assert_eq!(retried.row.next_attempt_at, Some(retry_at));
+    assert_eq!(job_rows(&t.app.db).await, jobs_before + 1);
+}
+on_both_backends!(one_batch_answers_each_delivery_as_it_would_alone);
+
+async fn concurrent_callers_each_get_their_own_answer(backend: Backend) {
+    let t = TestApp::new(backend, 6).await;
+    let mut jobs = Vec::new();
+    for i in 0..40 {
+        jobs.push(notification(&t, &format!("+2547113{i:05}")).await);
+    }
+    let app = t.app.clone();
+    let now = t.clock.now();
+    // Every job twice at once: exactly one of each pair opens the attempt.
+    let starts = jobs.iter().chain(jobs.iter()).map(|job| {
+        let app = app.clone();
+        let job = job.clone();
+        async move {
+            app.batcher
+                .begin_attempt(&job, "outbox", "primary", now)
+                .await
+        }
+    });
+    let opened: Vec<Option<i64>> = join_all(starts)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (i, job) in jobs.iter().enumerate() {
+        let pair = [opened[i], opened[i + jobs.len()]];
+        assert!(
+            pair == [Some(1), None] || pair == [None, Some(1)],
+            "{}: {pair:?}",
+            job.delivery_id
+        );
+    }
+    let ends = jobs.iter().map(|job| {
+        let app = app.clone();
+        let end = end(&t, job, Outcome::Accepted, NextStep::Sent);
+        let job = job.clone();
+        async move {
+            app.batcher
+                .finish_attempt(&job, end.result, end.next, end.lane)
+                .await
+        }
+    });
+    let closed: Vec<bool> = join_all(ends)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(closed.iter().all(|c| *c));
+    for job in &jobs {
+        assert_eq!(
+            t.delivery(&job.delivery_id).await.status,
+            DeliveryStatus::Sent
+        );
+        assert_eq!(t.app.db.attempts(&job.delivery_id).await.unwrap().len(), 1);
+    }
+}
+on_both_backends!(concurrent_callers_each_get_their_own_answer);
+
+async fn a_bad_row_fails_only_its_own_caller(backend: Backend) {
+    let t = TestApp::new(backend, 6).await;
+    let mut jobs = Vec::new();
+    for i in 0..20 {
+        jobs.push(notification(&t, &format!("+2547114{i:05}")).await);
+    }
+    // A currency no code knows, as if written by hand.
+    let bad = jobs[7].delivery_id.clone();
+    let sql = "UPDATE deliveries SET cost_micros = 1, currency = 'K$S' WHERE id = $1";
+    match &t.app.db {
+        Db::Sqlite(pool) => sqlx::query(sql).bind(&bad).execute(pool).await.map(|_| ()),
+        Db::Postgres(pool) => sqlx::query(sql).bind(&bad).execute(pool).await.map(|_| ()),
+    }
+    .unwrap();
+    let app: Arc<_> = t.app.clone();
+    let reads = jobs.iter().map(|job| {
+        let app = app.clone();
+        let id = job.delivery_id.clone();
+        async move { (id.clone(), app.batcher.delivery_to_send(&id).await) }
+    });
+    for (id, read) in join_all(reads).await {
+        if id == bad {
+            assert!(matches!(read, Err(StoreError::Corrupt(_))), "{read:?}");
+        } else {
+            assert_eq!(read.unwrap().unwrap().0.row.id, id);
+        }
+    }
+}
+on_both_backends!(a_bad_row_fails_only_its_own_caller);
