@@ -748,6 +748,12 @@ fn print(results: &[BackendResult], args: &Args) {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tuma::providers::install_crypto();
+    for phase in &args.phases {
+        anyhow::ensure!(
+            ["floor", "e2e", "http", "otp", "intake"].contains(&phase.as_str()),
+            "--phases takes floor, e2e, http, otp and intake, not `{phase}`"
+        );
+    }
     let mut results = Vec::new();
     for backend in &args.backends {
         anyhow::ensure!(

@@ -228,13 +228,7 @@ impl Batcher {
         reason: &str,
         at: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
-        let start = AttemptStart {
-            delivery_id: job.delivery_id.clone(),
-            job_id: job.job_id.clone(),
-            provider: provider.to_owned(),
-            reason: reason.to_owned(),
-            at,
-        };
+        let start = AttemptStart::new(job, provider, reason, at);
         self.starts.call(&self.db, start).await
     }
 

@@ -315,6 +315,19 @@ pub struct AttemptStart {
     pub at: DateTime<Utc>,
 }
 
+impl AttemptStart {
+    /// An attempt at `job`'s delivery through `provider`, starting `at`.
+    pub fn new(job: &DeliveryJob, provider: &str, reason: &str, at: DateTime<Utc>) -> Self {
+        AttemptStart {
+            delivery_id: job.delivery_id.clone(),
+            job_id: job.job_id.clone(),
+            provider: provider.to_owned(),
+            reason: reason.to_owned(),
+            at,
+        }
+    }
+}
+
 /// An attempt to close, and where its delivery goes next.
 #[derive(Debug, Clone)]
 pub struct AttemptEnd {
@@ -668,13 +681,7 @@ impl Db {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
-        let start = AttemptStart {
-            delivery_id: job.delivery_id.clone(),
-            job_id: job.job_id.clone(),
-            provider: provider.to_owned(),
-            reason: reason.to_owned(),
-            at: now,
-        };
+        let start = AttemptStart::new(job, provider, reason, now);
         Ok(self
             .begin_attempts(std::slice::from_ref(&start))
             .await?

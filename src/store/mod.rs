@@ -144,7 +144,8 @@ fn sqlite_busy_pause(tries: u32) -> Duration {
 /// SQLite's own (`busy_timeout`) sleeps 1, 2, 5, 10 … up to 100 ms between
 /// tries. tuma's transactions hold the lock for a millisecond or so, so under
 /// load a writer that had lost once slept far longer than the lock was held
-/// (OTPs waited behind bulk work for a second at the 99th percentile). This
+/// (OTPs waited behind bulk work for hundreds of milliseconds at the 99th
+/// percentile). This
 /// one tries again after 50 µs, doubling to 1 ms, for `SQLITE_BUSY_TIMEOUT` in
 /// all. It runs on the connection's own thread, where SQLite's would sleep too.
 extern "C" fn sqlite_busy(_: *mut std::ffi::c_void, tries: std::ffi::c_int) -> std::ffi::c_int {
@@ -184,8 +185,9 @@ async fn install_busy_handler(conn: &mut sqlx::SqliteConnection) -> Result<(), s
 
 impl Db {
     /// Opens a pool (SQLite keeps it small, see below). SQLite files are
-    /// created if missing and every connection gets WAL, `synchronous=NORMAL`, a busy timeout, foreign keys and
-    /// `secure_delete` (so a wiped OTP code does not linger in free pages).
+    /// created if missing and every connection gets WAL, `synchronous=NORMAL`,
+    /// tuma's busy handler ([`sqlite_busy`]), foreign keys and `secure_delete`
+    /// (so a wiped OTP code does not linger in free pages).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db, StoreError> {
         let bad = |reason: String| StoreError::BadUrl {
             url: mask_password(url),
@@ -202,10 +204,11 @@ impl Db {
                 .pragma("secure_delete", "ON")
                 .pragma("temp_store", "MEMORY");
             // Few connections: SQLite runs one writer at a time anyway, so
-            // many connections only add waiting for the write lock. More
-            // than one, because apalis can leave a fetch parked on a connection
-            // while a worker shuts down; a lone connection would then starve
-            // the in-flight sends it waits for.
+            // many only add waiting for the write lock; too few leave the
+            // batch tasks and apalis waiting for a connection (four measured
+            // best; see ARCHITECTURE.md). Never one: apalis can leave a fetch
+            // parked on a connection while a worker shuts down, and a lone
+            // connection would then starve the in-flight sends it waits for.
             let pool = SqlitePoolOptions::new()
                 .max_connections(SQLITE_CONNECTIONS)
                 .after_connect(|conn, _| Box::pin(install_busy_handler(conn)))

@@ -35,14 +35,17 @@ async fn notification(t: &TestApp, to: &str) -> DeliveryJob {
     }
 }
 
-fn start(t: &TestApp, job: &DeliveryJob) -> AttemptStart {
-    AttemptStart {
-        delivery_id: job.delivery_id.clone(),
-        job_id: job.job_id.clone(),
-        provider: "outbox".into(),
-        reason: "primary".into(),
-        at: t.clock.now(),
+/// `n` notifications to numbers starting with `prefix`.
+async fn notifications(t: &TestApp, prefix: &str, n: usize) -> Vec<DeliveryJob> {
+    let mut jobs = Vec::new();
+    for i in 0..n {
+        jobs.push(notification(t, &format!("{prefix}{i:05}")).await);
     }
+    jobs
+}
+
+fn start(t: &TestApp, job: &DeliveryJob) -> AttemptStart {
+    AttemptStart::new(job, "outbox", "primary", t.clock.now())
 }
 
 fn end(t: &TestApp, job: &DeliveryJob, outcome: Outcome, next: NextStep) -> AttemptEnd {
@@ -186,10 +189,7 @@ on_both_backends!(one_batch_answers_each_delivery_as_it_would_alone);
 
 async fn concurrent_callers_each_get_their_own_answer(backend: Backend) {
     let t = TestApp::new(backend, 6).await;
-    let mut jobs = Vec::new();
-    for i in 0..40 {
-        jobs.push(notification(&t, &format!("+2547113{i:05}")).await);
-    }
+    let jobs = notifications(&t, "+2547113", 40).await;
     let app = t.app.clone();
     let now = t.clock.now();
     // Every job twice at once: exactly one of each pair opens the attempt.
@@ -243,10 +243,7 @@ on_both_backends!(concurrent_callers_each_get_their_own_answer);
 
 async fn a_bad_row_fails_only_its_own_caller(backend: Backend) {
     let t = TestApp::new(backend, 6).await;
-    let mut jobs = Vec::new();
-    for i in 0..20 {
-        jobs.push(notification(&t, &format!("+2547114{i:05}")).await);
-    }
+    let jobs = notifications(&t, "+2547114", 20).await;
     // A currency no code knows, as if written by hand.
     let bad = jobs[7].delivery_id.clone();
     let sql = "UPDATE deliveries SET cost_micros = 1, currency = 'K$S' WHERE id = $1";
