@@ -163,17 +163,18 @@ async fn serve<S: Statement>(db: Db, mut rx: mpsc::UnboundedReceiver<Waiting<S>>
                     let _ = reply.send(Ok(answer));
                 }
             }
-            Ok(_) | Err(_) if calls.len() > 1 => {
-                // Nothing of the batch was written: each call on its own.
-                for (call, reply) in calls.iter().zip(replies) {
-                    let _ = reply.send(run_alone::<S>(&db, call).await);
-                }
-            }
             Ok(_) => {
+                // Written, but not answerable call by call: never run again.
                 for reply in replies {
                     let _ = reply.send(Err(StoreError::Corrupt(
                         "a batch gave the wrong number of answers".into(),
                     )));
+                }
+            }
+            Err(_) if calls.len() > 1 => {
+                // Nothing of the batch was written: each call on its own.
+                for (call, reply) in calls.iter().zip(replies) {
+                    let _ = reply.send(run_alone::<S>(&db, call).await);
                 }
             }
             Err(e) => {

@@ -846,9 +846,10 @@ impl Db {
             .fetch_all(pool)
             .await
             .doing("recording attempts' outcomes")?;
+            let closed: std::collections::HashSet<String> = closed.into_iter().collect();
             return Ok(ends
                 .iter()
-                .map(|e| closed.iter().any(|id| id == e.delivery_id))
+                .map(|e| closed.contains(e.delivery_id))
                 .collect());
         }
         on_pool!(self, pool => {
