@@ -384,7 +384,9 @@ impl App {
                 expired_before: since(IDEMPOTENCY_TTL),
             });
         }
-        match self.db.insert_delivery_guarded(&new, &guards).await? {
+        let (id, template) = (new.id.clone(), new.template.clone());
+        let claim = guards.idempotency.clone();
+        match self.batcher.insert_delivery_guarded(new, guards).await? {
             Inserted::Created(_) => {}
             Inserted::Limited { oldest } => {
                 let window = self
@@ -403,7 +405,7 @@ impl App {
                 });
             }
             Inserted::KeyTaken => {
-                let Some(claim) = &guards.idempotency else {
+                let Some(claim) = &claim else {
                     return Err(StoreError::Corrupt(
                         "an idempotency key was taken without a claim".into(),
                     )
@@ -425,9 +427,9 @@ impl App {
         }
         self.wakers.wake(Lane::for_kind(kind));
         Ok(Enqueued::Created {
-            id: new.id,
+            id,
             channel,
-            template: new.template,
+            template,
             receipt,
         })
     }

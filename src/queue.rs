@@ -92,38 +92,53 @@ impl DeliveryJob {
 
 /// A connection a job can be pushed on, inside the caller's transaction.
 pub trait PushJob {
+    /// Pushes `jobs` onto `lane`, each due at its time (now when `None`), in
+    /// one statement.
+    fn push_jobs(
+        &mut self,
+        lane: Lane,
+        jobs: &[(&DeliveryJob, Option<DateTime<Utc>>)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Pushes `job` onto `lane`, due at `run_at` (now when `None`).
     fn push_job(
         &mut self,
         lane: Lane,
         job: &DeliveryJob,
         run_at: Option<DateTime<Utc>>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send
+    where
+        Self: Send,
+    {
+        async move { self.push_jobs(lane, &[(job, run_at)]).await }
+    }
+}
+
+fn tasks(
+    jobs: &[(&DeliveryJob, Option<DateTime<Utc>>)],
+) -> Result<Vec<apalis_core::task::Task<Vec<u8>>>, StoreError> {
+    jobs.iter().map(|(job, run_at)| job.task(*run_at)).collect()
 }
 
 impl PushJob for SqliteConnection {
-    async fn push_job(
+    async fn push_jobs(
         &mut self,
         lane: Lane,
-        job: &DeliveryJob,
-        run_at: Option<DateTime<Utc>>,
+        jobs: &[(&DeliveryJob, Option<DateTime<Utc>>)],
     ) -> Result<(), StoreError> {
-        let task = job.task(run_at)?;
-        apalis_sqlite::queries::push_tasks(self, lane.queue_name(), &[task])
+        apalis_sqlite::queries::push_tasks(self, lane.queue_name(), &tasks(jobs)?)
             .await
             .map_err(|e| StoreError::Queue(e.to_string()))
     }
 }
 
 impl PushJob for PgConnection {
-    async fn push_job(
+    async fn push_jobs(
         &mut self,
         lane: Lane,
-        job: &DeliveryJob,
-        run_at: Option<DateTime<Utc>>,
+        jobs: &[(&DeliveryJob, Option<DateTime<Utc>>)],
     ) -> Result<(), StoreError> {
-        let task = job.task(run_at)?;
-        apalis_postgres::queries::push_tasks(self, lane.queue_name(), vec![task])
+        apalis_postgres::queries::push_tasks(self, lane.queue_name(), tasks(jobs)?)
             .await
             .map_err(|e| StoreError::Queue(e.to_string()))
     }

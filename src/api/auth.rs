@@ -139,7 +139,7 @@ pub async fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<Calle
         .ok_or(ApiError::Unauthorized)?;
     let hash = hash_key(presented);
     let key = state
-        .within_timeout(state.app.db.live_api_key(&hash))
+        .within_timeout(state.app.batcher.live_api_key(&hash))
         .await?
         .ok_or(ApiError::Unauthorized)?;
     let now = state.app.clock.now();

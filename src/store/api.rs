@@ -2,6 +2,8 @@
 //! saved Idempotency-Key responses, keyset pages of deliveries, and the
 //! figures `/metrics` reports.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
@@ -17,6 +19,14 @@ pub struct ApiKeyRow {
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// An API key with the hash it was found by.
+#[derive(FromRow)]
+struct KeyRow {
+    key_hash: String,
+    #[sqlx(flatten)]
+    key: ApiKeyRow,
 }
 
 /// A saved Idempotency-Key claim.
@@ -102,16 +112,46 @@ impl Db {
 
     /// The live (not revoked) key with this hash.
     pub async fn live_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
-        Ok(on_pool!(self, pool => {
-            sqlx::query_as(
-                "SELECT id, name, scopes, created_at, revoked_at, last_used_at FROM api_keys \
-                 WHERE key_hash = $1 AND revoked_at IS NULL",
-            )
-            .bind(key_hash)
-            .fetch_optional(pool)
-            .await
-            .doing("looking up an API key")?
-        }))
+        Ok(self
+            .live_api_keys(&[key_hash.to_owned()])
+            .await?
+            .pop()
+            .flatten())
+    }
+
+    /// [`Db::live_api_key`] for many hashes in one statement; the answers
+    /// are in the order of `hashes` (a hash given twice is answered twice).
+    pub async fn live_api_keys(
+        &self,
+        hashes: &[String],
+    ) -> Result<Vec<Option<ApiKeyRow>>, StoreError> {
+        const COLUMNS: &str = "key_hash, id, name, scopes, created_at, revoked_at, last_used_at";
+        let rows: Vec<KeyRow> = match self {
+            Db::Postgres(pool) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM api_keys \
+                     WHERE key_hash = ANY($1) AND revoked_at IS NULL"
+                )))
+                .bind(hashes)
+                .fetch_all(pool)
+                .await
+            }
+            Db::Sqlite(pool) => {
+                let hashes = serde_json::to_string(hashes)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM api_keys \
+                     WHERE key_hash IN (SELECT value FROM json_each($1)) AND revoked_at IS NULL"
+                )))
+                .bind(hashes)
+                .fetch_all(pool)
+                .await
+            }
+        }
+        .doing("looking up API keys")?;
+        let found: HashMap<String, ApiKeyRow> =
+            rows.into_iter().map(|r| (r.key_hash, r.key)).collect();
+        Ok(hashes.iter().map(|h| found.get(h).cloned()).collect())
     }
 
     /// Notes that a key was used, at most once a minute per key.

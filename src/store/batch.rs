@@ -1,18 +1,24 @@
-//! Group commit for the dispatcher's three statements per delivery.
+//! Group commit for the statements every delivery and every API request runs.
 //!
 //! Every worker slot reads its delivery, opens an attempt and closes it: three
 //! statements per delivery, each a round trip (and, for the two writes, a
-//! commit). Under load many slots wait to run the same statement at the same
-//! moment, so each kind of statement has one task that takes everything
-//! waiting and runs it as one batch ([`Db::deliveries_to_send`],
-//! [`Db::begin_attempts`], [`Db::finish_attempts`]): one round trip and one
-//! commit for the lot. Nothing waits on purpose: a lone call runs at once, and
-//! calls that come while a batch is running make up the next one.
+//! commit). Every `POST` looks up its API key and records its delivery (a
+//! transaction of half a dozen statements). Under load many callers wait to
+//! run the same statement at the same moment, so each kind of statement has
+//! one task that takes everything waiting and runs it as one batch
+//! ([`Db::deliveries_to_send`], [`Db::begin_attempts`],
+//! [`Db::finish_attempts`], [`Db::live_api_keys`],
+//! [`Db::insert_deliveries_guarded`]): a few round trips and one commit for
+//! the lot. Nothing waits on purpose: a lone call runs at once, and calls that
+//! come while a batch is running make up the next one.
 //!
 //! A batch is all or none. When one fails, each of its calls is run again on
-//! its own, so one bad row fails only its own caller. A caller that stops
-//! waiting does not stop its statement: it runs as if the caller had stayed,
-//! like a statement already sent.
+//! its own, so one bad row fails only its own caller. A call whose caller has
+//! stopped waiting (a request past its timeout, a worker shutting down) is
+//! not run, and a batch whose callers all stopped waiting is abandoned (its
+//! transaction rolls back), as the callers' own statements would have been;
+//! except the closing of an attempt, which records a send that happened and
+//! runs whoever waits.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::OnceLock;
@@ -21,7 +27,10 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{AttemptEnd, AttemptResult, AttemptStart, Db, Delivery, NextStep, StoreError};
+use super::{
+    ApiKeyRow, AttemptEnd, AttemptResult, AttemptStart, Db, Delivery, InsertGuards, Inserted,
+    NewDelivery, NextStep, StoreError,
+};
 use crate::queue::{DeliveryJob, Lane};
 
 /// The most calls one batch carries.
@@ -31,8 +40,11 @@ const MAX_BATCH: usize = 64;
 trait Statement: 'static {
     type Call: Send + Sync + 'static;
     type Answer: Send + 'static;
-    /// The delivery a call is about: a batch holds each delivery once.
-    fn delivery(call: &Self::Call) -> &str;
+    /// Whether a call runs even when its caller has stopped waiting.
+    const RUNS_UNWATCHED: bool = false;
+    /// What a batch holds once: calls with the same key go in separate
+    /// batches, in their order (`None`: calls never clash).
+    fn key(call: &Self::Call) -> Option<String>;
     /// Runs the calls as one batch, all or none; answers in their order.
     fn run<'a>(
         db: &'a Db,
@@ -43,12 +55,14 @@ trait Statement: 'static {
 struct Reads;
 struct Starts;
 struct Ends;
+struct Keys;
+struct Inserts;
 
 impl Statement for Reads {
     type Call = String;
     type Answer = Option<(Delivery, Option<String>)>;
-    fn delivery(call: &String) -> &str {
-        call
+    fn key(call: &String) -> Option<String> {
+        Some(call.clone())
     }
     fn run<'a>(
         db: &'a Db,
@@ -61,8 +75,8 @@ impl Statement for Reads {
 impl Statement for Starts {
     type Call = AttemptStart;
     type Answer = Option<i64>;
-    fn delivery(call: &AttemptStart) -> &str {
-        &call.delivery_id
+    fn key(call: &AttemptStart) -> Option<String> {
+        Some(call.delivery_id.clone())
     }
     fn run<'a>(
         db: &'a Db,
@@ -75,8 +89,9 @@ impl Statement for Starts {
 impl Statement for Ends {
     type Call = AttemptEnd;
     type Answer = bool;
-    fn delivery(call: &AttemptEnd) -> &str {
-        &call.delivery_id
+    const RUNS_UNWATCHED: bool = true;
+    fn key(call: &AttemptEnd) -> Option<String> {
+        Some(call.delivery_id.clone())
     }
     fn run<'a>(
         db: &'a Db,
@@ -86,10 +101,42 @@ impl Statement for Ends {
     }
 }
 
-type Waiting<S> = (
-    <S as Statement>::Call,
-    oneshot::Sender<Result<<S as Statement>::Answer, StoreError>>,
-);
+impl Statement for Keys {
+    type Call = String;
+    type Answer = Option<ApiKeyRow>;
+    fn key(_: &String) -> Option<String> {
+        None
+    }
+    fn run<'a>(
+        db: &'a Db,
+        calls: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Self::Answer>, StoreError>> {
+        Box::pin(db.live_api_keys(calls))
+    }
+}
+
+impl Statement for Inserts {
+    type Call = (NewDelivery, InsertGuards);
+    type Answer = Inserted;
+    fn key((_, guards): &Self::Call) -> Option<String> {
+        guards
+            .idempotency
+            .as_ref()
+            .map(|c| format!("{}/{}", c.api_key_id, c.key))
+    }
+    fn run<'a>(
+        db: &'a Db,
+        calls: &'a [Self::Call],
+    ) -> BoxFuture<'a, Result<Vec<Inserted>, StoreError>> {
+        Box::pin(async move {
+            let items: Vec<_> = calls.iter().map(|(d, g)| (d, g)).collect();
+            db.insert_deliveries_guarded(&items).await
+        })
+    }
+}
+
+type Reply<S> = oneshot::Sender<Result<<S as Statement>::Answer, StoreError>>;
+type Waiting<S> = (<S as Statement>::Call, Reply<S>);
 
 /// The queue in front of one statement's task, started on first use.
 struct Line<S: Statement> {
@@ -149,15 +196,24 @@ async fn serve<S: Statement>(db: Db, mut rx: mpsc::UnboundedReceiver<Waiting<S>>
         let mut later = VecDeque::new();
         let mut seen = HashSet::new();
         for w in waiting.drain(..) {
-            if batch.len() < MAX_BATCH && seen.insert(S::delivery(&w.0).to_owned()) {
+            if !S::RUNS_UNWATCHED && w.1.is_closed() {
+                continue;
+            }
+            if batch.len() < MAX_BATCH && S::key(&w.0).is_none_or(|k| seen.insert(k)) {
                 batch.push(w);
             } else {
                 later.push_back(w);
             }
         }
         waiting = later;
-        let (calls, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        match S::run(&db, &calls).await {
+        if batch.is_empty() {
+            continue;
+        }
+        let (calls, mut replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let Some(result) = watched::<S, _>(&mut replies, S::run(&db, &calls)).await else {
+            continue;
+        };
+        match result {
             Ok(answers) if answers.len() == calls.len() => {
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     let _ = reply.send(Ok(answer));
@@ -173,8 +229,16 @@ async fn serve<S: Statement>(db: Db, mut rx: mpsc::UnboundedReceiver<Waiting<S>>
             }
             Err(_) if calls.len() > 1 => {
                 // Nothing of the batch was written: each call on its own.
-                for (call, reply) in calls.iter().zip(replies) {
-                    let _ = reply.send(run_alone::<S>(&db, call).await);
+                for (call, mut reply) in calls.iter().zip(replies) {
+                    if !S::RUNS_UNWATCHED && reply.is_closed() {
+                        continue;
+                    }
+                    let run = run_alone::<S>(&db, call);
+                    if let Some(answer) =
+                        watched::<S, _>(std::slice::from_mut(&mut reply), run).await
+                    {
+                        let _ = reply.send(answer);
+                    }
                 }
             }
             Err(e) => {
@@ -186,14 +250,33 @@ async fn serve<S: Statement>(db: Db, mut rx: mpsc::UnboundedReceiver<Waiting<S>>
     }
 }
 
+/// Runs `work` until it ends or, unless the statement runs unwatched, until
+/// every caller in `replies` has stopped waiting (`None`: dropped unfinished,
+/// so a transaction it had open rolls back).
+async fn watched<S: Statement, T>(
+    replies: &mut [Reply<S>],
+    work: impl Future<Output = T>,
+) -> Option<T> {
+    if S::RUNS_UNWATCHED {
+        return Some(work.await);
+    }
+    let all_gone = futures::future::join_all(replies.iter_mut().map(|r| r.closed()));
+    tokio::select! {
+        done = work => Some(done),
+        _ = all_gone => None,
+    }
+}
+
 /// The dispatcher's statements, batched across the worker slots of this
-/// process (see the module docs). Same answers as the [`Db`] methods of the
-/// same names.
+/// process, and the API's, across its requests (see the module docs). Same
+/// answers as the [`Db`] methods of the same names.
 pub struct Batcher {
     db: Db,
     reads: Line<Reads>,
     starts: Line<Starts>,
     ends: Line<Ends>,
+    keys: Line<Keys>,
+    inserts: Line<Inserts>,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -210,7 +293,23 @@ impl Batcher {
             reads: Line::default(),
             starts: Line::default(),
             ends: Line::default(),
+            keys: Line::default(),
+            inserts: Line::default(),
         }
+    }
+
+    /// [`Db::live_api_key`].
+    pub async fn live_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
+        self.keys.call(&self.db, key_hash.to_owned()).await
+    }
+
+    /// [`Db::insert_delivery_guarded`].
+    pub async fn insert_delivery_guarded(
+        &self,
+        d: NewDelivery,
+        guards: InsertGuards,
+    ) -> Result<Inserted, StoreError> {
+        self.inserts.call(&self.db, (d, guards)).await
     }
 
     /// [`Db::delivery_to_send`].

@@ -2,7 +2,7 @@
 //! one transaction, guarded by the delivery's current job id and status, so
 //! two workers (or a worker and the sweeper) can never both move it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -466,111 +466,46 @@ impl Db {
         d: &NewDelivery,
         guards: &InsertGuards,
     ) -> Result<Inserted, StoreError> {
-        let link = guards.replay.as_ref();
-        let job = DeliveryJob::new(&d.id);
-        let lane = Lane::for_kind(d.kind);
-        let run_at = (d.send_at > d.created_at).then_some(d.send_at);
-        // SQLite: take the write lock at once, so a read-then-write
-        // transaction never fails on a snapshot another writer moved on.
-        let (begin, lock) = match self {
-            Db::Sqlite(_) => ("BEGIN IMMEDIATE", "SELECT $1"),
-            Db::Postgres(_) => (
-                "BEGIN",
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-            ),
-        };
-        on_pool!(self, pool => {
-            let mut tx = pool.begin_with(begin).await.doing("starting a transaction")?;
-            if let Some(claim) = &guards.idempotency {
-                sqlx::query(
-                    "DELETE FROM idempotency_keys WHERE api_key_id = $1 AND key = $2 \
-                     AND created_at < $3",
-                )
-                .bind(claim.api_key_id)
-                .bind(&claim.key)
-                .bind(claim.expired_before)
-                .execute(&mut *tx)
-                .await
-                .doing("expiring an idempotency key")?;
-                let claimed = sqlx::query(
-                    "INSERT INTO idempotency_keys (api_key_id, key, request_hash, delivery_id, \
-                     response_status, response_body, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                )
-                .bind(claim.api_key_id)
-                .bind(&claim.key)
-                .bind(&claim.request_hash)
-                .bind(&d.id)
-                .bind(i64::from(claim.response_status))
-                .bind(&claim.response_body)
-                .bind(d.created_at)
-                .execute(&mut *tx)
-                .await
-                .doing("claiming an idempotency key")?
-                .rows_affected();
-                if claimed == 0 {
-                    return Ok(Inserted::KeyTaken);
-                }
+        self.insert_deliveries_guarded(&[(d, guards)])
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("an insert of one gave no answer".into()))
+    }
+
+    /// [`Db::insert_delivery_guarded`] for many deliveries in one transaction:
+    /// each gets the answer it would get alone, in the order given, as if
+    /// they had been inserted one after the other (an OTP counts against the
+    /// limit of those after it to the same recipient). All or none: an error
+    /// writes nothing. The answers are in the order of `items`; two items
+    /// should not claim the same Idempotency-Key (the second is `KeyTaken`).
+    pub async fn insert_deliveries_guarded(
+        &self,
+        items: &[(&NewDelivery, &InsertGuards)],
+    ) -> Result<Vec<Inserted>, StoreError> {
+        match self {
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await.doing("starting a transaction")?;
+                let answers = insert_guarded_pg(&mut tx, items).await?;
+                tx.commit().await.doing("committing deliveries")?;
+                Ok(answers)
             }
-            if let Some(limit) = &guards.otp_limit {
-                // Postgres: one transaction at a time per recipient, so two
-                // concurrent sends cannot both take the last slot.
-                sqlx::query(lock)
-                    .bind(&d.recipient)
-                    .execute(&mut *tx)
+            // SQLite is local: statements cost little, commits and the write
+            // lock more. `BEGIN IMMEDIATE` takes the write lock at once, so a
+            // read-then-write transaction never fails on a snapshot another
+            // writer moved on.
+            Db::Sqlite(pool) => {
+                let mut tx = pool
+                    .begin_with("BEGIN IMMEDIATE")
                     .await
-                    .doing("locking a recipient")?;
-                let recent: Vec<DateTime<Utc>> = sqlx::query_scalar(
-                    "SELECT created_at FROM deliveries WHERE recipient = $1 AND kind = 'otp' \
-                     AND created_at > $2 ORDER BY created_at",
-                )
-                .bind(&d.recipient)
-                .bind(limit.since)
-                .fetch_all(&mut *tx)
-                .await
-                .doing("counting recent OTPs")?;
-                if recent.len() >= usize::try_from(limit.max).unwrap_or(usize::MAX) {
-                    return Ok(Inserted::Limited {
-                        oldest: recent.first().copied().unwrap_or(limit.since),
-                    });
+                    .doing("starting a transaction")?;
+                let mut answers = Vec::with_capacity(items.len());
+                for (d, guards) in items {
+                    answers.push(insert_guarded_sqlite(&mut tx, d, guards).await?);
                 }
+                tx.commit().await.doing("committing deliveries")?;
+                Ok(answers)
             }
-            sqlx::query(
-                "INSERT INTO deliveries (id, kind, channel, recipient, template, locale, vars, \
-                 subject, body, body_html, otp_code, status, attempts, max_attempts, \
-                 next_attempt_at, expires_at, job_id, created_at, updated_at, segments, encoding, \
-                 replay_of, replayed_by, replayed_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'pending', 0, $12, $13, \
-                 $14, $15, $16, $16, $17, $18, $19, $20, $21)",
-            )
-            .bind(&d.id)
-            .bind(d.kind.as_str())
-            .bind(d.channel.as_str())
-            .bind(&d.recipient)
-            .bind(&d.template)
-            .bind(&d.locale)
-            .bind(d.vars.to_string())
-            .bind(&d.subject)
-            .bind(&d.body)
-            .bind(&d.body_html)
-            .bind(&d.otp_code)
-            .bind(i64::from(d.max_attempts))
-            .bind(d.send_at)
-            .bind(d.expires_at)
-            .bind(&job.job_id)
-            .bind(d.created_at)
-            .bind(d.segments.map(i64::from))
-            .bind(&d.encoding)
-            .bind(link.map(|l| l.replay_of.as_str()))
-            .bind(link.map(|l| l.replayed_by.as_str()))
-            .bind(link.map(|l| l.replayed_at))
-            .execute(&mut *tx)
-            .await
-            .doing("recording the delivery")?;
-            tx.push_job(lane, &job, run_at).await?;
-            tx.commit().await.doing("committing the delivery")?;
-        });
-        Ok(Inserted::Created(job))
+        }
     }
 
     /// A delivery by id.
@@ -846,7 +781,7 @@ impl Db {
             .fetch_all(pool)
             .await
             .doing("recording attempts' outcomes")?;
-            let closed: std::collections::HashSet<String> = closed.into_iter().collect();
+            let closed: HashSet<String> = closed.into_iter().collect();
             return Ok(ends
                 .iter()
                 .map(|e| closed.contains(e.delivery_id))
@@ -1087,4 +1022,296 @@ impl Db {
             .doing("counting due deliveries")?
         }))
     }
+}
+
+/// The columns a new delivery is inserted with, in the order of the values
+/// bound by [`insert_guarded_sqlite`] and the arrays of [`insert_guarded_pg`].
+const INSERT_COLUMNS: &str = "id, kind, channel, recipient, template, locale, vars, subject, body, \
+    body_html, otp_code, max_attempts, next_attempt_at, expires_at, job_id, created_at, \
+    segments, encoding, replay_of, replayed_by, replayed_at";
+
+/// When a new delivery's first job is due: `None` for now.
+fn first_run_at(d: &NewDelivery) -> Option<DateTime<Utc>> {
+    (d.send_at > d.created_at).then_some(d.send_at)
+}
+
+/// How many OTPs the limit allows, as a count.
+fn allowed(limit: &OtpLimit) -> usize {
+    usize::try_from(limit.max).unwrap_or(usize::MAX)
+}
+
+/// One guarded insert inside the caller's SQLite transaction. A claim made
+/// for a delivery the limit then refuses is taken back, so a refusal writes
+/// nothing, as if its own transaction had rolled back.
+async fn insert_guarded_sqlite(
+    tx: &mut sqlx::SqliteConnection,
+    d: &NewDelivery,
+    guards: &InsertGuards,
+) -> Result<Inserted, StoreError> {
+    if let Some(claim) = &guards.idempotency {
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE api_key_id = $1 AND key = $2 AND created_at < $3",
+        )
+        .bind(claim.api_key_id)
+        .bind(&claim.key)
+        .bind(claim.expired_before)
+        .execute(&mut *tx)
+        .await
+        .doing("expiring an idempotency key")?;
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (api_key_id, key, request_hash, delivery_id, \
+             response_status, response_body, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(claim.api_key_id)
+        .bind(&claim.key)
+        .bind(&claim.request_hash)
+        .bind(&d.id)
+        .bind(i64::from(claim.response_status))
+        .bind(&claim.response_body)
+        .bind(d.created_at)
+        .execute(&mut *tx)
+        .await
+        .doing("claiming an idempotency key")?
+        .rows_affected();
+        if claimed == 0 {
+            return Ok(Inserted::KeyTaken);
+        }
+    }
+    if let Some(limit) = &guards.otp_limit {
+        let recent: Vec<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT created_at FROM deliveries WHERE recipient = $1 AND kind = 'otp' \
+             AND created_at > $2 ORDER BY created_at",
+        )
+        .bind(&d.recipient)
+        .bind(limit.since)
+        .fetch_all(&mut *tx)
+        .await
+        .doing("counting recent OTPs")?;
+        if recent.len() >= allowed(limit) {
+            if let Some(claim) = &guards.idempotency {
+                sqlx::query("DELETE FROM idempotency_keys WHERE api_key_id = $1 AND key = $2")
+                    .bind(claim.api_key_id)
+                    .bind(&claim.key)
+                    .execute(&mut *tx)
+                    .await
+                    .doing("taking back an idempotency key")?;
+            }
+            return Ok(Inserted::Limited {
+                oldest: recent.first().copied().unwrap_or(limit.since),
+            });
+        }
+    }
+    let job = DeliveryJob::new(&d.id);
+    let link = guards.replay.as_ref();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO deliveries ({INSERT_COLUMNS}, status, attempts, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+         $17, $18, $19, $20, $21, 'pending', 0, $16)"
+    )))
+    .bind(&d.id)
+    .bind(d.kind.as_str())
+    .bind(d.channel.as_str())
+    .bind(&d.recipient)
+    .bind(&d.template)
+    .bind(&d.locale)
+    .bind(d.vars.to_string())
+    .bind(&d.subject)
+    .bind(&d.body)
+    .bind(&d.body_html)
+    .bind(&d.otp_code)
+    .bind(i64::from(d.max_attempts))
+    .bind(d.send_at)
+    .bind(d.expires_at)
+    .bind(&job.job_id)
+    .bind(d.created_at)
+    .bind(d.segments.map(i64::from))
+    .bind(&d.encoding)
+    .bind(link.map(|l| l.replay_of.as_str()))
+    .bind(link.map(|l| l.replayed_by.as_str()))
+    .bind(link.map(|l| l.replayed_at))
+    .execute(&mut *tx)
+    .await
+    .doing("recording the delivery")?;
+    tx.push_job(Lane::for_kind(d.kind), &job, first_run_at(d))
+        .await?;
+    Ok(Inserted::Created(job))
+}
+
+/// Guarded inserts inside the caller's Postgres transaction, a statement per
+/// step for all of them rather than per delivery:
+///
+/// 1. claim every Idempotency-Key (in key order, so two batches never wait
+///    on each other's claims in a cycle);
+/// 2. lock every recipient under the OTP limit (advisory locks in hash
+///    order: one transaction at a time per recipient, so two concurrent
+///    sends cannot both take the last slot) and read their recent OTPs;
+/// 3. decide, in the order given, what each would get alone;
+/// 4. take back the claims of refused ones, insert the rest with their jobs.
+async fn insert_guarded_pg(
+    tx: &mut sqlx::PgConnection,
+    items: &[(&NewDelivery, &InsertGuards)],
+) -> Result<Vec<Inserted>, StoreError> {
+    let mut claims: Vec<(&NewDelivery, &IdempotencyClaim)> = items
+        .iter()
+        .filter_map(|(d, g)| g.idempotency.as_ref().map(|c| (*d, c)))
+        .collect();
+    claims.sort_by(|a, b| (a.1.api_key_id, &a.1.key).cmp(&(b.1.api_key_id, &b.1.key)));
+    let mut claimed = HashSet::new();
+    if !claims.is_empty() {
+        sqlx::query(
+            "DELETE FROM idempotency_keys AS k \
+             USING unnest($1::bigint[], $2::text[], $3::timestamptz[]) AS c (api_key_id, key, before) \
+             WHERE k.api_key_id = c.api_key_id AND k.key = c.key AND k.created_at < c.before",
+        )
+        .bind(column(&claims, |(_, c)| c.api_key_id))
+        .bind(column(&claims, |(_, c)| c.key.as_str()))
+        .bind(column(&claims, |(_, c)| c.expired_before))
+        .execute(&mut *tx)
+        .await
+        .doing("expiring idempotency keys")?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO idempotency_keys (api_key_id, key, request_hash, delivery_id, \
+             response_status, response_body, created_at) \
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], \
+             $5::bigint[], $6::text[], $7::timestamptz[]) \
+             ON CONFLICT DO NOTHING RETURNING delivery_id",
+        )
+        .bind(column(&claims, |(_, c)| c.api_key_id))
+        .bind(column(&claims, |(_, c)| c.key.as_str()))
+        .bind(column(&claims, |(_, c)| c.request_hash.as_str()))
+        .bind(column(&claims, |(d, _)| d.id.as_str()))
+        .bind(column(&claims, |(_, c)| i64::from(c.response_status)))
+        .bind(column(&claims, |(_, c)| c.response_body.as_str()))
+        .bind(column(&claims, |(d, _)| d.created_at))
+        .fetch_all(&mut *tx)
+        .await
+        .doing("claiming idempotency keys")?;
+        claimed.extend(ids);
+    }
+    let has_claim =
+        |d: &NewDelivery, g: &InsertGuards| g.idempotency.is_none() || claimed.contains(&d.id);
+    let limited: Vec<(&NewDelivery, &OtpLimit)> = items
+        .iter()
+        .filter(|(d, g)| has_claim(d, g))
+        .filter_map(|(d, g)| g.otp_limit.as_ref().map(|l| (*d, l)))
+        .collect();
+    // The OTPs in the window of each limited recipient, oldest first; the
+    // ones accepted below join them.
+    let mut recent: HashMap<String, Vec<DateTime<Utc>>> = HashMap::new();
+    if let Some(since) = limited.iter().map(|(_, l)| l.since).min() {
+        let recipients = column(&limited, |(d, _)| d.recipient.as_str());
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(r, 0) AS h \
+             FROM unnest($1::text[]) AS r ORDER BY h) AS locks",
+        )
+        .bind(&recipients)
+        .execute(&mut *tx)
+        .await
+        .doing("locking recipients")?;
+        let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT recipient, created_at FROM deliveries WHERE recipient = ANY($1) \
+             AND kind = 'otp' AND created_at > $2 ORDER BY created_at",
+        )
+        .bind(&recipients)
+        .bind(since)
+        .fetch_all(&mut *tx)
+        .await
+        .doing("counting recent OTPs")?;
+        for (recipient, at) in rows {
+            recent.entry(recipient).or_default().push(at);
+        }
+    }
+    let mut answers = Vec::with_capacity(items.len());
+    let mut taken_back: Vec<&IdempotencyClaim> = Vec::new();
+    let mut created: Vec<(&NewDelivery, &InsertGuards, DeliveryJob)> = Vec::new();
+    for (d, g) in items {
+        if !has_claim(d, g) {
+            answers.push(Inserted::KeyTaken);
+            continue;
+        }
+        if let Some(limit) = &g.otp_limit {
+            let window = recent.entry(d.recipient.clone()).or_default();
+            let inside: Vec<DateTime<Utc>> = window
+                .iter()
+                .copied()
+                .filter(|at| *at > limit.since)
+                .collect();
+            if inside.len() >= allowed(limit) {
+                taken_back.extend(&g.idempotency);
+                answers.push(Inserted::Limited {
+                    oldest: inside.iter().min().copied().unwrap_or(limit.since),
+                });
+                continue;
+            }
+            window.push(d.created_at);
+        }
+        let job = DeliveryJob::new(&d.id);
+        answers.push(Inserted::Created(job.clone()));
+        created.push((d, g, job));
+    }
+    if !taken_back.is_empty() {
+        sqlx::query(
+            "DELETE FROM idempotency_keys AS k USING unnest($1::bigint[], $2::text[]) AS c (api_key_id, key) \
+             WHERE k.api_key_id = c.api_key_id AND k.key = c.key",
+        )
+        .bind(column(&taken_back, |c| c.api_key_id))
+        .bind(column(&taken_back, |c| c.key.as_str()))
+        .execute(&mut *tx)
+        .await
+        .doing("taking back idempotency keys")?;
+    }
+    if created.is_empty() {
+        return Ok(answers);
+    }
+    fn link<'a>(g: &&'a InsertGuards) -> Option<&'a ReplayLink> {
+        g.replay.as_ref()
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO deliveries ({INSERT_COLUMNS}, status, attempts, updated_at) \
+         SELECT *, 'pending', 0, created_at FROM unnest($1::text[], $2::text[], $3::text[], \
+         $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
+         $11::text[], $12::bigint[], $13::timestamptz[], $14::timestamptz[], $15::text[], \
+         $16::timestamptz[], $17::bigint[], $18::text[], $19::text[], $20::text[], \
+         $21::timestamptz[]) AS n ({INSERT_COLUMNS})"
+    )))
+    .bind(column(&created, |(d, _, _)| d.id.as_str()))
+    .bind(column(&created, |(d, _, _)| d.kind.as_str()))
+    .bind(column(&created, |(d, _, _)| d.channel.as_str()))
+    .bind(column(&created, |(d, _, _)| d.recipient.as_str()))
+    .bind(column(&created, |(d, _, _)| d.template.as_str()))
+    .bind(column(&created, |(d, _, _)| d.locale.as_str()))
+    .bind(column(&created, |(d, _, _)| d.vars.to_string()))
+    .bind(column(&created, |(d, _, _)| d.subject.as_deref()))
+    .bind(column(&created, |(d, _, _)| d.body.as_str()))
+    .bind(column(&created, |(d, _, _)| d.body_html.as_deref()))
+    .bind(column(&created, |(d, _, _)| d.otp_code.as_deref()))
+    .bind(column(&created, |(d, _, _)| i64::from(d.max_attempts)))
+    .bind(column(&created, |(d, _, _)| d.send_at))
+    .bind(column(&created, |(d, _, _)| d.expires_at))
+    .bind(column(&created, |(_, _, j)| j.job_id.as_str()))
+    .bind(column(&created, |(d, _, _)| d.created_at))
+    .bind(column(&created, |(d, _, _)| d.segments.map(i64::from)))
+    .bind(column(&created, |(d, _, _)| d.encoding.as_deref()))
+    .bind(column(&created, |(_, g, _)| {
+        link(g).map(|l| l.replay_of.as_str())
+    }))
+    .bind(column(&created, |(_, g, _)| {
+        link(g).map(|l| l.replayed_by.as_str())
+    }))
+    .bind(column(&created, |(_, g, _)| link(g).map(|l| l.replayed_at)))
+    .execute(&mut *tx)
+    .await
+    .doing("recording deliveries")?;
+    for lane in Lane::ALL {
+        let jobs: Vec<(&DeliveryJob, Option<DateTime<Utc>>)> = created
+            .iter()
+            .filter(|(d, _, _)| Lane::for_kind(d.kind) == lane)
+            .map(|(d, _, j)| (j, first_run_at(d)))
+            .collect();
+        if !jobs.is_empty() {
+            tx.push_jobs(lane, &jobs).await?;
+        }
+    }
+    Ok(answers)
 }

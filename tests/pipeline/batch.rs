@@ -1,18 +1,22 @@
-//! The dispatcher's statements run in batches (`Db::deliveries_to_send`,
-//! `begin_attempts`, `finish_attempts`, and the `Batcher` that groups
-//! concurrent calls): each delivery in a batch gets the answer it would get
-//! alone, and one bad row fails only its own caller.
+//! The dispatcher's and the API's statements run in batches
+//! (`Db::deliveries_to_send`, `begin_attempts`, `finish_attempts`,
+//! `insert_deliveries_guarded`, and the `Batcher` that groups concurrent
+//! calls): each call in a batch gets the answer it would get alone, and one
+//! bad row fails only its own caller.
 
 use std::sync::Arc;
 
 use futures::future::join_all;
 use serde_json::{Map, json};
 use tuma::clock::Clock;
-use tuma::domain::DeliveryStatus;
 use tuma::domain::money::Money;
+use tuma::domain::{Channel, DeliveryKind, DeliveryStatus};
 use tuma::intake::{NotificationRequest, OtpRequest};
 use tuma::queue::{DeliveryJob, Lane};
-use tuma::store::{AttemptEnd, AttemptResult, AttemptStart, Db, NextStep, Outcome, StoreError};
+use tuma::store::{
+    AttemptEnd, AttemptResult, AttemptStart, Db, IdempotencyClaim, InsertGuards, Inserted,
+    NewDelivery, NextStep, OtpLimit, Outcome, ReplayLink, StoreError,
+};
 
 use crate::on_both_backends;
 use crate::support::*;
@@ -267,3 +271,273 @@ async fn a_bad_row_fails_only_its_own_caller(backend: Backend) {
     }
 }
 on_both_backends!(a_bad_row_fails_only_its_own_caller);
+
+/// An OTP to `to` as intake would record it, created now.
+fn new_otp(t: &TestApp, to: &str) -> NewDelivery {
+    let now = t.clock.now();
+    NewDelivery {
+        id: uuid::Uuid::now_v7().to_string(),
+        kind: DeliveryKind::Otp,
+        channel: Channel::Sms,
+        recipient: to.into(),
+        template: "otp".into(),
+        locale: "en".into(),
+        vars: json!({ "ttl_minutes": 5 }),
+        subject: None,
+        body: "Your code is ******".into(),
+        body_html: None,
+        otp_code: Some("246810".into()),
+        max_attempts: 6,
+        expires_at: Some(now + chrono::Duration::minutes(5)),
+        created_at: now,
+        send_at: now,
+        segments: Some(1),
+        encoding: Some("gsm7".into()),
+    }
+}
+
+fn limit(t: &TestApp, max: u32) -> OtpLimit {
+    OtpLimit {
+        max,
+        since: t.clock.now() - chrono::Duration::hours(1),
+    }
+}
+
+fn claim(t: &TestApp, api_key_id: i64, key: &str) -> IdempotencyClaim {
+    IdempotencyClaim {
+        api_key_id,
+        key: key.into(),
+        request_hash: format!("hash-{key}"),
+        response_status: 202,
+        response_body: format!("{{\"key\":\"{key}\"}}"),
+        expired_before: t.clock.now() - chrono::Duration::hours(24),
+    }
+}
+
+fn guards(claim: Option<IdempotencyClaim>, otp_limit: Option<OtpLimit>) -> InsertGuards {
+    InsertGuards {
+        idempotency: claim,
+        otp_limit,
+        replay: None,
+    }
+}
+
+async fn api_key(t: &TestApp) -> i64 {
+    let db = &t.app.db;
+    assert!(
+        db.create_api_key("batch", "hash-of-batch", "send", t.clock.now())
+            .await
+            .unwrap()
+    );
+    let key = db.live_api_key("hash-of-batch").await.unwrap().unwrap();
+    key.id
+}
+
+async fn idempotency_row(db: &Db, key: &str) -> Option<String> {
+    let sql = "SELECT delivery_id FROM idempotency_keys WHERE key = $1";
+    match db {
+        Db::Sqlite(pool) => sqlx::query_scalar(sql).bind(key).fetch_optional(pool).await,
+        Db::Postgres(pool) => sqlx::query_scalar(sql).bind(key).fetch_optional(pool).await,
+    }
+    .unwrap()
+}
+
+async fn guarded_inserts_in_one_batch_answer_as_if_one_after_another(backend: Backend) {
+    let t = TestApp::new(backend, 6).await;
+    let key_id = api_key(&t).await;
+    let db = &t.app.db;
+    // Earlier: one OTP to the first recipient, and a claim made 25 hours ago
+    // (expired) and one made an hour ago (live).
+    let earlier = new_otp(&t, "+254711000500");
+    db.insert_delivery(&earlier).await.unwrap();
+    let mut old = claim(&t, key_id, "expired");
+    let mut stale_otp = new_otp(&t, "+254711000599");
+    stale_otp.created_at = t.clock.now() - chrono::Duration::hours(25);
+    old.expired_before = stale_otp.created_at - chrono::Duration::seconds(1);
+    let live = new_otp(&t, "+254711000598");
+    for (d, c) in [(&stale_otp, old), (&live, claim(&t, key_id, "live"))] {
+        assert!(matches!(
+            db.insert_delivery_guarded(d, &guards(Some(c), None))
+                .await
+                .unwrap(),
+            Inserted::Created(_)
+        ));
+    }
+
+    let a = [(); 4].map(|_| new_otp(&t, "+254711000500"));
+    let b = [(); 2].map(|_| new_otp(&t, "+254711000501"));
+    let items = [
+        // The limit is 3 and one is already in the window: two more go.
+        (
+            &a[0],
+            guards(Some(claim(&t, key_id, "a0")), Some(limit(&t, 3))),
+        ),
+        (&a[1], guards(None, Some(limit(&t, 3)))),
+        // The third is refused, and its claim taken back with it.
+        (
+            &a[2],
+            guards(Some(claim(&t, key_id, "a2")), Some(limit(&t, 3))),
+        ),
+        // Another recipient is counted apart.
+        (
+            &b[0],
+            guards(Some(claim(&t, key_id, "b0")), Some(limit(&t, 1))),
+        ),
+        (&b[1], guards(None, Some(limit(&t, 1)))),
+        // A key claimed before is taken; an expired one is claimed afresh.
+        (
+            &a[3],
+            guards(Some(claim(&t, key_id, "live")), Some(limit(&t, 3))),
+        ),
+        (
+            &new_otp(&t, "+254711000502"),
+            guards(Some(claim(&t, key_id, "expired")), None),
+        ),
+        // The same key twice in one batch: the first claims it.
+        (
+            &new_otp(&t, "+254711000503"),
+            guards(Some(claim(&t, key_id, "twice")), None),
+        ),
+        (
+            &new_otp(&t, "+254711000504"),
+            guards(Some(claim(&t, key_id, "twice")), None),
+        ),
+    ];
+    let jobs_before = job_rows(db).await;
+    let deliveries_before = count(db, "SELECT COUNT(*) FROM deliveries").await;
+    let refs: Vec<_> = items.iter().map(|(d, g)| (*d, g)).collect();
+    let answers = db.insert_deliveries_guarded(&refs).await.unwrap();
+    let shape: Vec<&str> = answers
+        .iter()
+        .map(|a| match a {
+            Inserted::Created(_) => "created",
+            Inserted::KeyTaken => "taken",
+            Inserted::Limited { .. } => "limited",
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            "created", "created", "limited", "created", "limited", "taken", "created", "created",
+            "taken"
+        ]
+    );
+    let Inserted::Limited { oldest } = &answers[2] else {
+        unreachable!()
+    };
+    assert_eq!(*oldest, earlier.created_at);
+    // Each created delivery is stored with its own job; the rest wrote nothing.
+    for ((d, _), answer) in items.iter().zip(&answers) {
+        let stored = db.delivery(&d.id).await.unwrap();
+        match answer {
+            Inserted::Created(job) => {
+                let stored = stored.unwrap();
+                assert_eq!(stored.row.job_id.as_deref(), Some(job.job_id.as_str()));
+                assert_eq!(stored.status, DeliveryStatus::Pending);
+                assert_eq!(stored.row.recipient, d.recipient);
+                assert_eq!(
+                    db.delivery_to_send(&d.id)
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .1
+                        .as_deref(),
+                    Some("246810")
+                );
+            }
+            _ => assert!(stored.is_none(), "{} was written", d.id),
+        }
+    }
+    assert_eq!(
+        count(db, "SELECT COUNT(*) FROM deliveries").await,
+        deliveries_before + 5
+    );
+    assert_eq!(job_rows(db).await, jobs_before + 5);
+    assert_eq!(idempotency_row(db, "a0").await, Some(a[0].id.clone()));
+    assert_eq!(idempotency_row(db, "a2").await, None, "taken back");
+    assert_eq!(idempotency_row(db, "live").await, Some(live.id.clone()));
+    assert_eq!(
+        idempotency_row(db, "expired").await,
+        Some(items[6].0.id.clone())
+    );
+    assert_eq!(
+        idempotency_row(db, "twice").await,
+        Some(items[7].0.id.clone())
+    );
+
+    // All or none: a row the database refuses (a replay of a delivery that
+    // does not exist) fails the batch, and its good neighbour is not written.
+    let good = new_otp(&t, "+254711000505");
+    let bad = new_otp(&t, "+254711000506");
+    let dangling = InsertGuards {
+        replay: Some(ReplayLink {
+            replay_of: "no-such-delivery".into(),
+            replayed_by: "ops".into(),
+            replayed_at: t.clock.now(),
+        }),
+        ..InsertGuards::default()
+    };
+    let good_guards = guards(Some(claim(&t, key_id, "good")), None);
+    assert!(
+        db.insert_deliveries_guarded(&[(&good, &good_guards), (&bad, &dangling)])
+            .await
+            .is_err()
+    );
+    assert!(db.delivery(&good.id).await.unwrap().is_none());
+    assert_eq!(idempotency_row(db, "good").await, None);
+}
+on_both_backends!(guarded_inserts_in_one_batch_answer_as_if_one_after_another);
+
+async fn concurrent_guarded_inserts_keep_the_limit_and_one_claim_per_key(backend: Backend) {
+    let t = TestApp::new(backend, 6).await;
+    let key_id = api_key(&t).await;
+    let app: Arc<_> = t.app.clone();
+    // 30 OTPs to one recipient at once, limit 4; and 30 other sends sharing
+    // three Idempotency-Keys.
+    let limited = (0..30).map(|_| {
+        let (app, d, g) = (
+            app.clone(),
+            new_otp(&t, "+254711000600"),
+            guards(None, Some(limit(&t, 4))),
+        );
+        async move { app.batcher.insert_delivery_guarded(d, g).await }
+    });
+    let keyed = (0..30).map(|i| {
+        let d = new_otp(&t, &format!("+2547110007{i:02}"));
+        let g = guards(Some(claim(&t, key_id, &format!("k{}", i % 3))), None);
+        let app = app.clone();
+        async move { app.batcher.insert_delivery_guarded(d, g).await }
+    });
+    let (limited, keyed) = tokio::join!(join_all(limited), join_all(keyed));
+    let created = |answers: &[Result<Inserted, StoreError>]| {
+        answers
+            .iter()
+            .filter(|a| matches!(a, Ok(Inserted::Created(_))))
+            .count()
+    };
+    assert_eq!(created(&limited), 4, "{limited:?}");
+    assert!(
+        limited
+            .iter()
+            .all(|a| matches!(a, Ok(Inserted::Created(_) | Inserted::Limited { .. })))
+    );
+    assert_eq!(created(&keyed), 3, "{keyed:?}");
+    assert!(
+        keyed
+            .iter()
+            .all(|a| matches!(a, Ok(Inserted::Created(_) | Inserted::KeyTaken)))
+    );
+    assert_eq!(
+        count(
+            &t.app.db,
+            "SELECT COUNT(*) FROM deliveries WHERE recipient = '+254711000600'"
+        )
+        .await,
+        4
+    );
+    assert_eq!(
+        count(&t.app.db, "SELECT COUNT(*) FROM idempotency_keys").await,
+        3
+    );
+}
+on_both_backends!(concurrent_guarded_inserts_keep_the_limit_and_one_claim_per_key);
