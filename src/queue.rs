@@ -144,6 +144,105 @@ impl PushJob for PgConnection {
     }
 }
 
+/// New jobs as the columns of apalis's Postgres `jobs` table, for a
+/// statement that inserts them with tuma's own rows in one round trip. The
+/// values are those `apalis_postgres::queries::push_tasks` writes (the
+/// `notify_workers` trigger still wakes listening workers); a test compares
+/// the two.
+pub(crate) struct PgJobs {
+    pub job_type: Vec<&'static str>,
+    pub job: Vec<Vec<u8>>,
+    pub max_attempts: Vec<i32>,
+    pub run_at: Vec<i64>,
+    pub priority: Vec<i32>,
+    pub metadata: Vec<sqlx::postgres::types::PgHstore>,
+    pub idempotency_key: Vec<Option<String>>,
+}
+
+impl PgJobs {
+    /// What inserts the jobs, as a common table expression: `$ids` is the
+    /// parameter holding the job ids, `$first` the first of the seven that
+    /// [`PgJobs::bind`] adds.
+    pub fn insert_cte(ids: usize, first: usize) -> String {
+        let p = |i: usize| first + i;
+        format!(
+            "jobs AS (INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, \
+             run_at, priority, metadata, idempotency_key) \
+             SELECT id, job_type, job, 'Pending', 0, max_attempts, to_timestamp(run_at), priority, \
+             metadata, idempotency_key FROM unnest(${ids}::text[], ${}::text[], ${}::bytea[], \
+             ${}::integer[], ${}::bigint[], ${}::integer[], ${}::hstore[], ${}::text[]) \
+             AS j (id, job_type, job, max_attempts, run_at, priority, metadata, idempotency_key))",
+            p(0),
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5),
+            p(6)
+        )
+    }
+
+    /// The columns of `jobs`, each due at its time (now when `None`).
+    pub fn new(jobs: &[(Lane, &DeliveryJob, Option<DateTime<Utc>>)]) -> Result<PgJobs, StoreError> {
+        let now = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|e| StoreError::Queue(e.to_string()))?
+                .as_secs(),
+        )
+        .unwrap_or(i64::MAX);
+        let mut out = PgJobs {
+            job_type: Vec::with_capacity(jobs.len()),
+            job: Vec::with_capacity(jobs.len()),
+            max_attempts: Vec::with_capacity(jobs.len()),
+            run_at: Vec::with_capacity(jobs.len()),
+            priority: Vec::with_capacity(jobs.len()),
+            metadata: Vec::with_capacity(jobs.len()),
+            idempotency_key: Vec::with_capacity(jobs.len()),
+        };
+        let count = |v: Option<usize>, default: i32| {
+            v.map_or(default, |v| i32::try_from(v).unwrap_or(i32::MAX))
+        };
+        for (lane, job, run_at) in jobs {
+            let task = job.task(*run_at)?;
+            out.job_type.push(lane.queue_name());
+            out.max_attempts.push(count(task.max_attempts(), 25));
+            out.run_at.push(
+                task.run_at()
+                    .map_or(now, |at| i64::try_from(at).unwrap_or(i64::MAX)),
+            );
+            out.priority.push(count(task.priority(), 0));
+            out.metadata.push(sqlx::postgres::types::PgHstore(
+                task.metadata()
+                    .clone()
+                    .into_inner()
+                    .into_iter()
+                    .map(|(k, v)| (k, Some(v)))
+                    .collect(),
+            ));
+            out.idempotency_key
+                .push(task.idempotency_key().map(|k| k.to_owned()));
+            out.job.push(task.args);
+        }
+        Ok(out)
+    }
+
+    /// Binds the seven parameters of [`PgJobs::insert_cte`], in order.
+    pub fn bind<'q>(
+        self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.job_type)
+            .bind(self.job)
+            .bind(self.max_attempts)
+            .bind(self.run_at)
+            .bind(self.priority)
+            .bind(self.metadata)
+            .bind(self.idempotency_key)
+    }
+}
+
 /// Wakes this process's idle workers of a lane after a commit.
 ///
 /// SQLite has no LISTEN/NOTIFY; apalis's update-hook callback fires inside the

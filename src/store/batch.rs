@@ -137,6 +137,8 @@ impl Statement for Inserts {
 
 type Reply<S> = oneshot::Sender<Result<<S as Statement>::Answer, StoreError>>;
 type Waiting<S> = (<S as Statement>::Call, Reply<S>);
+/// A batch's calls and, in the same order, where their answers go.
+type Batch<S> = (Vec<<S as Statement>::Call>, Vec<Reply<S>>);
 
 /// The queue in front of one statement's task, started on first use.
 struct Line<S: Statement> {
@@ -192,59 +194,68 @@ async fn serve<S: Statement>(db: Db, mut rx: mpsc::UnboundedReceiver<Waiting<S>>
         while let Ok(w) = rx.try_recv() {
             waiting.push_back(w);
         }
-        let mut batch = Vec::new();
-        let mut later = VecDeque::new();
-        let mut seen = HashSet::new();
-        for w in waiting.drain(..) {
-            if !S::RUNS_UNWATCHED && w.1.is_closed() {
-                continue;
-            }
-            if batch.len() < MAX_BATCH && S::key(&w.0).is_none_or(|k| seen.insert(k)) {
-                batch.push(w);
-            } else {
-                later.push_back(w);
-            }
+        if let Some((calls, replies)) = next_batch::<S>(&mut waiting) {
+            run_batch::<S>(&db, calls, replies).await;
         }
-        waiting = later;
-        if batch.is_empty() {
+    }
+}
+
+/// The next batch from `waiting`: calls in order, each key once, up to
+/// [`MAX_BATCH`]; calls whose callers have stopped waiting are dropped
+/// unless the statement runs unwatched. `None` when none is left.
+fn next_batch<S: Statement>(waiting: &mut VecDeque<Waiting<S>>) -> Option<Batch<S>> {
+    let (mut calls, mut replies) = (Vec::new(), Vec::new());
+    let mut later = VecDeque::new();
+    let mut seen = HashSet::new();
+    for (call, reply) in waiting.drain(..) {
+        if !S::RUNS_UNWATCHED && reply.is_closed() {
             continue;
         }
-        let (calls, mut replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let Some(result) = watched::<S, _>(&mut replies, S::run(&db, &calls)).await else {
-            continue;
-        };
-        match result {
-            Ok(answers) if answers.len() == calls.len() => {
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(Ok(answer));
+        if calls.len() < MAX_BATCH && S::key(&call).is_none_or(|k| seen.insert(k)) {
+            calls.push(call);
+            replies.push(reply);
+        } else {
+            later.push_back((call, reply));
+        }
+    }
+    *waiting = later;
+    (!calls.is_empty()).then_some((calls, replies))
+}
+
+/// Runs one batch and answers its callers.
+async fn run_batch<S: Statement>(db: &Db, calls: Vec<S::Call>, mut replies: Vec<Reply<S>>) {
+    let Some(result) = watched::<S, _>(&mut replies, S::run(db, &calls)).await else {
+        return;
+    };
+    match result {
+        Ok(answers) if answers.len() == calls.len() => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(Ok(answer));
+            }
+        }
+        Ok(_) => {
+            // Written, but not answerable call by call: never run again.
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Corrupt(
+                    "a batch gave the wrong number of answers".into(),
+                )));
+            }
+        }
+        Err(_) if calls.len() > 1 => {
+            // Nothing of the batch was written: each call on its own.
+            for (call, mut reply) in calls.iter().zip(replies) {
+                if !S::RUNS_UNWATCHED && reply.is_closed() {
+                    continue;
+                }
+                let run = run_alone::<S>(db, call);
+                if let Some(answer) = watched::<S, _>(std::slice::from_mut(&mut reply), run).await {
+                    let _ = reply.send(answer);
                 }
             }
-            Ok(_) => {
-                // Written, but not answerable call by call: never run again.
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::Corrupt(
-                        "a batch gave the wrong number of answers".into(),
-                    )));
-                }
-            }
-            Err(_) if calls.len() > 1 => {
-                // Nothing of the batch was written: each call on its own.
-                for (call, mut reply) in calls.iter().zip(replies) {
-                    if !S::RUNS_UNWATCHED && reply.is_closed() {
-                        continue;
-                    }
-                    let run = run_alone::<S>(&db, call);
-                    if let Some(answer) =
-                        watched::<S, _>(std::slice::from_mut(&mut reply), run).await
-                    {
-                        let _ = reply.send(answer);
-                    }
-                }
-            }
-            Err(e) => {
-                if let Some(reply) = replies.into_iter().next() {
-                    let _ = reply.send(Err(e));
-                }
+        }
+        Err(e) => {
+            if let Some(reply) = replies.into_iter().next() {
+                let _ = reply.send(Err(e));
             }
         }
     }
@@ -257,7 +268,7 @@ async fn watched<S: Statement, T>(
     replies: &mut [Reply<S>],
     work: impl Future<Output = T>,
 ) -> Option<T> {
-    if S::RUNS_UNWATCHED {
+    if S::RUNS_UNWATCHED || replies.is_empty() {
         return Some(work.await);
     }
     let all_gone = futures::future::join_all(replies.iter_mut().map(|r| r.closed()));

@@ -11,7 +11,7 @@ use sqlx::FromRow;
 use super::{Db, Doing, StoreError, on_pool};
 use crate::domain::money::{Currency, Money};
 use crate::domain::{Channel, DeliveryKind, DeliveryStatus};
-use crate::queue::{DeliveryJob, Lane, PushJob};
+use crate::queue::{DeliveryJob, Lane, PgJobs, PushJob};
 
 /// A delivery to be recorded, with its first job.
 #[derive(Debug, Clone)]
@@ -1145,7 +1145,8 @@ async fn insert_guarded_sqlite(
 ///    on each other's claims in a cycle);
 /// 2. lock every recipient under the OTP limit (advisory locks in hash
 ///    order: one transaction at a time per recipient, so two concurrent
-///    sends cannot both take the last slot) and read their recent OTPs;
+///    sends cannot both take the last slot) and read their recent OTPs, in
+///    one call of `tuma_lock_recent_otps`;
 /// 3. decide, in the order given, what each would get alone;
 /// 4. take back the claims of refused ones, insert the rest with their jobs.
 async fn insert_guarded_pg(
@@ -1201,23 +1202,13 @@ async fn insert_guarded_pg(
     let mut recent: HashMap<String, Vec<DateTime<Utc>>> = HashMap::new();
     if let Some(since) = limited.iter().map(|(_, l)| l.since).min() {
         let recipients = column(&limited, |(d, _)| d.recipient.as_str());
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(r, 0) AS h \
-             FROM unnest($1::text[]) AS r ORDER BY h) AS locks",
-        )
-        .bind(&recipients)
-        .execute(&mut *tx)
-        .await
-        .doing("locking recipients")?;
-        let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT recipient, created_at FROM deliveries WHERE recipient = ANY($1) \
-             AND kind = 'otp' AND created_at > $2 ORDER BY created_at",
-        )
-        .bind(&recipients)
-        .bind(since)
-        .fetch_all(&mut *tx)
-        .await
-        .doing("counting recent OTPs")?;
+        let rows: Vec<(String, DateTime<Utc>)> =
+            sqlx::query_as("SELECT recipient, created_at FROM tuma_lock_recent_otps($1, $2)")
+                .bind(&recipients)
+                .bind(since)
+                .fetch_all(&mut *tx)
+                .await
+                .doing("locking recipients and counting their recent OTPs")?;
         for (recipient, at) in rows {
             recent.entry(recipient).or_default().push(at);
         }
@@ -1267,51 +1258,51 @@ async fn insert_guarded_pg(
     fn link<'a>(g: &&'a InsertGuards) -> Option<&'a ReplayLink> {
         g.replay.as_ref()
     }
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO deliveries ({INSERT_COLUMNS}, status, attempts, updated_at) \
+    // The deliveries and their jobs in one statement: one round trip fewer.
+    let jobs = PgJobs::new(
+        &created
+            .iter()
+            .map(|(d, _, j)| (Lane::for_kind(d.kind), j, first_run_at(d)))
+            .collect::<Vec<_>>(),
+    )?;
+    let sql = format!(
+        "WITH {} INSERT INTO deliveries ({INSERT_COLUMNS}, status, attempts, updated_at) \
          SELECT *, 'pending', 0, created_at FROM unnest($1::text[], $2::text[], $3::text[], \
          $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
          $11::text[], $12::bigint[], $13::timestamptz[], $14::timestamptz[], $15::text[], \
          $16::timestamptz[], $17::bigint[], $18::text[], $19::text[], $20::text[], \
-         $21::timestamptz[]) AS n ({INSERT_COLUMNS})"
-    )))
-    .bind(column(&created, |(d, _, _)| d.id.as_str()))
-    .bind(column(&created, |(d, _, _)| d.kind.as_str()))
-    .bind(column(&created, |(d, _, _)| d.channel.as_str()))
-    .bind(column(&created, |(d, _, _)| d.recipient.as_str()))
-    .bind(column(&created, |(d, _, _)| d.template.as_str()))
-    .bind(column(&created, |(d, _, _)| d.locale.as_str()))
-    .bind(column(&created, |(d, _, _)| d.vars.to_string()))
-    .bind(column(&created, |(d, _, _)| d.subject.as_deref()))
-    .bind(column(&created, |(d, _, _)| d.body.as_str()))
-    .bind(column(&created, |(d, _, _)| d.body_html.as_deref()))
-    .bind(column(&created, |(d, _, _)| d.otp_code.as_deref()))
-    .bind(column(&created, |(d, _, _)| i64::from(d.max_attempts)))
-    .bind(column(&created, |(d, _, _)| d.send_at))
-    .bind(column(&created, |(d, _, _)| d.expires_at))
-    .bind(column(&created, |(_, _, j)| j.job_id.as_str()))
-    .bind(column(&created, |(d, _, _)| d.created_at))
-    .bind(column(&created, |(d, _, _)| d.segments.map(i64::from)))
-    .bind(column(&created, |(d, _, _)| d.encoding.as_deref()))
-    .bind(column(&created, |(_, g, _)| {
-        link(g).map(|l| l.replay_of.as_str())
-    }))
-    .bind(column(&created, |(_, g, _)| {
-        link(g).map(|l| l.replayed_by.as_str())
-    }))
-    .bind(column(&created, |(_, g, _)| link(g).map(|l| l.replayed_at)))
-    .execute(&mut *tx)
-    .await
-    .doing("recording deliveries")?;
-    for lane in Lane::ALL {
-        let jobs: Vec<(&DeliveryJob, Option<DateTime<Utc>>)> = created
-            .iter()
-            .filter(|(d, _, _)| Lane::for_kind(d.kind) == lane)
-            .map(|(d, _, j)| (j, first_run_at(d)))
-            .collect();
-        if !jobs.is_empty() {
-            tx.push_jobs(lane, &jobs).await?;
-        }
-    }
+         $21::timestamptz[]) AS n ({INSERT_COLUMNS})",
+        PgJobs::insert_cte(15, 22)
+    );
+    let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(column(&created, |(d, _, _)| d.id.as_str()))
+        .bind(column(&created, |(d, _, _)| d.kind.as_str()))
+        .bind(column(&created, |(d, _, _)| d.channel.as_str()))
+        .bind(column(&created, |(d, _, _)| d.recipient.as_str()))
+        .bind(column(&created, |(d, _, _)| d.template.as_str()))
+        .bind(column(&created, |(d, _, _)| d.locale.as_str()))
+        .bind(column(&created, |(d, _, _)| d.vars.to_string()))
+        .bind(column(&created, |(d, _, _)| d.subject.as_deref()))
+        .bind(column(&created, |(d, _, _)| d.body.as_str()))
+        .bind(column(&created, |(d, _, _)| d.body_html.as_deref()))
+        .bind(column(&created, |(d, _, _)| d.otp_code.as_deref()))
+        .bind(column(&created, |(d, _, _)| i64::from(d.max_attempts)))
+        .bind(column(&created, |(d, _, _)| d.send_at))
+        .bind(column(&created, |(d, _, _)| d.expires_at))
+        .bind(column(&created, |(_, _, j)| j.job_id.as_str()))
+        .bind(column(&created, |(d, _, _)| d.created_at))
+        .bind(column(&created, |(d, _, _)| d.segments.map(i64::from)))
+        .bind(column(&created, |(d, _, _)| d.encoding.as_deref()))
+        .bind(column(&created, |(_, g, _)| {
+            link(g).map(|l| l.replay_of.as_str())
+        }))
+        .bind(column(&created, |(_, g, _)| {
+            link(g).map(|l| l.replayed_by.as_str())
+        }))
+        .bind(column(&created, |(_, g, _)| link(g).map(|l| l.replayed_at)));
+    jobs.bind(query)
+        .execute(&mut *tx)
+        .await
+        .doing("recording deliveries and their jobs")?;
     Ok(answers)
 }

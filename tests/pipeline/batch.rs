@@ -12,9 +12,9 @@ use tuma::clock::Clock;
 use tuma::domain::money::Money;
 use tuma::domain::{Channel, DeliveryKind, DeliveryStatus};
 use tuma::intake::{NotificationRequest, OtpRequest};
-use tuma::queue::{DeliveryJob, Lane};
+use tuma::queue::{DeliveryJob, Lane, PushJob};
 use tuma::store::{
-    AttemptEnd, AttemptResult, AttemptStart, Db, IdempotencyClaim, InsertGuards, Inserted,
+    AttemptEnd, AttemptResult, AttemptStart, Batcher, Db, IdempotencyClaim, InsertGuards, Inserted,
     NewDelivery, NextStep, OtpLimit, Outcome, ReplayLink, StoreError,
 };
 
@@ -541,3 +541,131 @@ async fn concurrent_guarded_inserts_keep_the_limit_and_one_claim_per_key(backend
     );
 }
 on_both_backends!(concurrent_guarded_inserts_keep_the_limit_and_one_claim_per_key);
+
+/// On Postgres, intake inserts its jobs with its own statement (beside the
+/// deliveries, in one round trip): the rows must be the ones apalis's own
+/// `push_tasks` writes, or workers would not take them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intake_jobs_on_postgres_are_the_rows_apalis_pushes() {
+    let Some(_) = postgres_admin_url() else {
+        return;
+    };
+    let t = TestApp::new(Backend::Postgres, 6).await;
+    let Db::Postgres(pool) = &t.app.db else {
+        unreachable!()
+    };
+    let now = t.clock.now();
+    let ours = new_otp(&t, "+254711000800");
+    let mut later = new_otp(&t, "+254711000801");
+    later.kind = DeliveryKind::Notification;
+    later.template = "welcome".into();
+    later.otp_code = None;
+    later.send_at = now + chrono::Duration::milliseconds(90_500);
+    let none = InsertGuards::default();
+    let answers = t
+        .app
+        .db
+        .insert_deliveries_guarded(&[(&ours, &none), (&later, &none)])
+        .await
+        .unwrap();
+    let [Inserted::Created(our_job), Inserted::Created(later_job)] = &answers[..] else {
+        panic!("{answers:?}")
+    };
+    // The same jobs again, pushed by apalis.
+    let theirs = [DeliveryJob::new(&ours.id), DeliveryJob::new(&later.id)];
+    let mut tx = pool.begin().await.unwrap();
+    tx.push_job(Lane::Otp, &theirs[0], None).await.unwrap();
+    tx.push_job(Lane::Notifications, &theirs[1], Some(later.send_at))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    type Row = (
+        String,
+        Vec<u8>,
+        String,
+        i32,
+        i32,
+        i64,
+        Option<i32>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
+    let row = |id: String| async move {
+        let r: Row = sqlx::query_as(
+            "SELECT job_type, job, status, attempts, max_attempts, \
+             extract(epoch FROM run_at)::bigint, priority, metadata::text, idempotency_key, lock_by \
+             FROM apalis.jobs WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        r
+    };
+    for ((mine, apalis), d) in [(our_job, &theirs[0]), (later_job, &theirs[1])]
+        .into_iter()
+        .zip([&ours, &later])
+    {
+        let (mut a, mut b) = (
+            row(mine.job_id.clone()).await,
+            row(apalis.job_id.clone()).await,
+        );
+        let job: DeliveryJob = serde_json::from_slice(&a.1).unwrap();
+        assert_eq!(&job, mine, "the job names its delivery and itself");
+        assert_eq!(job.delivery_id, d.id);
+        // Due now (to the second apalis keeps), or at the send time rounded up.
+        if d.send_at > now {
+            assert_eq!(a.5, later.send_at.timestamp() + 1);
+            assert_eq!(a.5, b.5);
+        } else {
+            assert!((a.5 - b.5).abs() <= 1, "{} vs {}", a.5, b.5);
+            b.5 = a.5;
+        }
+        a.1.clear();
+        b.1.clear();
+        assert_eq!(a, b);
+    }
+}
+
+async fn two_processes_racing_for_one_recipient_keep_the_limit(backend: Backend) {
+    // Two pools with their own batchers on one database: what two tuma
+    // processes are. Their batches of sends to one recipient race; the
+    // recipient's lock lets exactly the limit through.
+    let t = TestApp::new(backend, 6).await;
+    let other = Arc::new(Batcher::new(t.db.connect().await));
+    let ours = Arc::new(Batcher::new(t.db.connect().await));
+    let sends = (0..40).map(|i| {
+        let batcher = if i % 2 == 0 {
+            ours.clone()
+        } else {
+            other.clone()
+        };
+        let (d, g) = (
+            new_otp(&t, "+254711000900"),
+            guards(None, Some(limit(&t, 5))),
+        );
+        async move { batcher.insert_delivery_guarded(d, g).await }
+    });
+    let answers = join_all(sends).await;
+    let created = answers
+        .iter()
+        .filter(|a| matches!(a, Ok(Inserted::Created(_))))
+        .count();
+    assert_eq!(created, 5, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Ok(Inserted::Created(_) | Inserted::Limited { .. })))
+    );
+    assert_eq!(
+        count(
+            &t.app.db,
+            "SELECT COUNT(*) FROM deliveries WHERE recipient = '+254711000900'"
+        )
+        .await,
+        5
+    );
+}
+on_both_backends!(two_processes_racing_for_one_recipient_keep_the_limit);
