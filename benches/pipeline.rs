@@ -68,8 +68,9 @@ struct Args {
     /// Concurrent HTTP clients for the intake phase.
     #[arg(long, default_value_t = 32)]
     clients: usize,
-    /// Worker concurrency, for apalis and for tuma's notification lane alike.
-    #[arg(long, default_value_t = 8)]
+    /// Worker concurrency, for apalis and for tuma's notification lane alike
+    /// (tuma's default).
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Phases to run: floor, e2e, http, otp, intake (default: all).
     #[arg(
@@ -329,7 +330,8 @@ async fn noop(_: Noop, done: Data<Arc<(AtomicUsize, usize, Notify)>>) -> Result<
 
 /// The queue alone: `n` no-op jobs through bare apalis, same backend, pool and concurrency.
 async fn floor(url: &str, n: usize, concurrency: usize) -> anyhow::Result<f64> {
-    let db = Db::connect(url, (concurrency + 6) as u32).await?;
+    let dir = tempfile::tempdir()?;
+    let db = Db::connect(url, App::pool_size(&config(dir.path(), concurrency)?)).await?;
     db.migrate().await?;
     let queue = "bench-floor";
     for chunk in (0..n as u64).collect::<Vec<_>>().chunks(1000) {

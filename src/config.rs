@@ -841,7 +841,7 @@ impl Default for RawWorker {
     fn default() -> Self {
         RawWorker {
             otp_concurrency: 8,
-            notification_concurrency: 4,
+            notification_concurrency: 64,
             poll_interval: "500ms".into(),
             heartbeat: "5s".into(),
             sweep_interval: "10s".into(),

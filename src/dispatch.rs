@@ -26,8 +26,8 @@ use crate::store::{AttemptResult, Delivery, NextStep, Outcome, StoreError};
 
 /// Handles one job. Errors are database errors only: every delivery outcome,
 /// good or bad, is recorded and returns `Ok`.
-pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> {
-    let Some((delivery, code)) = app.batcher.delivery_to_send(&job.delivery_id).await? else {
+pub async fn handle_job(app: &App, lane: Lane, job: &DeliveryJob) -> Result<(), StoreError> {
+    let Some((delivery, code)) = app.batcher.delivery_to_send(lane, &job.delivery_id).await? else {
         warn!(delivery = %job.delivery_id, "job for a delivery that does not exist; dropped");
         return Ok(());
     };
@@ -109,7 +109,7 @@ pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> 
     let started_at = app.clock.now();
     let Some(attempt) = app
         .batcher
-        .begin_attempt(job, provider_name, &why, started_at)
+        .begin_attempt(lane, job, provider_name, &why, started_at)
         .await?
     else {
         debug!(delivery = %id, "taken by another worker");
@@ -193,11 +193,10 @@ pub async fn handle_job(app: &App, job: &DeliveryJob) -> Result<(), StoreError> 
             (r, next)
         }
     };
-    let lane = Lane::for_kind(delivery.kind);
     let error = result.error.clone().unwrap_or_default();
     let recorded = app
         .batcher
-        .finish_attempt(job, result, next.clone(), lane)
+        .finish_attempt(job, result, next.clone(), Lane::for_kind(delivery.kind))
         .await?;
     if !recorded {
         warn!(delivery = %id, attempt, "the sweeper took this delivery over during the call");

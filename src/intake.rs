@@ -386,6 +386,7 @@ impl App {
         }
         let (id, template) = (new.id.clone(), new.template.clone());
         let claim = guards.idempotency.clone();
+        let _first = (kind == DeliveryKind::Otp).then(|| self.batcher.otp_in_flight());
         match self.batcher.insert_delivery_guarded(new, guards).await? {
             Inserted::Created(_) => {}
             Inserted::Limited { oldest } => {

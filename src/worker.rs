@@ -40,9 +40,14 @@ pub enum WorkerError {
 }
 
 /// apalis's job handler: one delivery attempt, under a hard timeout.
-async fn handle(job: DeliveryJob, app: Data<Arc<App>>) -> Result<(), BoxDynError> {
+async fn handle(
+    job: DeliveryJob,
+    app: Data<Arc<App>>,
+    lane: Data<Lane>,
+) -> Result<(), BoxDynError> {
     let limit = app.config.longest_send() + Duration::from_secs(5);
-    match tokio::time::timeout(limit, handle_job(&app, &job)).await {
+    let _first = (*lane == Lane::Otp).then(|| app.batcher.otp_in_flight());
+    match tokio::time::timeout(limit, handle_job(&app, *lane, &job)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             // The sweeper finds the delivery (its job is now finished) and retries it.
@@ -116,6 +121,7 @@ fn monitor(app: &Arc<App>) -> Monitor {
                         .backend(backend)
                         .concurrency(concurrency(&app, lane))
                         .data(app.clone())
+                        .data(lane)
                         .build(handle)
                 })
             }
@@ -137,6 +143,7 @@ fn monitor(app: &Arc<App>) -> Monitor {
                         .backend(backend)
                         .concurrency(concurrency(&app, lane))
                         .data(app.clone())
+                        .data(lane)
                         .build(handle)
                 })
             }

@@ -21,11 +21,13 @@
 //! runs whoever waits.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{
     ApiKeyRow, AttemptEnd, AttemptResult, AttemptStart, Db, Delivery, InsertGuards, Inserted,
@@ -143,22 +145,23 @@ type Batch<S> = (Vec<<S as Statement>::Call>, Vec<Reply<S>>);
 /// The queue in front of one statement's task, started on first use.
 struct Line<S: Statement> {
     sender: OnceLock<Option<mpsc::UnboundedSender<Waiting<S>>>>,
-}
-
-impl<S: Statement> Default for Line<S> {
-    fn default() -> Self {
-        Line {
-            sender: OnceLock::new(),
-        }
-    }
+    /// A bulk line's batches start when no OTP is in flight.
+    yields: Option<Arc<Gate>>,
 }
 
 impl<S: Statement> Line<S> {
+    fn new(yields: Option<Arc<Gate>>) -> Self {
+        Line {
+            sender: OnceLock::new(),
+            yields,
+        }
+    }
+
     async fn call(&self, db: &Db, call: S::Call) -> Result<S::Answer, StoreError> {
         let sender = self.sender.get_or_init(|| {
             let runtime = tokio::runtime::Handle::try_current().ok()?;
             let (tx, rx) = mpsc::unbounded_channel();
-            runtime.spawn(serve::<S>(db.clone(), rx));
+            runtime.spawn(serve::<S>(db.clone(), rx, self.yields.clone()));
             Some(tx)
         });
         let Some(sender) = sender else {
@@ -173,6 +176,51 @@ impl<S: Statement> Line<S> {
     }
 }
 
+/// The longest a bulk batch waits for OTPs to clear.
+const YIELD_AT_MOST: Duration = Duration::from_millis(20);
+
+/// OTPs first: while an OTP is being recorded or sent in this process, bulk
+/// batches wait to start (each for [`YIELD_AT_MOST`] at most, so a slow OTP
+/// provider slows bulk sends but never stops them), and the OTP is not
+/// queued behind them for the one SQLite writer, Postgres or the cores.
+#[derive(Default)]
+struct Gate {
+    otps: AtomicUsize,
+    clear: Notify,
+}
+
+/// An OTP in flight (see [`Batcher::otp_in_flight`]); bulk batches go on
+/// once the last one is dropped.
+pub struct OtpInFlight<'a>(&'a Gate);
+
+impl Drop for OtpInFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.otps.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.clear.notify_waiters();
+        }
+    }
+}
+
+impl Gate {
+    fn enter(&self) -> OtpInFlight<'_> {
+        self.otps.fetch_add(1, Ordering::SeqCst);
+        OtpInFlight(self)
+    }
+
+    async fn wait_clear(&self) {
+        let deadline = tokio::time::Instant::now() + YIELD_AT_MOST;
+        loop {
+            let cleared = self.clear.notified();
+            if self.otps.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, cleared).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 async fn run_alone<S: Statement>(db: &Db, call: &S::Call) -> Result<S::Answer, StoreError> {
     S::run(db, std::slice::from_ref(call))
         .await?
@@ -182,7 +230,11 @@ async fn run_alone<S: Statement>(db: &Db, call: &S::Call) -> Result<S::Answer, S
 
 /// One statement's task: runs whatever is waiting as one batch, until every
 /// sender is gone.
-async fn serve<S: Statement>(db: Db, mut rx: mpsc::UnboundedReceiver<Waiting<S>>) {
+async fn serve<S: Statement>(
+    db: Db,
+    mut rx: mpsc::UnboundedReceiver<Waiting<S>>,
+    yields: Option<Arc<Gate>>,
+) {
     let mut waiting: VecDeque<Waiting<S>> = VecDeque::new();
     loop {
         if waiting.is_empty() {
@@ -190,6 +242,9 @@ async fn serve<S: Statement>(db: Db, mut rx: mpsc::UnboundedReceiver<Waiting<S>>
                 Some(w) => waiting.push_back(w),
                 None => return,
             }
+        }
+        if let Some(gate) = &yields {
+            gate.wait_clear().await;
         }
         while let Ok(w) = rx.try_recv() {
             waiting.push_back(w);
@@ -283,11 +338,28 @@ async fn watched<S: Statement, T>(
 /// answers as the [`Db`] methods of the same names.
 pub struct Batcher {
     db: Db,
-    reads: Line<Reads>,
-    starts: Line<Starts>,
-    ends: Line<Ends>,
+    gate: Arc<Gate>,
+    // The dispatcher's, one of each per lane: an OTP never waits behind a
+    // batch of bulk notifications.
+    reads: [Line<Reads>; 2],
+    starts: [Line<Starts>; 2],
+    ends: [Line<Ends>; 2],
     keys: Line<Keys>,
     inserts: Line<Inserts>,
+}
+
+/// A statement's two lines: the OTP lane's, then the bulk lane's (which
+/// yields to OTPs).
+fn lanes<S: Statement>(gate: &Arc<Gate>) -> [Line<S>; 2] {
+    [Line::new(None), Line::new(Some(gate.clone()))]
+}
+
+/// The index of a lane's line.
+fn of(lane: Lane) -> usize {
+    match lane {
+        Lane::Otp => 0,
+        Lane::Notifications => 1,
+    }
 }
 
 impl std::fmt::Debug for Batcher {
@@ -299,14 +371,22 @@ impl std::fmt::Debug for Batcher {
 impl Batcher {
     /// Batches over `db`; each statement's task starts on its first call.
     pub fn new(db: Db) -> Batcher {
+        let gate = Arc::new(Gate::default());
         Batcher {
             db,
-            reads: Line::default(),
-            starts: Line::default(),
-            ends: Line::default(),
-            keys: Line::default(),
-            inserts: Line::default(),
+            gate: gate.clone(),
+            reads: lanes(&gate),
+            starts: lanes(&gate),
+            ends: lanes(&gate),
+            keys: Line::new(None),
+            inserts: Line::new(None),
         }
+    }
+
+    /// Marks an OTP as being recorded or sent until the guard is dropped:
+    /// meanwhile the bulk lane's batches wait (see [`Gate`]).
+    pub fn otp_in_flight(&self) -> OtpInFlight<'_> {
+        self.gate.enter()
     }
 
     /// [`Db::live_api_key`].
@@ -323,27 +403,30 @@ impl Batcher {
         self.inserts.call(&self.db, (d, guards)).await
     }
 
-    /// [`Db::delivery_to_send`].
+    /// [`Db::delivery_to_send`], for a worker of `lane`.
     pub async fn delivery_to_send(
         &self,
+        lane: Lane,
         id: &str,
     ) -> Result<Option<(Delivery, Option<String>)>, StoreError> {
-        self.reads.call(&self.db, id.to_owned()).await
+        self.reads[of(lane)].call(&self.db, id.to_owned()).await
     }
 
-    /// [`Db::begin_attempt`].
+    /// [`Db::begin_attempt`], for a worker of `lane`.
     pub async fn begin_attempt(
         &self,
+        lane: Lane,
         job: &DeliveryJob,
         provider: &str,
         reason: &str,
         at: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
         let start = AttemptStart::new(job, provider, reason, at);
-        self.starts.call(&self.db, start).await
+        self.starts[of(lane)].call(&self.db, start).await
     }
 
-    /// [`Db::finish_attempt`].
+    /// [`Db::finish_attempt`] (`lane` is the delivery's: the retry's job
+    /// goes there).
     pub async fn finish_attempt(
         &self,
         job: &DeliveryJob,
@@ -358,6 +441,38 @@ impl Batcher {
             next,
             lane,
         };
-        self.ends.call(&self.db, end).await
+        self.ends[of(lane)].call(&self.db, end).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn bulk_batches_wait_for_otps_but_never_long() {
+        let gate = Arc::new(Gate::default());
+        let started = tokio::time::Instant::now();
+        gate.wait_clear().await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "nothing to wait for");
+
+        // An OTP that ends after 5 ms: the bulk batch goes on then.
+        let held = gate.clone();
+        let otp = tokio::spawn(async move {
+            let _otp = held.enter();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        });
+        tokio::task::yield_now().await;
+        let started = tokio::time::Instant::now();
+        gate.wait_clear().await;
+        assert_eq!(started.elapsed(), Duration::from_millis(5));
+        otp.await.unwrap();
+
+        // An OTP held for a long time (a slow provider): bulk waits at most
+        // YIELD_AT_MOST per batch.
+        let _slow = gate.enter();
+        let started = tokio::time::Instant::now();
+        gate.wait_clear().await;
+        assert_eq!(started.elapsed(), YIELD_AT_MOST);
     }
 }

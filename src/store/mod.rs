@@ -21,7 +21,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 
 pub use api::*;
-pub use batch::Batcher;
+pub use batch::{Batcher, OtpInFlight};
 pub use deliveries::*;
 pub use receipts::*;
 pub use replays::*;

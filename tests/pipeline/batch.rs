@@ -202,7 +202,7 @@ async fn concurrent_callers_each_get_their_own_answer(backend: Backend) {
         let job = job.clone();
         async move {
             app.batcher
-                .begin_attempt(&job, "outbox", "primary", now)
+                .begin_attempt(Lane::Notifications, &job, "outbox", "primary", now)
                 .await
         }
     });
@@ -260,7 +260,12 @@ async fn a_bad_row_fails_only_its_own_caller(backend: Backend) {
     let reads = jobs.iter().map(|job| {
         let app = app.clone();
         let id = job.delivery_id.clone();
-        async move { (id.clone(), app.batcher.delivery_to_send(&id).await) }
+        async move {
+            (
+                id.clone(),
+                app.batcher.delivery_to_send(Lane::Notifications, &id).await,
+            )
+        }
     });
     for (id, read) in join_all(reads).await {
         if id == bad {

@@ -235,7 +235,8 @@ async fn a_worker_killed_mid_run_finishes_every_delivery_after_a_restart(backend
     // A slow outbox (100 ms a message, 4 at a time) so the kill lands mid-run.
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace("timeout = \"2s\"", "timeout = \"2s\"\nlatency = \"100ms\"");
+        .replace("timeout = \"2s\"", "timeout = \"2s\"\nlatency = \"100ms\"")
+        .replace("[worker]", "[worker]\nnotification_concurrency = 4");
     std::fs::write(&config, text).unwrap();
 
     let store = db.connect().await;

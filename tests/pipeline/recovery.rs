@@ -87,7 +87,9 @@ async fn a_stale_job_is_ignored(backend: Backend) {
     let t = TestApp::new(backend, 6).await;
     let d = t.app.enqueue_otp(otp("+254711000012")).await.unwrap();
     let stale = DeliveryJob::new(&d.row.id);
-    tuma::dispatch::handle_job(&t.app, &stale).await.unwrap();
+    tuma::dispatch::handle_job(&t.app, tuma::queue::Lane::Otp, &stale)
+        .await
+        .unwrap();
     let d2 = t.delivery(&d.row.id).await;
     assert_eq!(d2.status, DeliveryStatus::Pending);
     assert_eq!(d2.row.attempts, 0);
