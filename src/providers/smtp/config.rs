@@ -72,7 +72,13 @@ pub struct SmtpConfig {
     pub from: Mailbox,
     /// The name sent with EHLO; this machine's host name when absent.
     pub hello_name: Option<String>,
+    /// Connections open to the server at most; sends beyond them wait for
+    /// one. Many servers refuse a client that opens too many.
+    pub max_connections: u32,
 }
+
+/// [`SmtpConfig::max_connections`] unless set.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
 
 /// The keys as written, before checks.
 #[derive(Deserialize)]
@@ -85,6 +91,7 @@ struct RawSmtp {
     password_env: Option<String>,
     from: String,
     hello_name: Option<String>,
+    max_connections: Option<u32>,
 }
 
 impl SmtpConfig {
@@ -185,6 +192,16 @@ impl SmtpConfig {
             }
             Some(name) => Some(name),
         };
+        let max_connections = match raw.max_connections {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(0) => {
+                return Err(refuse(
+                    "max_connections",
+                    "must be at least 1: sends need a connection".into(),
+                ));
+            }
+            Some(n) => n,
+        };
         Ok(SmtpConfig {
             host,
             port,
@@ -192,6 +209,7 @@ impl SmtpConfig {
             auth,
             from,
             hello_name,
+            max_connections,
         })
     }
 }

@@ -20,5 +20,5 @@ mod double;
 #[cfg(test)]
 mod tests;
 
-pub use config::{SmtpAuth, SmtpConfig, SmtpTls};
+pub use config::{DEFAULT_MAX_CONNECTIONS, SmtpAuth, SmtpConfig, SmtpTls};
 pub use service::{Outcome, Smtp, classify};

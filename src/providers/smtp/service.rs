@@ -35,6 +35,9 @@ pub struct Smtp {
     timeout: Duration,
     /// The pool, built on first use and rebuilt after a send is cut short.
     pool: Pool,
+    /// One permit per connection the server may see (`max_connections`):
+    /// lettre's pool opens a new connection whenever none is idle.
+    connections: tokio::sync::Semaphore,
 }
 
 impl fmt::Debug for Smtp {
@@ -81,10 +84,15 @@ impl Smtp {
                 auth.password.expose_secret().to_owned(),
             ));
         }
+        let builder = builder.pool_config(
+            lettre::transport::smtp::PoolConfig::new().max_size(config.max_connections),
+        );
+        let permits = usize::try_from(config.max_connections).unwrap_or(usize::MAX);
         Ok(Smtp {
             config,
             timeout,
             pool: Pool::new(builder),
+            connections: tokio::sync::Semaphore::new(permits),
         })
     }
 
@@ -162,8 +170,22 @@ impl Provider for Smtp {
     async fn send(&self, message: &OutgoingMessage) -> Result<Accepted, SendError> {
         let email = self.email(message)?;
         let message_id = self.message_id(&message.delivery_id);
+        // Waiting for a connection counts against the send's timeout.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let _connection = match tokio::time::timeout_at(deadline, self.connections.acquire()).await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) | Err(_) => {
+                return Err(SendError::transient(format!(
+                    "all {} connections to {} stayed busy for {}",
+                    self.config.max_connections,
+                    self.config.host,
+                    humantime::format_duration(self.timeout)
+                )));
+            }
+        };
         let (transport, mut guard) = self.pool.checkout();
-        let outcome = match tokio::time::timeout(self.timeout, transport.send(email)).await {
+        let outcome = match tokio::time::timeout_at(deadline, transport.send(email)).await {
             Ok(Ok(reply)) => Outcome::Replied(reply),
             Ok(Err(error)) => Outcome::Failed(error),
             Err(_) => Outcome::TimedOut(self.timeout),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::double::{Answer, SmtpDouble, Step};
-use super::{Outcome, Smtp, SmtpAuth, SmtpConfig, SmtpTls, classify};
+use super::{DEFAULT_MAX_CONNECTIONS, Outcome, Smtp, SmtpAuth, SmtpConfig, SmtpTls, classify};
 use crate::domain::DeliveryKind;
 use crate::domain::email::EmailAddress;
 use crate::domain::phone::PhoneNumber;
@@ -59,6 +59,7 @@ fn config(addr: SocketAddr) -> SmtpConfig {
             .parse()
             .expect("valid mailbox"),
         hello_name: Some("tuma.test".into()),
+        max_connections: 2,
     }
 }
 
@@ -142,9 +143,11 @@ fn a_full_smtp_table_parses_into_typed_settings() {
         password_env = "SMTP_PASSWORD"
         from = "MtaaDAO <no-reply@mtaadao.org>"
         hello_name = "worker1.mtaadao.org"
+        max_connections = 3
         "#,
     )
     .expect("parses");
+    assert_eq!(config.max_connections, 3);
     assert_eq!(config.host, "smtp.mtaadao.org");
     assert_eq!(config.port, 2525);
     assert_eq!(config.tls, SmtpTls::Tls);
@@ -169,6 +172,7 @@ fn a_minimal_table_uses_starttls_on_port_587_without_login() {
     assert_eq!(config.port, 587);
     assert!(config.auth.is_none());
     assert!(config.hello_name.is_none());
+    assert_eq!(config.max_connections, DEFAULT_MAX_CONNECTIONS);
 }
 
 #[test]
@@ -261,6 +265,10 @@ fn bad_values_are_refused_naming_their_key() {
         (
             "host = \"smtp.mtaadao.org\"\nfrom = \"a@mtaadao.org\"\nhello_name = \"my host\"",
             "hello_name",
+        ),
+        (
+            "host = \"smtp.mtaadao.org\"\nfrom = \"a@mtaadao.org\"\nmax_connections = 0",
+            "max_connections",
         ),
         (
             "host = \"smtp.mtaadao.org\"\nfrom = \"a@mtaadao.org\"\nusername = \" mailer\"\npassword_env = \"SMTP_PASSWORD\"",
