@@ -426,6 +426,9 @@ impl App {
                 };
             }
         }
+        if kind == DeliveryKind::Otp {
+            self.batcher.otp_recorded();
+        }
         self.wakers.wake(Lane::for_kind(kind));
         Ok(Enqueued::Created {
             id,

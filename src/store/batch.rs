@@ -179,6 +179,9 @@ impl<S: Statement> Line<S> {
 /// The longest a bulk batch waits for OTPs to clear.
 const YIELD_AT_MOST: Duration = Duration::from_millis(20);
 
+/// How long after an OTP is recorded bulk batches expect its worker.
+const OTP_PICKUP: Duration = Duration::from_millis(20);
+
 /// OTPs first: while an OTP is being recorded or sent in this process, bulk
 /// batches wait to start (each for [`YIELD_AT_MOST`] at most, so a slow OTP
 /// provider slows bulk sends but never stops them), and the OTP is not
@@ -187,6 +190,8 @@ const YIELD_AT_MOST: Duration = Duration::from_millis(20);
 struct Gate {
     otps: AtomicUsize,
     clear: Notify,
+    /// An OTP was just recorded: its worker is about to take it.
+    expected_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// An OTP in flight (see [`Batcher::otp_in_flight`]); bulk batches go on
@@ -207,14 +212,32 @@ impl Gate {
         OtpInFlight(self)
     }
 
+    /// Holds the gate for [`OTP_PICKUP`] after an OTP is recorded, until its
+    /// worker enters it: the OTP's fetch is the queue's, not a batch.
+    fn expect(&self) {
+        let until = tokio::time::Instant::now() + OTP_PICKUP;
+        if let Ok(mut expected) = self.expected_until.lock() {
+            *expected = Some(expected.map_or(until, |at| at.max(until)));
+        }
+    }
+
     async fn wait_clear(&self) {
         let deadline = tokio::time::Instant::now() + YIELD_AT_MOST;
         loop {
             let cleared = self.clear.notified();
-            if self.otps.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, cleared).await.is_err() {
+            let now = tokio::time::Instant::now();
+            let expected = self
+                .expected_until
+                .lock()
+                .ok()
+                .and_then(|at| *at)
+                .filter(|at| *at > now);
+            let until = match (self.otps.load(Ordering::SeqCst), expected) {
+                (0, None) => return,
+                (0, Some(at)) => at.min(deadline),
+                _ => deadline,
+            };
+            if tokio::time::timeout_at(until, cleared).await.is_err() && until == deadline {
                 return;
             }
         }
@@ -389,6 +412,12 @@ impl Batcher {
         self.gate.enter()
     }
 
+    /// An OTP was recorded: bulk batches wait for its worker to take it
+    /// (see [`Gate`]).
+    pub fn otp_recorded(&self) {
+        self.gate.expect();
+    }
+
     /// [`Db::live_api_key`].
     pub async fn live_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
         self.keys.call(&self.db, key_hash.to_owned()).await
@@ -467,6 +496,16 @@ mod tests {
         gate.wait_clear().await;
         assert_eq!(started.elapsed(), Duration::from_millis(5));
         otp.await.unwrap();
+
+        // An OTP just recorded: bulk waits for its worker to take it, for
+        // OTP_PICKUP at most.
+        gate.expect();
+        let started = tokio::time::Instant::now();
+        gate.wait_clear().await;
+        assert_eq!(started.elapsed(), OTP_PICKUP.min(YIELD_AT_MOST));
+        let started = tokio::time::Instant::now();
+        gate.wait_clear().await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "the hold has passed");
 
         // An OTP held for a long time (a slow provider): bulk waits at most
         // YIELD_AT_MOST per batch.
