@@ -182,8 +182,8 @@ const YIELD_AT_MOST: Duration = Duration::from_millis(20);
 /// How long after an OTP is recorded bulk batches expect its worker.
 const OTP_PICKUP: Duration = Duration::from_millis(20);
 
-/// OTPs first: while an OTP is being recorded or sent in this process, bulk
-/// batches wait to start (each for [`YIELD_AT_MOST`] at most, so a slow OTP
+/// OTPs first: while an OTP is being recorded, picked up (see
+/// [`Gate::expect`]) or sent in this process, bulk batches wait to start (each for [`YIELD_AT_MOST`] at most, so a slow OTP
 /// provider slows bulk sends but never stops them), and the OTP is not
 /// queued behind them for the one SQLite writer, Postgres or the cores.
 #[derive(Default)]
