@@ -43,6 +43,14 @@ impl Lane {
         }
     }
 
+    /// The lane's place in a per-lane array (`Lane::ALL` order).
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Lane::Otp => 0,
+            Lane::Notifications => 1,
+        }
+    }
+
     /// The lane a kind of delivery travels in.
     pub fn for_kind(kind: DeliveryKind) -> Lane {
         match kind {
@@ -92,53 +100,38 @@ impl DeliveryJob {
 
 /// A connection a job can be pushed on, inside the caller's transaction.
 pub trait PushJob {
-    /// Pushes `jobs` onto `lane`, each due at its time (now when `None`), in
-    /// one statement.
-    fn push_jobs(
-        &mut self,
-        lane: Lane,
-        jobs: &[(&DeliveryJob, Option<DateTime<Utc>>)],
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
     /// Pushes `job` onto `lane`, due at `run_at` (now when `None`).
     fn push_job(
         &mut self,
         lane: Lane,
         job: &DeliveryJob,
         run_at: Option<DateTime<Utc>>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send
-    where
-        Self: Send,
-    {
-        async move { self.push_jobs(lane, &[(job, run_at)]).await }
-    }
-}
-
-fn tasks(
-    jobs: &[(&DeliveryJob, Option<DateTime<Utc>>)],
-) -> Result<Vec<apalis_core::task::Task<Vec<u8>>>, StoreError> {
-    jobs.iter().map(|(job, run_at)| job.task(*run_at)).collect()
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 impl PushJob for SqliteConnection {
-    async fn push_jobs(
+    async fn push_job(
         &mut self,
         lane: Lane,
-        jobs: &[(&DeliveryJob, Option<DateTime<Utc>>)],
+        job: &DeliveryJob,
+        run_at: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
-        apalis_sqlite::queries::push_tasks(self, lane.queue_name(), &tasks(jobs)?)
+        let task = job.task(run_at)?;
+        apalis_sqlite::queries::push_tasks(self, lane.queue_name(), &[task])
             .await
             .map_err(|e| StoreError::Queue(e.to_string()))
     }
 }
 
 impl PushJob for PgConnection {
-    async fn push_jobs(
+    async fn push_job(
         &mut self,
         lane: Lane,
-        jobs: &[(&DeliveryJob, Option<DateTime<Utc>>)],
+        job: &DeliveryJob,
+        run_at: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
-        apalis_postgres::queries::push_tasks(self, lane.queue_name(), tasks(jobs)?)
+        let task = job.task(run_at)?;
+        apalis_postgres::queries::push_tasks(self, lane.queue_name(), vec![task])
             .await
             .map_err(|e| StoreError::Queue(e.to_string()))
     }
@@ -150,13 +143,13 @@ impl PushJob for PgConnection {
 /// `notify_workers` trigger still wakes listening workers); a test compares
 /// the two.
 pub(crate) struct PgJobs {
-    pub job_type: Vec<&'static str>,
-    pub job: Vec<Vec<u8>>,
-    pub max_attempts: Vec<i32>,
-    pub run_at: Vec<i64>,
-    pub priority: Vec<i32>,
-    pub metadata: Vec<sqlx::postgres::types::PgHstore>,
-    pub idempotency_key: Vec<Option<String>>,
+    job_type: Vec<&'static str>,
+    job: Vec<Vec<u8>>,
+    max_attempts: Vec<i32>,
+    run_at: Vec<i64>,
+    priority: Vec<i32>,
+    metadata: Vec<sqlx::postgres::types::PgHstore>,
+    idempotency_key: Vec<Option<String>>,
 }
 
 impl PgJobs {
@@ -267,23 +260,16 @@ impl Default for Wakers {
 }
 
 impl Wakers {
-    fn index(lane: Lane) -> usize {
-        match lane {
-            Lane::Otp => 0,
-            Lane::Notifications => 1,
-        }
-    }
-
     /// Signals that `lane` has new work.
     pub fn wake(&self, lane: Lane) {
         // A full channel already holds a wake-up: nothing to add.
-        let _ = self.senders[Self::index(lane)].try_send(());
+        let _ = self.senders[lane.index()].try_send(());
     }
 
     /// The stream a lane's worker polls on; there is one per lane per process.
     pub fn take_stream(&self, lane: Lane) -> Option<WakeStream> {
         let mut receivers = self.receivers.lock().ok()?;
-        receivers[Self::index(lane)]
+        receivers[lane.index()]
             .take()
             .map(|rx| WakeStream { rx: Mutex::new(rx) })
     }

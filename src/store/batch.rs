@@ -183,9 +183,10 @@ const YIELD_AT_MOST: Duration = Duration::from_millis(20);
 const OTP_PICKUP: Duration = Duration::from_millis(20);
 
 /// OTPs first: while an OTP is being recorded, picked up (see
-/// [`Gate::expect`]) or sent in this process, bulk batches wait to start (each for [`YIELD_AT_MOST`] at most, so a slow OTP
-/// provider slows bulk sends but never stops them), and the OTP is not
-/// queued behind them for the one SQLite writer, Postgres or the cores.
+/// [`Gate::expect`]) or sent in this process, bulk batches wait to start
+/// (each for [`YIELD_AT_MOST`] at most, so a slow OTP provider slows bulk
+/// sends but never stops them), and the OTP is not queued behind them for
+/// the one SQLite writer, Postgres or the cores.
 #[derive(Default)]
 struct Gate {
     otps: AtomicUsize,
@@ -377,14 +378,6 @@ fn lanes<S: Statement>(gate: &Arc<Gate>) -> [Line<S>; 2] {
     [Line::new(None), Line::new(Some(gate.clone()))]
 }
 
-/// The index of a lane's line.
-fn of(lane: Lane) -> usize {
-    match lane {
-        Lane::Otp => 0,
-        Lane::Notifications => 1,
-    }
-}
-
 impl std::fmt::Debug for Batcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Batcher").finish_non_exhaustive()
@@ -438,7 +431,7 @@ impl Batcher {
         lane: Lane,
         id: &str,
     ) -> Result<Option<(Delivery, Option<String>)>, StoreError> {
-        self.reads[of(lane)].call(&self.db, id.to_owned()).await
+        self.reads[lane.index()].call(&self.db, id.to_owned()).await
     }
 
     /// [`Db::begin_attempt`], for a worker of `lane`.
@@ -451,7 +444,7 @@ impl Batcher {
         at: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
         let start = AttemptStart::new(job, provider, reason, at);
-        self.starts[of(lane)].call(&self.db, start).await
+        self.starts[lane.index()].call(&self.db, start).await
     }
 
     /// [`Db::finish_attempt`] (`lane` is the delivery's: the retry's job
@@ -470,7 +463,7 @@ impl Batcher {
             next,
             lane,
         };
-        self.ends[of(lane)].call(&self.db, end).await
+        self.ends[lane.index()].call(&self.db, end).await
     }
 }
 
