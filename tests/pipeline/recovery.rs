@@ -152,6 +152,64 @@ async fn sqlite_connections_are_durable_whatever_apalis_sets() {
         .expect("the waiting write succeeds once the lock is free");
 }
 
+/// apalis-sqlite 1.0's lock and ack statements (its `queries/task/lock.sql`
+/// and `ack.sql`), as it runs them on every batch.
+const APALIS_SQLITE_LOCK: &str = "UPDATE Jobs SET status = 'Running', \
+    lock_at = strftime('%s', 'now'), lock_by = ?2 \
+    WHERE id IN (SELECT value FROM json_each(?1)) \
+    AND (status = 'Queued' OR status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))";
+const APALIS_SQLITE_ACK: &str = "WITH j AS (SELECT value ->> 'task_id' AS task_id, \
+    value ->> 'attempt' AS attempt, value ->> 'result' AS result, value ->> 'status' AS status \
+    FROM json_each(?1)) \
+    UPDATE Jobs SET status = j.status, attempts = j.attempt, last_result = j.result, \
+    done_at = strftime('%s', 'now') FROM j WHERE Jobs.id = j.task_id AND Jobs.lock_by = ?2";
+
+#[tokio::test]
+async fn sqlite_queue_statements_find_jobs_by_id_not_by_status() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = db.connect().await;
+    let Db::Sqlite(pool) = &store else {
+        unreachable!("a SQLite test database")
+    };
+    // Several connections at once, some opened before the migration: each
+    // loads the statistics when it sees the schema changed, which a statement
+    // that reads a table checks (EXPLAIN alone does not).
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        conns.push(pool.acquire().await.unwrap());
+    }
+    for conn in &mut conns {
+        sqlx::query("SELECT COUNT(*) FROM Jobs")
+            .execute(&mut **conn)
+            .await
+            .unwrap();
+        for (name, sql) in [("lock", APALIS_SQLITE_LOCK), ("ack", APALIS_SQLITE_ACK)] {
+            let plan = explain(conn, sql).await.join(" | ");
+            // Walking the status or worker index reads every pending job, or
+            // every job the worker ever held, while holding the write lock.
+            assert!(
+                plan.contains("sqlite_autoindex_Jobs_1 (id=?)"),
+                "apalis's {name} finds jobs by id: {plan}"
+            );
+            assert!(
+                !plan.contains("idx_jobs_status_run_at") && !plan.contains("LIdx"),
+                "apalis's {name} does not walk an index of status or worker: {plan}"
+            );
+        }
+    }
+}
+
+/// `EXPLAIN QUERY PLAN`'s details, top to bottom.
+async fn explain(conn: &mut sqlx::SqliteConnection, sql: &str) -> Vec<String> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+        .fetch_all(conn)
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|row| sqlx::Row::get::<String, _>(row, 3))
+        .collect()
+}
+
 /// A transaction start abandoned half-way (a request whose client went away,
 /// a timeout, a stopping worker) must not leave the pooled connection inside
 /// that transaction: the next borrower's writes would never commit, and the
