@@ -38,7 +38,8 @@ struct Args {
     /// Backends to measure: sqlite, postgres, or both.
     #[arg(long, default_value = "sqlite,postgres", value_delimiter = ',')]
     backends: Vec<String>,
-    /// Postgres server (a fresh database is created on it for each phase).
+    /// Postgres server (each phase creates a database of its own on it, and
+    /// drops it when done).
     #[arg(
         long,
         env = "TUMA_TEST_POSTGRES_URL",
@@ -59,7 +60,8 @@ struct Args {
     /// Bulk notifications queued while OTP latency is measured.
     #[arg(long, default_value_t = 10_000)]
     backlog: usize,
-    /// OTPs sent (one at a time) under load, and again idle.
+    /// OTPs sent one at a time while the backlog drains (from its first 500
+    /// sends on: the workers' start is not the load), and again idle.
     #[arg(long, default_value_t = 200)]
     otps: usize,
     /// `POST /v1/otp` requests for the intake phase.
@@ -187,15 +189,39 @@ fn rss_peak_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A phase's own database: a SQLite file in a temporary folder, or a
+/// Postgres database that [`Fresh::remove`] drops when the phase is done.
 struct Fresh {
     url: String,
+    admin: String,
+    postgres: Option<String>,
     _dir: tempfile::TempDir,
+}
+
+impl Fresh {
+    /// Drops the phase's Postgres database (the SQLite file goes with its
+    /// folder); a failure is reported, not fatal: the figures are taken.
+    async fn remove(self) {
+        let Some(name) = &self.postgres else { return };
+        let dropped = async {
+            let mut conn = sqlx::PgConnection::connect(&self.admin).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut conn)
+            .await
+        };
+        if let Err(e) = dropped.await {
+            eprintln!("bench database {name} was not dropped: {e}");
+        }
+    }
 }
 
 async fn fresh_database(backend: &str, admin: &str) -> anyhow::Result<Fresh> {
     let dir = tempfile::tempdir()?;
-    let url = if backend == "sqlite" {
-        format!("sqlite://{}", dir.path().join("bench.db").display())
+    let (url, postgres) = if backend == "sqlite" {
+        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+        (url, None)
     } else {
         let name = format!("tuma_bench_{}", uuid::Uuid::now_v7().simple());
         let mut conn = sqlx::PgConnection::connect(admin).await?;
@@ -203,9 +229,14 @@ async fn fresh_database(backend: &str, admin: &str) -> anyhow::Result<Fresh> {
             .execute(&mut conn)
             .await?;
         let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
-        format!("{base}/{name}")
+        (format!("{base}/{name}"), Some(name))
     };
-    Ok(Fresh { url, _dir: dir })
+    Ok(Fresh {
+        url,
+        admin: admin.to_owned(),
+        postgres,
+        _dir: dir,
+    })
 }
 
 fn config(dir: &Path, concurrency: usize) -> anyhow::Result<Config> {
@@ -567,6 +598,7 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
         )
         .await?;
         r.floor_peak_rss_mb = rss_peak_mb();
+        fresh.remove().await;
     }
 
     if run("e2e") {
@@ -586,6 +618,7 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
         }
         r.e2e_peak_rss_mb = rss_peak_mb();
         a.db.close().await;
+        fresh.remove().await;
     }
 
     if run("http") {
@@ -615,6 +648,7 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
         r.http_per_s = throughput(&a.db).await?.0;
         r.http_peak_rss_mb = rss_peak_mb();
         a.db.close().await;
+        fresh.remove().await;
     }
 
     if run("otp") {
@@ -632,6 +666,12 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
             let _ = stop_rx.await;
             Ok(())
         }));
+        // Measure the drain, not the workers' start: wait for its first sends.
+        let under_way = i64::try_from(args.backlog.min(1000) / 2)?;
+        let backlog = i64::try_from(args.backlog)?;
+        while backlog - pending_notifications(&a.db).await? < under_way {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         r.otp_loaded = otp_latency(&a, &provider, args.otps).await?;
         r.otp_backlog_left_at_end = pending_notifications(&a.db).await?;
         while pending_notifications(&a.db).await? > 0 {
@@ -642,6 +682,7 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
         let _ = stop_tx.send(());
         running.await??;
         a.db.close().await;
+        fresh.remove().await;
     }
 
     if run("intake") {
@@ -656,6 +697,7 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
             http_intake(&a, args.requests, args.clients).await?;
         r.http_intake_peak_rss_mb = rss_peak_mb();
         a.db.close().await;
+        fresh.remove().await;
     }
     Ok(r)
 }

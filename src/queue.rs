@@ -10,6 +10,7 @@
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::TaskId;
@@ -269,25 +270,85 @@ impl Wakers {
     /// The stream a lane's worker polls on; there is one per lane per process.
     pub fn take_stream(&self, lane: Lane) -> Option<WakeStream> {
         let mut receivers = self.receivers.lock().ok()?;
-        receivers[lane.index()]
-            .take()
-            .map(|rx| WakeStream { rx: Mutex::new(rx) })
+        receivers[lane.index()].take().map(|rx| WakeStream {
+            rx: Mutex::new(rx),
+            echo: Mutex::new(None),
+        })
     }
 }
 
-/// A lane's wake-ups as a stream, for apalis's poll strategy.
+/// How long after a wake-up its lane's worker is woken once more.
+///
+/// apalis fetches whenever its worker is woken, but a wake-up that arrives
+/// while a fetch is already running is spent on that fetch, which began
+/// before the commit and finds nothing; the job would then wait for the poll
+/// interval (an OTP behind a busy queue: up to `poll_interval` late). The echo
+/// comes after that fetch has finished, and costs an idle lane one empty fetch.
+const WAKE_ECHO: Duration = Duration::from_millis(20);
+
+/// A lane's wake-ups as a stream, for apalis's poll strategy: each wake-up
+/// once at once and once more [`WAKE_ECHO`] later (a burst echoes once).
 #[derive(Debug)]
 pub struct WakeStream {
     rx: Mutex<mpsc::Receiver<()>>,
+    echo: Mutex<Option<Pin<Box<tokio::time::Sleep>>>>,
 }
 
 impl Stream for WakeStream {
     type Item = ();
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
-        match self.rx.lock() {
-            Ok(mut rx) => rx.poll_recv(cx),
-            Err(_) => Poll::Ready(None),
+        let this = self.get_mut();
+        let (Ok(rx), Ok(echo)) = (this.rx.get_mut(), this.echo.get_mut()) else {
+            return Poll::Ready(None);
+        };
+        match rx.poll_recv(cx) {
+            Poll::Ready(Some(())) => {
+                *echo = Some(Box::pin(tokio::time::sleep(WAKE_ECHO)));
+                return Poll::Ready(Some(()));
+            }
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
         }
+        match echo.as_mut().map(|sleep| sleep.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => {
+                *echo = None;
+                Poll::Ready(Some(()))
+            }
+            _ => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    /// Whether `stream` yields within `ms` milliseconds.
+    async fn next(stream: &mut WakeStream, ms: u64) -> bool {
+        tokio::time::timeout(Duration::from_millis(ms), stream.next())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_up_comes_at_once_and_echoes_once() {
+        let wakers = Wakers::default();
+        let mut stream = wakers.take_stream(Lane::Otp).unwrap();
+        assert!(wakers.take_stream(Lane::Otp).is_none(), "one stream a lane");
+
+        wakers.wake(Lane::Otp);
+        wakers.wake(Lane::Otp); // coalesces with the first
+        let started = tokio::time::Instant::now();
+        assert!(next(&mut stream, 1).await, "at once");
+        assert!(next(&mut stream, 100).await, "the echo");
+        assert_eq!(started.elapsed(), WAKE_ECHO);
+        assert!(!next(&mut stream, 1000).await, "nothing more");
+
+        // Another lane's wake-ups are not this lane's.
+        wakers.wake(Lane::Notifications);
+        assert!(!next(&mut stream, 1000).await);
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Each lane is its own apalis queue with its own worker and concurrency.
 //! Idle workers wake at once for new work (Postgres LISTEN/NOTIFY; in-process
-//! signals after tuma's own commits on both backends) and poll every
+//! signals after tuma's own commits on both backends, each echoed once a
+//! moment later in case a fetch already running spent it) and poll every
 //! `worker.poll_interval` for due retries. apalis never retries a job: every
 //! job is pushed with `max_attempts = 1`, and retries are new jobs.
 
