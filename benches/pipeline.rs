@@ -50,8 +50,6 @@ struct Args {
     #[arg(long, default_value_t = 20_000)]
     deliveries: usize,
     /// No-op jobs for the queue floor (default: as many as --deliveries).
-    /// Bare apalis on SQLite slows as finished jobs pile up, so a large floor
-    /// run takes long.
     #[arg(long)]
     floor_jobs: Option<usize>,
     /// Deliveries through the HTTP provider double.
