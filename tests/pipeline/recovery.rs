@@ -171,7 +171,7 @@ async fn sqlite_queue_statements_find_jobs_by_id_not_by_status() {
     let Db::Sqlite(pool) = &store else {
         unreachable!("a SQLite test database")
     };
-    // Several connections at once, some opened before the migration: each
+    // Several connections at once, opened before the migration and after: each
     // loads the statistics when it sees the schema changed, which a statement
     // that reads a table checks (EXPLAIN alone does not).
     let mut conns = Vec::new();

@@ -8,8 +8,8 @@
 -- lock_by = ?`) walks every job the worker has locked, finished ones too,
 -- reading the whole batch's JSON for each: milliseconds to tens of
 -- milliseconds a batch behind a 50k backlog, holding the write lock that
--- OTPs wait for. These figures describe a busy queue (taken from
--- `ANALYZE` on one holding a 50k backlog, rounded): status, job type and
+-- OTPs wait for. These figures describe a busy queue (modelled on what
+-- `ANALYZE` measured on one holding a 50k backlog): status, job type and
 -- worker are poor filters, the id a perfect one. They are written, not
 -- measured (SQLite's documented way to steer its planner), so the plans do not
 -- depend on when `ANALYZE` last ran; running `ANALYZE` replaces them with
