@@ -163,6 +163,10 @@ const APALIS_SQLITE_ACK: &str = "WITH j AS (SELECT value ->> 'task_id' AS task_i
     FROM json_each(?1)) \
     UPDATE Jobs SET status = j.status, attempts = j.attempt, last_result = j.result, \
     done_at = strftime('%s', 'now') FROM j WHERE Jobs.id = j.task_id AND Jobs.lock_by = ?2";
+/// The pending half of apalis-sqlite 1.0's fetch (`queries/backend/fetch_next.sql`).
+const APALIS_SQLITE_FETCH_PENDING: &str = "SELECT ROWID, priority, run_at, id FROM Jobs \
+    WHERE job_type = ?2 AND status = 'Pending' AND lock_by IS NULL \
+    AND (run_at IS NULL OR run_at <= ?4) ORDER BY priority DESC, run_at ASC, id ASC LIMIT ?3";
 
 #[tokio::test]
 async fn sqlite_queue_statements_find_jobs_by_id_not_by_status() {
@@ -196,6 +200,13 @@ async fn sqlite_queue_statements_find_jobs_by_id_not_by_status() {
                 "apalis's {name} does not walk an index of status or worker: {plan}"
             );
         }
+        // The statistics leave the fetch on apalis's index of claimable jobs,
+        // which is already in the order it takes them.
+        let plan = explain(conn, APALIS_SQLITE_FETCH_PENDING).await.join(" | ");
+        assert!(
+            plan.contains("USING INDEX idx_jobs_pending") && !plan.contains("TEMP B-TREE"),
+            "apalis's fetch reads its pending jobs in order from their index: {plan}"
+        );
     }
 }
 
