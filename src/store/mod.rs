@@ -183,6 +183,44 @@ async fn install_busy_handler(conn: &mut sqlx::SqliteConnection) -> Result<(), s
     }
 }
 
+/// Planner statistics for apalis's SQLite `Jobs` table, so that its
+/// statements find jobs by id instead of reading every pending one.
+///
+/// With no statistics SQLite guesses that any `status = ?` or `lock_by = ?`
+/// matches a handful of rows. apalis-sqlite's lock statement (`id IN (…) AND
+/// (status = 'Queued' OR status = 'Pending' OR …)`) then walks the status
+/// index through every pending job, and its ack (`Jobs.id = j.task_id AND
+/// lock_by = ?`) walks every job the worker has locked, finished ones too,
+/// reading the whole batch's JSON for each: milliseconds to tens of
+/// milliseconds a batch behind a 50k backlog, holding the write lock that
+/// OTPs wait for. These figures describe a busy queue (modelled on what
+/// `ANALYZE` measured on one holding a 50k backlog): status, job type and
+/// worker are poor filters, the id a perfect one. They are written, not
+/// measured (SQLite's documented way to steer its planner), so the plans do
+/// not depend on the queue's size when `ANALYZE` last ran; and written at
+/// every start ([`Db::migrate`]), since a plain `ANALYZE` while the queue is
+/// empty deletes them. A connection reads statistics when it loads the
+/// schema, so the table made and dropped changes the schema: every other
+/// connection already open loads it again before its next statement; the
+/// last `ANALYZE sqlite_schema` loads them on the connection that wrote them.
+const QUEUE_PLANNER_STATS: &str = "\
+    ANALYZE sqlite_schema; \
+    DELETE FROM sqlite_stat1 WHERE tbl = 'Jobs'; \
+    INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES \
+        ('Jobs', 'sqlite_autoindex_Jobs_1', '100000 1'), \
+        ('Jobs', 'idx_jobs_status_run_at', '100000 25000 100'), \
+        ('Jobs', 'idx_jobs_job_type_status_run_at', '100000 50000 20000 100'), \
+        ('Jobs', 'LIdx', '100000 20000'), \
+        ('Jobs', 'idx_jobs_pending', '50000 25000 25000 100 1'), \
+        ('Jobs', 'idx_jobs_failed', '1000 500 500 10 1'), \
+        ('Jobs', 'idx_jobs_claimable', '50000 25000 25000'), \
+        ('Jobs', 'idx_jobs_completed_done_at', '5000 2000 100 10'), \
+        ('Jobs', 'idx_jobs_running', '100 10'), \
+        ('Jobs', 'idx_jobs_idempotency_key', '100000 50000 50000'); \
+    CREATE TABLE tuma_statistics_written (x INTEGER); \
+    DROP TABLE tuma_statistics_written; \
+    ANALYZE sqlite_schema;";
+
 impl Db {
     /// Opens a pool (SQLite keeps it small, see below). SQLite files are
     /// created if missing and every connection gets WAL, `synchronous=NORMAL`,
@@ -240,7 +278,8 @@ impl Db {
     }
 
     /// Applies apalis's migrations and tuma's own (kept in separate history
-    /// tables so neither refuses the other's).
+    /// tables so neither refuses the other's); on SQLite, then writes
+    /// [`QUEUE_PLANNER_STATS`].
     ///
     /// apalis's `SqliteStorage::setup` is not called on purpose: it turns
     /// `synchronous` OFF, which can lose committed jobs on power loss.
@@ -251,6 +290,13 @@ impl Db {
                 let mut ours = sqlx::migrate!("migrations/sqlite");
                 ours.dangerous_set_table_name("tuma_migrations");
                 ours.run(pool).await?;
+                let doing = "writing the queue's planner statistics";
+                let mut tx = pool.begin().await.doing(doing)?;
+                sqlx::raw_sql(QUEUE_PLANNER_STATS)
+                    .execute(&mut *tx)
+                    .await
+                    .doing(doing)?;
+                tx.commit().await.doing(doing)?;
             }
             Db::Postgres(pool) => {
                 PostgresStorage::migrations().run(pool).await?;

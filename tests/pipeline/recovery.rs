@@ -175,9 +175,32 @@ async fn sqlite_queue_statements_find_jobs_by_id_not_by_status() {
     let Db::Sqlite(pool) = &store else {
         unreachable!("a SQLite test database")
     };
-    // Several connections at once, opened before the migration and after: each
-    // loads the statistics when it sees the schema changed, which a statement
-    // that reads a table checks (EXPLAIN alone does not).
+    assert_queue_plans(pool).await;
+
+    // A plain ANALYZE of the empty queue replaces the statistics; the next
+    // start writes them again, and every connection open then reads them.
+    sqlx::query("ANALYZE").execute(pool).await.unwrap();
+    let ours: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sqlite_stat1 WHERE idx = 'sqlite_autoindex_Jobs_1'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(ours, 0, "ANALYZE of the empty queue replaced them");
+    store.close().await;
+    let restarted = db.connect().await;
+    let Db::Sqlite(pool) = &restarted else {
+        unreachable!("a SQLite test database")
+    };
+    assert_queue_plans(pool).await;
+}
+
+/// apalis's lock and ack find jobs by id, and its fetch reads its index, on
+/// every connection of `pool`.
+async fn assert_queue_plans(pool: &sqlx::SqlitePool) {
+    // Several connections at once, opened before the statistics were written
+    // and after: each loads them when it sees the schema changed, which a
+    // statement that reads a table checks (EXPLAIN alone does not).
     let mut conns = Vec::new();
     for _ in 0..3 {
         conns.push(pool.acquire().await.unwrap());
