@@ -282,8 +282,9 @@ impl Wakers {
 /// apalis fetches whenever its worker is woken, but a wake-up that arrives
 /// while a fetch is already running is spent on that fetch, which began
 /// before the commit and finds nothing; the job would then wait for the poll
-/// interval (an OTP behind a busy queue: up to `poll_interval` late). The echo
-/// comes after that fetch has finished, and costs an idle lane one empty fetch.
+/// interval (an OTP behind a busy queue: up to `poll_interval` late). By the
+/// echo such a fetch (a few milliseconds) has finished; a slower one still
+/// leaves the job to the poll. It costs an idle lane one empty fetch.
 const WAKE_ECHO: Duration = Duration::from_millis(20);
 
 /// A lane's wake-ups as a stream, for apalis's poll strategy: each wake-up

@@ -213,8 +213,10 @@ impl Gate {
         OtpInFlight(self)
     }
 
-    /// Holds the gate for [`OTP_PICKUP`] after an OTP is recorded, until its
-    /// worker enters it: the OTP's fetch is the queue's, not a batch.
+    /// Holds the gate for [`OTP_PICKUP`] after an OTP is recorded, about the
+    /// time its worker takes to pick it up (the fetch is the queue's, not a
+    /// batch, so nothing enters the gate meanwhile). The hold runs its full
+    /// time even if the worker is quicker.
     fn expect(&self) {
         let until = tokio::time::Instant::now() + OTP_PICKUP;
         if let Ok(mut expected) = self.expected_until.lock() {
