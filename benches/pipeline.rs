@@ -1,11 +1,18 @@
 //! tuma's benchmark: the queue alone, tuma end to end, OTP latency under a
-//! bulk backlog, and peak memory, on SQLite and Postgres, in one run.
+//! bulk backlog, and peak memory, on SQLite and Postgres, in one run; and
+//! the SMTP adapter against a local SMTP sink.
 //!
 //!     cargo bench --bench pipeline -- --help
 //!     cargo bench --bench pipeline -- --deliveries 20000 --backlog 5000
 //!
 //! Prints a table and writes the figures as JSON (`--out`). Everything runs
 //! in this process on fresh databases; provider doubles listen on 127.0.0.1.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark fails loudly on a broken setup, as a test does"
+)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,20 +29,26 @@ use clap::Parser;
 use serde::Serialize;
 use serde_json::{Map, json};
 use sqlx::Connection;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tuma::app::App;
 use tuma::clock::SystemClock;
 use tuma::config::Config;
 use tuma::intake::{NotificationRequest, OtpRequest};
 use tuma::providers::africastalking::{AfricasTalking, AfricasTalkingConfig};
+use tuma::providers::smtp::{Smtp, SmtpConfig, SmtpTls};
 use tuma::providers::{Accepted, OutgoingMessage, Provider, Providers, SendError, unlimited};
 use tuma::store::Db;
+
+#[path = "console/phase.rs"]
+mod console_phase;
 
 #[derive(Debug, Parser)]
 #[command(about = "Measure tuma against bare apalis on this machine")]
 struct Args {
-    /// Backends to measure: sqlite, postgres, or both.
+    /// Backends to measure: sqlite, postgres (over TCP, from
+    /// --postgres-url), postgres-unix (the same server over its Unix socket,
+    /// --postgres-socket).
     #[arg(long, default_value = "sqlite,postgres", value_delimiter = ',')]
     backends: Vec<String>,
     /// Postgres server (each phase creates a database of its own on it, and
@@ -46,6 +59,9 @@ struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     postgres_url: String,
+    /// The directory of the Postgres server's Unix socket (postgres-unix).
+    #[arg(long, default_value = "/var/run/postgresql")]
+    postgres_socket: String,
     /// Jobs for the queue floor and deliveries for the end-to-end run.
     #[arg(long, default_value_t = 20_000)]
     deliveries: usize,
@@ -72,13 +88,31 @@ struct Args {
     /// (tuma's default).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Phases to run: floor, e2e, http, otp, intake (default: all).
+    /// Phases to run: floor, e2e, http, otp, intake, mixed, smtp (default:
+    /// all), console (the console's page times over `--console-rows`
+    /// deliveries) and budget (the spend guard's cost on the dispatcher).
     #[arg(
         long,
-        default_value = "floor,e2e,http,otp,intake",
+        default_value = "floor,e2e,http,otp,intake,mixed,smtp",
         value_delimiter = ','
     )]
     phases: Vec<String>,
+    /// Deliveries per run of the budget phase (end to end with the spend
+    /// guard off, then on, `--budget-rounds` times each, alternating).
+    #[arg(long, default_value_t = 10_000)]
+    budget_deliveries: usize,
+    /// Rounds of the budget phase.
+    #[arg(long, default_value_t = 2)]
+    budget_rounds: usize,
+    /// Deliveries (over 90 days) behind the console phase's pages.
+    #[arg(long, default_value_t = 1_000_000)]
+    console_rows: usize,
+    /// Emails for the smtp phase (once, not per backend: no database).
+    #[arg(long, default_value_t = 2_000)]
+    smtp_messages: usize,
+    /// `max_connections` of the SMTP provider in the smtp phase.
+    #[arg(long, default_value_t = 8)]
+    smtp_connections: u32,
     /// Where to write the JSON figures.
     #[arg(long, default_value = "target/bench.json")]
     out: PathBuf,
@@ -107,6 +141,33 @@ struct BackendResult {
     http_intake: Latency,
     http_intake_refused: usize,
     http_intake_peak_rss_mb: f64,
+    mixed_intake_per_s: f64,
+    mixed_intake: Latency,
+    mixed_delivered: i64,
+    console: Option<console_phase::ConsoleResult>,
+    budget: Option<BudgetResult>,
+}
+
+/// The spend guard's cost: end to end (in-process provider, every send
+/// priced at 0.80 KES) without a budget, then with one whose limit is never
+/// reached (so every send reserves and settles), alternating.
+#[derive(Debug, Default, Serialize)]
+struct BudgetResult {
+    deliveries: usize,
+    off_per_s: Vec<f64>,
+    on_per_s: Vec<f64>,
+}
+
+impl BudgetResult {
+    fn median(v: &[f64]) -> f64 {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -160,6 +221,7 @@ impl Provider for Instant0 {
             provider_status: Some("accepted".into()),
             cost: None,
             segments: None,
+            part_ids: Vec::new(),
         })
     }
 
@@ -215,7 +277,8 @@ impl Fresh {
     }
 }
 
-async fn fresh_database(backend: &str, admin: &str) -> anyhow::Result<Fresh> {
+async fn fresh_database(backend: &str, args: &Args) -> anyhow::Result<Fresh> {
+    let admin = args.postgres_url.as_str();
     let dir = tempfile::tempdir()?;
     let (url, postgres) = if backend == "sqlite" {
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
@@ -227,7 +290,13 @@ async fn fresh_database(backend: &str, admin: &str) -> anyhow::Result<Fresh> {
             .execute(&mut conn)
             .await?;
         let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
-        (format!("{base}/{name}"), Some(name))
+        let url = if backend == "postgres-unix" {
+            // The same server and user, through its socket.
+            format!("{base}/{name}?host={}", args.postgres_socket)
+        } else {
+            format!("{base}/{name}")
+        };
+        (url, Some(name))
     };
     Ok(Fresh {
         url,
@@ -238,6 +307,11 @@ async fn fresh_database(backend: &str, admin: &str) -> anyhow::Result<Fresh> {
 }
 
 fn config(dir: &Path, concurrency: usize) -> anyhow::Result<Config> {
+    config_with(dir, concurrency, "")
+}
+
+/// The bench configuration with `extra` tables (prices, budgets) appended.
+fn config_with(dir: &Path, concurrency: usize, extra: &str) -> anyhow::Result<Config> {
     let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
     let text = format!(
         r#"
@@ -258,14 +332,26 @@ providers = ["fast"]
 [retry]
 jitter = false
 
+# The tests' OTP sealing key, which cargo sets (.cargo/config.toml): Postgres
+# has no key file.
+[otp]
+key_env = "TUMA_TEST_OTP_KEY"
+
 [templates]
 dir = "{}"
 vars = {{ app_name = "tuma" }}
+
+# Intake phases send OTPs to consecutive numbers: the pumping guard for
+# bursts into one number range would refuse them.
+[range_burst]
+enabled = false
 
 [worker]
 otp_concurrency = 4
 notification_concurrency = {concurrency}
 poll_interval = "200ms"
+
+{extra}
 "#,
         templates.display()
     );
@@ -279,8 +365,17 @@ async fn app(
     concurrency: usize,
     provider: Arc<dyn Provider>,
 ) -> anyhow::Result<Arc<App>> {
+    app_with(url, concurrency, provider, "").await
+}
+
+async fn app_with(
+    url: &str,
+    concurrency: usize,
+    provider: Arc<dyn Provider>,
+    extra: &str,
+) -> anyhow::Result<Arc<App>> {
     let dir = tempfile::tempdir()?;
-    let config = config(dir.path(), concurrency)?;
+    let config = config_with(dir.path(), concurrency, extra)?;
     let db = Db::connect(url, App::pool_size(&config)).await?;
     db.migrate().await?;
     let mut providers = Providers::default();
@@ -361,7 +456,11 @@ async fn noop(_: Noop, done: Data<Arc<(AtomicUsize, usize, Notify)>>) -> Result<
 async fn floor(url: &str, n: usize, concurrency: usize) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
     let db = Db::connect(url, App::pool_size(&config(dir.path(), concurrency)?)).await?;
-    db.migrate().await?;
+    // apalis's own tables, on tuma's connections (WAL, `synchronous=NORMAL`).
+    match &db {
+        Db::Sqlite(pool) => SqliteStorage::migrations().run(pool).await?,
+        Db::Postgres(pool) => PostgresStorage::migrations().run(pool).await?,
+    }
     let queue = "bench-floor";
     for chunk in (0..n as u64).collect::<Vec<_>>().chunks(1000) {
         let tasks: Vec<_> = chunk
@@ -575,6 +674,15 @@ async fn http_intake(
     Ok((rate, Latency::of(samples), refused))
 }
 
+/// Deliveries sent.
+async fn delivered(db: &Db) -> anyhow::Result<i64> {
+    let sql = "SELECT COUNT(*) FROM deliveries WHERE status = 'sent'";
+    Ok(match db {
+        Db::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+        Db::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+    })
+}
+
 async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult> {
     let mut r = BackendResult {
         backend: backend.to_owned(),
@@ -588,7 +696,7 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
             args.floor_jobs.unwrap_or(args.deliveries)
         );
         rss_reset();
-        let fresh = fresh_database(backend, &args.postgres_url).await?;
+        let fresh = fresh_database(backend, args).await?;
         r.floor_jobs_per_s = floor(
             &fresh.url,
             args.floor_jobs.unwrap_or(args.deliveries),
@@ -605,7 +713,7 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
             args.deliveries
         );
         rss_reset();
-        let fresh = fresh_database(backend, &args.postgres_url).await?;
+        let fresh = fresh_database(backend, args).await?;
         let provider = Arc::new(Instant0::default());
         let a = app(&fresh.url, args.concurrency, provider.clone()).await?;
         r.intake_per_s = enqueue(&a, args.deliveries).await?;
@@ -625,7 +733,7 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
             args.http_deliveries
         );
         rss_reset();
-        let fresh = fresh_database(backend, &args.postgres_url).await?;
+        let fresh = fresh_database(backend, args).await?;
         let base_url = at_double().await?;
         let at = AfricasTalking::new(
             AfricasTalkingConfig {
@@ -655,7 +763,7 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
             args.otps, args.backlog, args.otps
         );
         rss_reset();
-        let fresh = fresh_database(backend, &args.postgres_url).await?;
+        let fresh = fresh_database(backend, args).await?;
         let provider = Arc::new(Instant0::default());
         let a = app(&fresh.url, args.concurrency, provider.clone()).await?;
         enqueue(&a, args.backlog).await?;
@@ -689,7 +797,7 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
             args.requests, args.clients
         );
         rss_reset();
-        let fresh = fresh_database(backend, &args.postgres_url).await?;
+        let fresh = fresh_database(backend, args).await?;
         let a = app(&fresh.url, args.concurrency, Arc::new(Instant0::default())).await?;
         (r.http_intake_per_s, r.http_intake, r.http_intake_refused) =
             http_intake(&a, args.requests, args.clients).await?;
@@ -697,7 +805,109 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
         a.db.close().await;
         fresh.remove().await;
     }
+
+    if run("mixed") {
+        eprintln!(
+            "[{backend}] mixed: {} POST /v1/otp from {} clients while the workers deliver them",
+            args.requests, args.clients
+        );
+        let fresh = fresh_database(backend, args).await?;
+        let a = app(&fresh.url, args.concurrency, Arc::new(Instant0::default())).await?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(tuma::worker::run_until(a.clone(), async move {
+            let _ = stop_rx.await;
+            Ok(())
+        }));
+        (r.mixed_intake_per_s, r.mixed_intake, _) =
+            http_intake(&a, args.requests, args.clients).await?;
+        let _ = stop_tx.send(());
+        running.await??;
+        r.mixed_delivered = delivered(&a.db).await?;
+        a.db.close().await;
+        fresh.remove().await;
+    }
+
+    if run("budget") {
+        eprintln!(
+            "[{backend}] budget: {} deliveries end to end with the spend guard off, then on, {} rounds",
+            args.budget_deliveries, args.budget_rounds
+        );
+        r.budget = Some(budget_phase(backend, args).await?);
+    }
+
+    if run("console") {
+        eprintln!(
+            "[{backend}] console: {} deliveries over 90 days, then each page's server time",
+            args.console_rows
+        );
+        let fresh = fresh_database(backend, args).await?;
+        let a = app(&fresh.url, args.concurrency, Arc::new(Instant0::default())).await?;
+        r.console = Some(console_phase::run(a.clone(), args.console_rows).await?);
+        a.db.close().await;
+        fresh.remove().await;
+    }
     Ok(r)
+}
+
+/// Every send is priced (so both runs estimate its cost); only the second
+/// configuration has a budget to reserve it in.
+const PRICED: &str = r#"
+[[price]]
+provider = "fast"
+prefix = "+254"
+per_segment = "0.80"
+currency = "KES"
+"#;
+
+const BUDGETED: &str = r#"
+[[budget]]
+currency = "KES"
+period = "month"
+limit = "100000000.00"
+alert_at = [0.8, 1.0]
+kinds = ["notification"]
+"#;
+
+async fn budget_phase(backend: &str, args: &Args) -> anyhow::Result<BudgetResult> {
+    let mut result = BudgetResult {
+        deliveries: args.budget_deliveries,
+        ..BudgetResult::default()
+    };
+    for _ in 0..args.budget_rounds {
+        for on in [false, true] {
+            let fresh = fresh_database(backend, args).await?;
+            let extra = if on {
+                format!("{PRICED}\n{BUDGETED}")
+            } else {
+                PRICED.to_owned()
+            };
+            let a = app_with(
+                &fresh.url,
+                args.concurrency,
+                Arc::new(Instant0::default()),
+                &extra,
+            )
+            .await?;
+            enqueue(&a, args.budget_deliveries).await?;
+            tuma::worker::drain(a.clone(), Duration::from_secs(3600)).await?;
+            let per_s = throughput(&a.db).await?.0;
+            if on {
+                let status = tuma::spend::status(&a.db, &a.config, Utc::now()).await?;
+                let spent = status.first().map_or(0, |b| b.spent.micros);
+                let expected = i64::try_from(args.budget_deliveries)? * 800_000;
+                anyhow::ensure!(
+                    spent == expected,
+                    "the budget counted {spent} micro-units, not {expected}"
+                );
+                result.on_per_s.push(per_s);
+            } else {
+                result.off_per_s.push(per_s);
+            }
+            a.db.close().await;
+            fresh.remove().await;
+        }
+    }
+    Ok(result)
 }
 
 fn print(results: &[BackendResult], args: &Args) {
@@ -775,6 +985,18 @@ fn print(results: &[BackendResult], args: &Args) {
         format!("{:.1} / {:.1}", r.http_intake.p50_ms, r.http_intake.p99_ms)
     });
     row("  not accepted", &|r| r.http_intake_refused.to_string());
+    row("POST /v1/otp with workers running (/s)", &|r| {
+        format!("{:.0}", r.mixed_intake_per_s)
+    });
+    row("  latency p50 / p99 (ms)", &|r| {
+        format!(
+            "{:.1} / {:.1}",
+            r.mixed_intake.p50_ms, r.mixed_intake.p99_ms
+        )
+    });
+    row("  delivered by the time intake ended", &|r| {
+        r.mixed_delivered.to_string()
+    });
     row("peak RSS: floor / e2e (MB)", &|r| {
         format!("{:.0} / {:.0}", r.floor_peak_rss_mb, r.e2e_peak_rss_mb)
     });
@@ -786,31 +1008,237 @@ fn print(results: &[BackendResult], args: &Args) {
     });
 }
 
+/// What the smtp phase measured.
+#[derive(Debug, Default, Serialize)]
+struct SmtpResult {
+    messages: usize,
+    max_connections: u32,
+    concurrency: usize,
+    per_s: f64,
+    connections_opened: usize,
+    failed: usize,
+}
+
+/// An SMTP sink on 127.0.0.1 that behaves as a Linux MTA does on the wire:
+/// plain tokio sockets with the kernel's usual delayed ACKs (no
+/// TCP_QUICKACK, no TCP_NODELAY), a line reader, every reply at once.
+/// Counts the connections it accepted.
+async fn smtp_sink() -> anyhow::Result<(std::net::SocketAddr, Arc<AtomicUsize>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(smtp_session(sock));
+        }
+    });
+    Ok((addr, connections))
+}
+
+async fn smtp_session(sock: tokio::net::TcpStream) -> std::io::Result<()> {
+    let (read, mut write) = sock.into_split();
+    let mut input = tokio::io::BufReader::new(read);
+    write.write_all(b"220 sink.bench ESMTP\r\n").await?;
+    let mut line = String::new();
+    let mut queued = 0u64;
+    loop {
+        line.clear();
+        if input.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let verb = line.get(..4).unwrap_or_default().to_ascii_uppercase();
+        match verb.as_str() {
+            "EHLO" => {
+                write
+                    .write_all(b"250-sink.bench\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
+                    .await?
+            }
+            "DATA" => {
+                write
+                    .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                    .await?;
+                loop {
+                    line.clear();
+                    if input.read_line(&mut line).await? == 0 {
+                        return Ok(());
+                    }
+                    if line == ".\r\n" {
+                        break;
+                    }
+                }
+                queued += 1;
+                write
+                    .write_all(format!("250 2.0.0 Ok: queued as SINK{queued}\r\n").as_bytes())
+                    .await?;
+            }
+            "QUIT" => {
+                write.write_all(b"221 2.0.0 Bye\r\n").await?;
+                return Ok(());
+            }
+            _ => write.write_all(b"250 2.0.0 Ok\r\n").await?,
+        }
+    }
+}
+
+/// The SMTP adapter alone: `messages` emails, `concurrency` at a time (the
+/// notification lane's), through one provider with `max_connections`.
+async fn smtp_phase(
+    messages: usize,
+    max_connections: u32,
+    concurrency: usize,
+) -> anyhow::Result<SmtpResult> {
+    use futures::StreamExt;
+    let (addr, connections) = smtp_sink().await?;
+    let smtp = Smtp::new(
+        SmtpConfig {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            tls: SmtpTls::None,
+            auth: None,
+            from: "MtaaDAO <no-reply@mtaadao.org>".parse()?,
+            hello_name: None,
+            max_connections,
+            ca: None,
+            allow_plaintext_login: false,
+        },
+        Duration::from_secs(30),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let to = tuma::domain::email::EmailAddress::parse("wanjiku@example.com")
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let failed = AtomicUsize::new(0);
+    let started = Instant::now();
+    futures::stream::iter(0..messages)
+        .for_each_concurrent(concurrency, |i| {
+            let message = OutgoingMessage {
+                delivery_id: format!("01JBENCH{i:018}"),
+                kind: tuma::domain::DeliveryKind::Notification,
+                content: tuma::providers::Content::Email {
+                    to: to.clone(),
+                    subject: "Your MtaaDAO statement".into(),
+                    text: "Hello Wanjiku, your statement for November is ready. ".repeat(8),
+                    html: Some("<p>Hello Wanjiku, your <b>statement</b> is ready.</p>".repeat(8)),
+                },
+                code: None,
+                valid_for: None,
+            };
+            let (smtp, failed) = (&smtp, &failed);
+            async move {
+                if smtp.send(&message).await.is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let failed = failed.into_inner();
+    Ok(SmtpResult {
+        messages,
+        max_connections,
+        concurrency,
+        per_s: (messages - failed) as f64 / elapsed,
+        connections_opened: connections.load(Ordering::Relaxed),
+        failed,
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tuma::providers::install_crypto();
     for phase in &args.phases {
         anyhow::ensure!(
-            ["floor", "e2e", "http", "otp", "intake"].contains(&phase.as_str()),
-            "--phases takes floor, e2e, http, otp and intake, not `{phase}`"
+            [
+                "floor", "e2e", "http", "otp", "intake", "mixed", "smtp", "console", "budget"
+            ]
+            .contains(&phase.as_str()),
+            "--phases takes floor, e2e, http, otp, intake, mixed, smtp, console and budget, not `{phase}`"
         );
     }
+    let mut smtp = None;
+    if args.phases.iter().any(|p| p == "smtp") {
+        eprintln!(
+            "smtp: {} emails through the SMTP adapter ({} connections) to a local SMTP sink",
+            args.smtp_messages, args.smtp_connections
+        );
+        smtp = Some(smtp_phase(args.smtp_messages, args.smtp_connections, args.concurrency).await?);
+    }
+    let db_phases = [
+        "floor", "e2e", "http", "otp", "intake", "mixed", "console", "budget",
+    ];
     let mut results = Vec::new();
-    for backend in &args.backends {
+    for backend in args
+        .backends
+        .iter()
+        .filter(|_| args.phases.iter().any(|p| db_phases.contains(&p.as_str())))
+    {
         anyhow::ensure!(
-            backend == "sqlite" || backend == "postgres",
-            "--backends takes sqlite and/or postgres, not `{backend}`"
+            ["sqlite", "postgres", "postgres-unix"].contains(&backend.as_str()),
+            "--backends takes sqlite, postgres and postgres-unix, not `{backend}`"
         );
         results.push(run_backend(backend, &args).await?);
     }
-    print(&results, &args);
+    let classic = ["floor", "e2e", "http", "otp", "intake", "mixed"];
+    if !results.is_empty() && args.phases.iter().any(|p| classic.contains(&p.as_str())) {
+        print(&results, &args);
+    }
+    for r in &results {
+        if let Some(b) = &r.budget {
+            let (off, on) = (
+                BudgetResult::median(&b.off_per_s),
+                BudgetResult::median(&b.on_per_s),
+            );
+            println!(
+                "\nspend guard on {}: {} deliveries end to end, in-process provider (/s), median of {}",
+                r.backend,
+                b.deliveries,
+                b.off_per_s.len()
+            );
+            let list = |v: &[f64]| {
+                v.iter()
+                    .map(|x| format!("{x:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            println!("  no budget:      {off:>8.0}   ({})", list(&b.off_per_s));
+            println!("  with a budget:  {on:>8.0}   ({})", list(&b.on_per_s));
+            if off > 0.0 {
+                println!("  cost of the guard: {:.1} %", (1.0 - on / off) * 100.0);
+            }
+        }
+        if let Some(c) = &r.console {
+            println!(
+                "\nconsole on {}: {} deliveries over 90 days (filled in {:.0} s); server time per page, ms",
+                r.backend, c.rows, c.fill_secs
+            );
+            println!(
+                "{:<52} {:>8} {:>8} {:>8} {:>8}",
+                "page", "n", "p50", "p95", "max"
+            );
+            for p in &c.pages {
+                println!(
+                    "{:<52} {:>8} {:>8.1} {:>8.1} {:>8.1}",
+                    p.page, p.times.samples, p.times.p50_ms, p.times.p95_ms, p.times.max_ms
+                );
+            }
+        }
+    }
+    if let Some(s) = &smtp {
+        println!(
+            "\nSMTP adapter to a local sink: {} emails, {} at a time, max_connections {}: {:.0} emails/s, {} connections opened, {} failed",
+            s.messages, s.concurrency, s.max_connections, s.per_s, s.connections_opened, s.failed
+        );
+    }
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(
         &args.out,
-        serde_json::to_string_pretty(&json!({ "args": format!("{args:?}"), "results": results }))?,
+        serde_json::to_string_pretty(
+            &json!({ "args": format!("{args:?}"), "results": results, "smtp": smtp }),
+        )?,
     )?;
     println!("\nfigures written to {}", args.out.display());
     Ok(())

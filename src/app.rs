@@ -8,6 +8,7 @@ use crate::pricing::Pricing;
 use crate::providers::Providers;
 use crate::queue::Wakers;
 use crate::router::Router;
+use crate::secrets::OtpKeys;
 use crate::store::{Batcher, Db};
 use crate::templates::Templates;
 
@@ -19,7 +20,9 @@ pub struct App {
     pub config: Config,
     /// The database (queue and records).
     pub db: Db,
-    /// The dispatcher's statements, batched across worker slots.
+    /// The dispatcher's statements, batched across worker slots, and the
+    /// API's across requests: their tasks start with the app and end with
+    /// [`App::stop`].
     pub batcher: Batcher,
     /// Compiled templates.
     pub templates: Templates,
@@ -33,6 +36,17 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     /// Wakes this process's idle workers after a push.
     pub wakers: Wakers,
+    /// Seal OTP codes before they are stored and open them to send.
+    pub otp_keys: OtpKeys,
+    /// Provider answers this process could not record, and calls cut short.
+    pub unsettled: crate::unsettled::Unsettled,
+    /// This process among the others on the database: who holds a lease or
+    /// opened a shared circuit.
+    pub instance: String,
+    /// The tokens this process holds from the providers' shared buckets.
+    pub global_rate: crate::global_rate::GlobalRate,
+    /// Reads circuits other processes opened into this one's breakers.
+    pub circuits: crate::shared_circuits::SharedCircuits,
 }
 
 /// Why tuma could not start.
@@ -47,17 +61,26 @@ pub enum StartError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The OTP key is missing or unusable.
+    #[error(transparent)]
+    OtpKey(#[from] crate::secrets::KeyError),
 }
 
 impl App {
     /// Builds the app from a configuration and an open, migrated database,
     /// with the configured providers and the system clock.
     pub fn new(config: Config, db: Db) -> Result<App, StartError> {
-        let providers = Providers::from_config(&config)?;
+        let providers = match config.secrets {
+            crate::config::Secrets::Read => Providers::from_config(&config)?,
+            // `send` and `replay` only enqueue: no adapter is built, so no
+            // placeholder secret can reach a provider.
+            crate::config::Secrets::Skip => Providers::default(),
+        };
         App::with_parts(config, db, providers, Arc::new(SystemClock))
     }
 
     /// Builds the app with the given providers and clock (tests, benchmarks).
+    /// Starts the batch tasks, on the current Tokio runtime.
     pub fn with_parts(
         config: Config,
         db: Db,
@@ -67,17 +90,49 @@ impl App {
         let templates = Templates::load(&config.templates)?;
         let router = Router::new(&config);
         let pricing = Pricing::new(config.prices.clone());
+        let otp_keys = OtpKeys::load(&config.otp, &db)?;
+        let circuits = crate::shared_circuits::SharedCircuits::start(
+            db.clone(),
+            providers.clone(),
+            clock.clone(),
+        );
         Ok(App {
             pricing,
             config,
-            batcher: Batcher::new(db.clone()),
+            batcher: Batcher::start(db.clone()),
             db,
             templates,
             router,
             providers,
             clock,
             wakers: Wakers::default(),
+            otp_keys,
+            unsettled: Default::default(),
+            instance: format!(
+                "pid {} ({})",
+                std::process::id(),
+                uuid::Uuid::now_v7().simple()
+            ),
+            global_rate: Default::default(),
+            circuits,
         })
+    }
+
+    /// Stops the app's background tasks (the batch tasks, once they have run
+    /// what is queued) and closes the database pool. Call it last: the
+    /// workers and the API have stopped.
+    pub async fn stop(&self) {
+        self.circuits.stop();
+        self.batcher.stop().await;
+        self.db.close().await;
+    }
+
+    /// Starts housekeeping (sweeper, reconciler, webhook dispatcher), which
+    /// runs in whichever one process on the database holds its lease; stop
+    /// it with [`crate::housekeeping::Housekeeping::stop`] before
+    /// [`App::stop`].
+    pub fn start_housekeeping(self: &Arc<Self>) -> crate::housekeeping::Housekeeping {
+        crate::housekeeping::Housekeeping::start(self.clone())
     }
 
     /// The size of the database pool: a connection per worker slot, up to

@@ -6,7 +6,6 @@
 //! [`ConfigError`] naming the file, the key and the reason.
 
 use std::collections::{BTreeMap, HashSet};
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,10 +14,66 @@ use serde::Deserialize;
 use crate::domain::Channel;
 use crate::domain::money::Money;
 use crate::domain::phone::Region;
-use crate::providers::africastalking::AfricasTalkingConfig;
-use crate::providers::outbox::OutboxConfig;
-use crate::providers::smtp::SmtpConfig;
-use crate::providers::twilio::TwilioConfig;
+pub use crate::providers::registry::{ProviderConfig, ProviderKind};
+use crate::settings::UNREAD_SECRET;
+pub use crate::settings::{
+    CircuitBreakerConfig, RateLimit, Secrets, count_in, parse_duration, parse_duration_in,
+    secret_from_env, table_error,
+};
+
+mod api;
+mod circuit_breaker;
+mod otp;
+mod prices;
+mod providers;
+mod receipts;
+mod retry;
+mod routes;
+mod worker;
+
+/// What every section's check needs: the file (for errors), its folder (for
+/// relative paths) and whether secrets are read.
+struct Cx<'a> {
+    path: &'a Path,
+    base: PathBuf,
+    secrets: Secrets,
+}
+
+impl<'a> Cx<'a> {
+    fn new(path: &'a Path, secrets: Secrets) -> Cx<'a> {
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Cx {
+            path,
+            base,
+            secrets,
+        }
+    }
+
+    /// An error about `key` in this file.
+    fn err(&self, key: &str, reason: String) -> ConfigError {
+        ConfigError {
+            file: self.path.to_owned(),
+            key: key.to_owned(),
+            reason,
+        }
+    }
+
+    /// Reads a secret named in the file, or a placeholder when secrets are skipped.
+    fn read_secret(&self, var: &str) -> Result<secrecy::SecretString, String> {
+        match self.secrets {
+            Secrets::Read => secret_from_env(var),
+            Secrets::Skip => Ok(secrecy::SecretString::from(UNREAD_SECRET)),
+        }
+    }
+}
+
+mod webhooks;
+pub use webhooks::WebhooksConfig;
+mod spend;
+pub use spend::{BudgetConfig, CountryLimit, SpendConfig};
 
 /// A configuration problem: which file, which key, and why.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +112,14 @@ pub struct Config {
     pub api: ApiConfig,
     /// Delivery receipts.
     pub receipts: ReceiptsConfig,
+    /// Status webhooks.
+    pub webhooks: WebhooksConfig,
+    /// Budgets (`[[budget]]`), the spend guard's limits.
+    pub spend: SpendConfig,
+    /// Whether provider secrets were read from the environment. Without them
+    /// (commands that never talk to a provider) every secret holds a
+    /// placeholder, and [`crate::providers::Providers`] must not be built.
+    pub secrets: Secrets,
 }
 
 /// Delivery receipts (`[receipts]`).
@@ -65,8 +128,9 @@ pub struct ReceiptsConfig {
     /// A delivery `sent` longer ago than this without a final receipt is shown
     /// as "no receipt" (never taken as delivered).
     pub no_receipt_after: Duration,
-    /// A Twilio delivery still without an actual price this long after it was
-    /// sent is fetched from Twilio (its price, segments and status).
+    /// A delivery of a provider that says its price only later, still without
+    /// an actual price this long after it was sent, is fetched from the
+    /// provider (its price, segments and status).
     pub reconcile_after: Duration,
     /// After this long since sending, tuma stops asking for the price.
     pub give_up_after: Duration,
@@ -88,6 +152,16 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// `/metrics` asks for a key with the `ops` scope (else it is open).
     pub metrics_need_key: bool,
+    /// Longest a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// Longest a client may take to send a request's body.
+    pub body_read_timeout: Duration,
+    /// A keep-alive connection idle this long is closed.
+    pub idle_timeout: Duration,
+    /// At most this many open client connections.
+    pub max_connections: usize,
+    /// Largest request line plus headers accepted, in bytes (431 past it).
+    pub max_header_bytes: usize,
 }
 
 /// A count per sliding window.
@@ -110,81 +184,6 @@ pub struct PriceConfig {
     pub per_segment: Money,
 }
 
-/// Circuit breaker settings, per provider.
-#[derive(Debug, Clone, Copy)]
-pub struct CircuitBreakerConfig {
-    /// Consecutive transient failures that open the circuit.
-    pub failures: u32,
-    /// How long an open circuit skips the provider.
-    pub cooldown: Duration,
-}
-
-/// One provider: the common keys plus what its kind needs.
-#[derive(Debug, Clone)]
-pub struct ProviderConfig {
-    /// Name referenced by routes.
-    pub name: String,
-    /// Requests per second allowed towards this provider (both lanes share it).
-    pub rate_limit: RateLimit,
-    /// Hard limit on one provider call.
-    pub timeout: Duration,
-    /// Kind-specific settings.
-    pub kind: ProviderKind,
-}
-
-/// The kinds of provider tuma can talk to.
-#[derive(Debug, Clone)]
-pub enum ProviderKind {
-    /// Writes each message as a file: the development default.
-    Outbox(OutboxConfig),
-    /// Africa's Talking SMS.
-    AfricasTalking(AfricasTalkingConfig),
-    /// Twilio Programmable Messaging (SMS).
-    Twilio(TwilioConfig),
-    /// An SMTP server (email).
-    Smtp(SmtpConfig),
-}
-
-impl ProviderKind {
-    /// The `kind` string as written in the file.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ProviderKind::Outbox(_) => "outbox",
-            ProviderKind::AfricasTalking(_) => "africastalking",
-            ProviderKind::Twilio(_) => "twilio",
-            ProviderKind::Smtp(_) => "smtp",
-        }
-    }
-
-    /// The channels this kind can deliver.
-    pub fn channels(&self) -> &'static [Channel] {
-        match self {
-            ProviderKind::Outbox(_) => &[Channel::Sms, Channel::Email],
-            ProviderKind::AfricasTalking(_) | ProviderKind::Twilio(_) => &[Channel::Sms],
-            ProviderKind::Smtp(_) => &[Channel::Email],
-        }
-    }
-}
-
-/// A GCRA rate limit.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimit {
-    /// Sustained requests per second.
-    pub per_second: NonZeroU32,
-    /// How many may go at once after a quiet spell.
-    pub burst: NonZeroU32,
-}
-
-impl Default for RateLimit {
-    fn default() -> Self {
-        RateLimit {
-            per_second: NonZeroU32::new(50).unwrap_or(NonZeroU32::MIN),
-            burst: NonZeroU32::new(50).unwrap_or(NonZeroU32::MIN),
-        }
-    }
-}
-
 /// A route: which providers carry a channel, optionally for one E.164 prefix.
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
@@ -199,8 +198,12 @@ pub struct RouteConfig {
 /// Retry policy: exponential backoff, capped, durable.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryConfig {
-    /// Attempts in all, the first one included.
+    /// A safety cap on provider calls per delivery, the first included; the
+    /// time budget (`give_up_after`, or an OTP's TTL) is what normally ends
+    /// retrying.
     pub max_attempts: u32,
+    /// How long a notification is retried, from its first attempt.
+    pub give_up_after: Duration,
     /// Delay after the first failed attempt.
     pub initial_delay: Duration,
     /// The delay never grows past this.
@@ -210,12 +213,20 @@ pub struct RetryConfig {
 }
 
 /// OTP defaults.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct OtpConfig {
     /// How long a code is worth sending, unless the request says otherwise.
     pub ttl: Duration,
     /// Region for numbers written without `+country`.
     pub default_region: Region,
+    /// Send OTPs to fixed lines too (some countries deliver SMS to them);
+    /// off, an OTP goes only to mobile numbers.
+    pub allow_fixed_line: bool,
+    /// The variable holding the key codes are sealed with at rest; without
+    /// it, SQLite uses a key file beside the database (see `secrets`).
+    pub key_env: Option<String>,
+    /// The variable holding the previous key: codes sealed with it still open.
+    pub previous_key_env: Option<String>,
 }
 
 /// Templates.
@@ -236,346 +247,91 @@ pub struct WorkerConfig {
     pub otp_concurrency: usize,
     /// Concurrent notification sends.
     pub notification_concurrency: usize,
-    /// How often idle workers look for due retries (new work wakes them at once).
+    /// How often idle workers look for work another SQLite process wrote
+    /// and claims whose lease ran out (new work, and retries coming due,
+    /// wake them at once).
     pub poll_interval: Duration,
-    /// Worker heartbeat; a worker silent for two beats is taken as dead.
-    pub heartbeat: Duration,
-    /// How often the sweeper looks for deliveries that lost their job.
+    /// How often housekeeping runs (settling sends whose lease ran out,
+    /// held deliveries, suppressions, Idempotency-Keys).
     pub sweep_interval: Duration,
     /// Longest wait for a provider's rate-limit slot before the send is put back.
     pub rate_limit_wait: Duration,
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file, with every provider secret.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with(path, Secrets::Read)
+    }
+
+    /// Reads and validates a configuration file, reading secrets or not.
+    pub fn load_with(path: &Path, secrets: Secrets) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_owned(),
             key: "(file)".into(),
             reason: format!("cannot read it: {e}; pass --config or set TUMA_CONFIG"),
         })?;
-        Self::parse(&text, path)
+        let config = Self::parse_with(&text, path, secrets)?;
+        // Checked here rather than when templates load, so a wrong folder is
+        // refused before any command creates a database.
+        if !config.templates.dir.is_dir() {
+            return Err(ConfigError {
+                file: path.to_owned(),
+                key: "templates.dir".into(),
+                reason: format!(
+                    "the folder {} does not exist (relative paths resolve against the config file's folder)",
+                    config.templates.dir.display()
+                ),
+            });
+        }
+        Ok(config)
     }
 
     /// Parses configuration text; `path` names the file in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let err = |key: &str, reason: String| ConfigError {
-            file: path.to_owned(),
-            key: key.to_owned(),
-            reason,
-        };
+        Self::parse_with(text, path, Secrets::Read)
+    }
+
+    /// [`Config::parse`], reading provider secrets or not.
+    pub fn parse_with(text: &str, path: &Path, secrets: Secrets) -> Result<Config, ConfigError> {
+        let cx = Cx::new(path, secrets);
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let key = e
                 .span()
                 .map(|s| locate(text, s.start))
                 .unwrap_or_else(|| "(document)".into());
-            err(&key, e.message().to_owned())
+            cx.err(&key, e.message().to_owned())
         })?;
-        let base = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-
-        let mut providers = Vec::new();
-        let mut names = HashSet::new();
-        for (i, p) in raw.provider.into_iter().enumerate() {
-            let key = |k: &str| format!("provider[{i}].{k}");
-            if p.name.trim().is_empty() {
-                return Err(err(&key("name"), "must not be empty".into()));
-            }
-            if !names.insert(p.name.clone()) {
-                return Err(err(
-                    &key("name"),
-                    format!("provider `{}` is declared twice", p.name),
-                ));
-            }
-            let timeout = match &p.timeout {
-                Some(t) => parse_duration(t).map_err(|r| err(&key("timeout"), r))?,
-                None => Duration::from_secs(15),
-            };
-            let kind = match p.kind.as_str() {
-                "outbox" => ProviderKind::Outbox(
-                    OutboxConfig::from_table(p.rest, &base).map_err(|(k, r)| err(&key(&k), r))?,
-                ),
-                "africastalking" => ProviderKind::AfricasTalking(
-                    AfricasTalkingConfig::from_table(p.rest, &base)
-                        .map_err(|(k, r)| err(&key(&k), r))?,
-                ),
-                "twilio" => ProviderKind::Twilio(
-                    TwilioConfig::from_table(p.rest, &base).map_err(|(k, r)| err(&key(&k), r))?,
-                ),
-                "smtp" => ProviderKind::Smtp(
-                    SmtpConfig::from_table(p.rest, &base).map_err(|(k, r)| err(&key(&k), r))?,
-                ),
-                other => {
-                    return Err(err(
-                        &key("kind"),
-                        format!(
-                            "unknown provider kind `{other}` (expected one of: outbox, smtp, africastalking, twilio)"
-                        ),
-                    ));
-                }
-            };
-            providers.push(ProviderConfig {
-                name: p.name,
-                rate_limit: p.rate_limit.unwrap_or_default(),
-                timeout,
-                kind,
-            });
-        }
-
-        let mut routes = Vec::new();
-        for (i, r) in raw.route.into_iter().enumerate() {
-            let key = |k: &str| format!("route[{i}].{k}");
-            let channel: Channel = r.channel.parse().map_err(|e| err(&key("channel"), e))?;
-            if let Some(prefix) = &r.prefix {
-                if channel == Channel::Email {
-                    return Err(err(
-                        &key("prefix"),
-                        "email routes take no phone prefix".into(),
-                    ));
-                }
-                if !is_e164_prefix(prefix) {
-                    return Err(err(
-                        &key("prefix"),
-                        format!("`{prefix}` is not an E.164 prefix such as \"+254\""),
-                    ));
-                }
-            }
-            if r.providers.is_empty() {
-                return Err(err(&key("providers"), "name at least one provider".into()));
-            }
-            for name in &r.providers {
-                let Some(p) = providers.iter().find(|p| &p.name == name) else {
-                    return Err(err(
-                        &key("providers"),
-                        format!("no provider is named `{name}`"),
-                    ));
-                };
-                if !p.kind.channels().contains(&channel) {
-                    return Err(err(
-                        &key("providers"),
-                        format!(
-                            "provider `{name}` ({}) cannot send {channel}",
-                            p.kind.as_str()
-                        ),
-                    ));
-                }
-            }
-            if routes
-                .iter()
-                .any(|o: &RouteConfig| o.channel == channel && o.prefix == r.prefix)
-            {
-                return Err(err(
-                    &key("prefix"),
-                    format!(
-                        "a {channel} route for {} is declared twice",
-                        r.prefix.as_deref().unwrap_or("the default")
-                    ),
-                ));
-            }
-            routes.push(RouteConfig {
-                channel,
-                prefix: r.prefix,
-                providers: r.providers,
-            });
-        }
-
-        let retry = {
-            let r = raw.retry;
-            let initial_delay =
-                parse_duration(&r.initial_delay).map_err(|e| err("retry.initial_delay", e))?;
-            let max_delay = parse_duration(&r.max_delay).map_err(|e| err("retry.max_delay", e))?;
-            if r.max_attempts == 0 {
-                return Err(err("retry.max_attempts", "must be at least 1".into()));
-            }
-            if max_delay < initial_delay {
-                return Err(err(
-                    "retry.max_delay",
-                    "must not be shorter than retry.initial_delay".into(),
-                ));
-            }
-            RetryConfig {
-                max_attempts: r.max_attempts,
-                initial_delay,
-                max_delay,
-                jitter: r.jitter,
-            }
-        };
-
-        let otp = OtpConfig {
-            ttl: parse_duration(&raw.otp.ttl).map_err(|e| err("otp.ttl", e))?,
-            default_region: raw.otp.default_region.parse().map_err(
-                |e: crate::domain::phone::PhoneError| err("otp.default_region", e.to_string()),
-            )?,
-        };
-        if otp.ttl.is_zero() {
-            return Err(err("otp.ttl", "must be longer than zero".into()));
-        }
-
+        // One check per section, in this order (the first error wins).
+        let providers = providers::check(raw.provider, &cx)?;
+        let routes = routes::check(raw.route, &providers, &cx)?;
+        let retry = retry::check(raw.retry, &cx)?;
+        let otp = otp::check(raw.otp, &cx)?;
         let templates = TemplatesConfig {
-            dir: base.join(&raw.templates.dir),
+            dir: cx.base.join(&raw.templates.dir),
             default_locale: raw.templates.default_locale,
             vars: raw.templates.vars,
         };
+        let worker = worker::check(raw.worker, &cx)?;
+        let prices = prices::check(raw.price, &providers, &cx)?;
+        let circuit_breaker = circuit_breaker::check(raw.circuit_breaker, &cx)?;
+        routes::check_every_channel(&routes, &cx)?;
+        let api = api::check(raw.api, &cx)?;
+        let receipts = receipts::check(raw.receipts, &cx)?;
 
-        let w = raw.worker;
-        let worker = WorkerConfig {
-            otp_concurrency: positive(w.otp_concurrency)
-                .map_err(|e| err("worker.otp_concurrency", e))?,
-            notification_concurrency: positive(w.notification_concurrency)
-                .map_err(|e| err("worker.notification_concurrency", e))?,
-            poll_interval: parse_duration(&w.poll_interval)
-                .map_err(|e| err("worker.poll_interval", e))?,
-            heartbeat: parse_duration(&w.heartbeat).map_err(|e| err("worker.heartbeat", e))?,
-            sweep_interval: parse_duration(&w.sweep_interval)
-                .map_err(|e| err("worker.sweep_interval", e))?,
-            rate_limit_wait: parse_duration(&w.rate_limit_wait)
-                .map_err(|e| err("worker.rate_limit_wait", e))?,
-        };
-        if worker.heartbeat < Duration::from_secs(1) {
-            return Err(err("worker.heartbeat", "must be at least 1s".into()));
-        }
-        if worker.poll_interval.is_zero() || worker.sweep_interval.is_zero() {
-            return Err(err(
-                "worker.poll_interval",
-                "poll_interval and sweep_interval must be longer than zero".into(),
-            ));
-        }
-
-        let mut prices = Vec::new();
-        for (i, p) in raw.price.into_iter().enumerate() {
-            let key = |k: &str| format!("price[{i}].{k}");
-            if !providers.iter().any(|pr| pr.name == p.provider) {
-                return Err(err(
-                    &key("provider"),
-                    format!("no provider is named `{}`", p.provider),
-                ));
-            }
-            if !is_e164_prefix(&p.prefix) {
-                return Err(err(
-                    &key("prefix"),
-                    format!("`{}` is not an E.164 prefix such as \"+1\"", p.prefix),
-                ));
-            }
-            let per_segment = Money::parse(&p.per_segment, &p.currency).map_err(|e| {
-                let k = if matches!(e, crate::domain::money::MoneyError::InvalidCurrency(_)) {
-                    "currency"
-                } else {
-                    "per_segment"
-                };
-                err(&key(k), e.to_string())
-            })?;
-            if per_segment.micros < 0 {
-                return Err(err(
-                    &key("per_segment"),
-                    "a price cannot be negative".into(),
-                ));
-            }
-            prices.push(PriceConfig {
-                provider: p.provider,
-                prefix: p.prefix,
-                per_segment,
-            });
-        }
-
-        let circuit_breaker = CircuitBreakerConfig {
-            failures: raw.circuit_breaker.failures,
-            cooldown: parse_duration(&raw.circuit_breaker.cooldown)
-                .map_err(|e| err("circuit_breaker.cooldown", e))?,
-        };
-        if circuit_breaker.failures == 0 {
-            return Err(err("circuit_breaker.failures", "must be at least 1".into()));
-        }
-
-        for channel in [Channel::Sms, Channel::Email] {
-            if !routes.iter().any(|r| r.channel == channel) {
-                return Err(err(
-                    "route",
-                    format!(
-                        "no route carries {channel}: add a [[route]] with channel = \"{channel}\""
-                    ),
-                ));
-            }
-        }
-
-        let api = {
-            let a = raw.api;
-            let otp_per_recipient = match a.otp_per_recipient {
-                None => None,
-                Some(l) => {
-                    let per =
-                        parse_duration(&l.per).map_err(|e| err("api.otp_per_recipient.per", e))?;
-                    if l.max == 0 {
-                        return Err(err(
-                            "api.otp_per_recipient.max",
-                            "must be at least 1 (remove the key for no limit)".into(),
-                        ));
-                    }
-                    if per.is_zero() {
-                        return Err(err(
-                            "api.otp_per_recipient.per",
-                            "must be longer than zero".into(),
-                        ));
-                    }
-                    Some(RecipientLimit { max: l.max, per })
-                }
-            };
-            for (i, prefix) in a.sms_prefix_allowlist.iter().enumerate() {
-                if !is_e164_prefix(prefix) {
-                    return Err(err(
-                        &format!("api.sms_prefix_allowlist[{i}]"),
-                        format!("`{prefix}` is not an E.164 prefix such as \"+254\""),
-                    ));
-                }
-            }
-            if a.max_body_bytes < 256 {
-                return Err(err("api.max_body_bytes", "must be at least 256".into()));
-            }
-            let request_timeout =
-                parse_duration(&a.request_timeout).map_err(|e| err("api.request_timeout", e))?;
-            if request_timeout.is_zero() {
-                return Err(err(
-                    "api.request_timeout",
-                    "must be longer than zero".into(),
-                ));
-            }
-            ApiConfig {
-                otp_per_recipient,
-                sms_prefix_allowlist: a.sms_prefix_allowlist,
-                max_body_bytes: a.max_body_bytes,
-                request_timeout,
-                metrics_need_key: a.metrics_need_key,
-            }
-        };
-
-        let rc = &raw.receipts;
-        let receipts = ReceiptsConfig {
-            no_receipt_after: parse_duration(&rc.no_receipt_after)
-                .map_err(|e| err("receipts.no_receipt_after", e))?,
-            reconcile_after: parse_duration(&rc.reconcile_after)
-                .map_err(|e| err("receipts.reconcile_after", e))?,
-            give_up_after: parse_duration(&rc.give_up_after)
-                .map_err(|e| err("receipts.give_up_after", e))?,
-            reconcile_interval: parse_duration(&rc.reconcile_interval)
-                .map_err(|e| err("receipts.reconcile_interval", e))?,
-        };
-        for (key, value) in [
-            ("receipts.no_receipt_after", receipts.no_receipt_after),
-            ("receipts.reconcile_interval", receipts.reconcile_interval),
-        ] {
-            if value.is_zero() {
-                return Err(err(key, "must be longer than zero".into()));
-            }
-        }
-        if receipts.give_up_after <= receipts.reconcile_after {
-            return Err(err(
-                "receipts.give_up_after",
-                "must be longer than receipts.reconcile_after".into(),
-            ));
-        }
-
+        let webhooks = webhooks::parse(raw.webhooks).map_err(|(k, r)| cx.err(&k, r))?;
+        let spend = spend::parse(
+            raw.budget,
+            raw.suppression,
+            spend::RawPumping {
+                country_limit: raw.country_limit,
+                range_burst: raw.range_burst,
+            },
+        )
+        .map_err(|(k, r)| cx.err(&k, r))?;
         Ok(Config {
+            webhooks,
+            spend,
             file: path.to_owned(),
             providers,
             routes,
@@ -587,6 +343,7 @@ impl Config {
             circuit_breaker,
             api,
             receipts,
+            secrets,
         })
     }
 
@@ -609,25 +366,50 @@ impl Config {
     }
 }
 
-/// Parses a duration such as `2s`, `500ms`, `10m` or `1h 30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        format!("`{text}` is not a duration ({e}); write e.g. \"2s\", \"500ms\", \"10m\"")
-    })
+impl crate::providers::registry::ProviderSetup for Config {
+    fn provider_configs(&self) -> &[ProviderConfig] {
+        &self.providers
+    }
+
+    fn circuit_breaker(&self) -> CircuitBreakerConfig {
+        self.circuit_breaker
+    }
+
+    fn secrets(&self) -> Secrets {
+        self.secrets
+    }
 }
+
+/// `retry.max_attempts` at most: a cap, not a schedule.
+const MAX_ATTEMPTS_CAP: u32 = 10_000;
+/// `retry.give_up_after`'s range.
+const GIVE_UP_AFTER_MIN: Duration = Duration::from_secs(60);
+const GIVE_UP_AFTER_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Seconds as a [`Duration`], for the range constants below.
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// Milliseconds as a [`Duration`].
+const fn millis(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// One hour, one day.
+const HOUR: u64 = 3600;
+const DAY: u64 = 24 * HOUR;
 
 fn is_e164_prefix(prefix: &str) -> bool {
     let digits = prefix.strip_prefix('+').unwrap_or("");
     !digits.is_empty() && digits.len() <= 15 && digits.chars().all(|c| c.is_ascii_digit())
 }
 
-fn positive(n: usize) -> Result<usize, String> {
-    if n == 0 {
-        Err("must be at least 1".into())
-    } else {
-        Ok(n)
-    }
-}
+/// The largest `rate_limit.per_second` and `rate_limit.burst`.
+const MAX_RATE: u32 = 1_000_000;
+
+/// The most concurrent sends per lane.
+const MAX_CONCURRENCY: usize = 1024;
 
 /// Names the table key around a byte offset, for parse errors: `line 7 (provider[1])`.
 fn locate(text: &str, offset: usize) -> String {
@@ -674,6 +456,15 @@ struct RawConfig {
     api: RawApi,
     #[serde(default)]
     receipts: RawReceipts,
+    webhooks: Option<toml::Value>,
+    #[serde(default)]
+    budget: Vec<spend::RawBudget>,
+    #[serde(default)]
+    suppression: spend::RawSuppression,
+    #[serde(default)]
+    country_limit: Vec<spend::RawCountryLimit>,
+    #[serde(default)]
+    range_burst: spend::RawRangeBurst,
 }
 
 #[derive(Deserialize)]
@@ -699,24 +490,35 @@ impl Default for RawReceipts {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawApi {
-    otp_per_recipient: Option<RawLimit>,
+    /// A `{ max, per }` table, or `"off"`.
+    otp_per_recipient: toml::Value,
     sms_prefix_allowlist: Vec<String>,
     max_body_bytes: usize,
     request_timeout: String,
     metrics_need_key: bool,
+    header_read_timeout: String,
+    body_read_timeout: String,
+    idle_timeout: String,
+    max_connections: usize,
+    max_header_bytes: usize,
 }
 
 impl Default for RawApi {
     fn default() -> Self {
         RawApi {
-            otp_per_recipient: Some(RawLimit {
-                max: 5,
-                per: "15m".into(),
-            }),
+            otp_per_recipient: toml::Value::Table(toml::Table::from_iter([
+                ("max".to_owned(), toml::Value::Integer(5)),
+                ("per".to_owned(), toml::Value::String("15m".into())),
+            ])),
             sms_prefix_allowlist: Vec::new(),
             max_body_bytes: 16 * 1024,
             request_timeout: "5s".into(),
             metrics_need_key: false,
+            header_read_timeout: "10s".into(),
+            body_read_timeout: "30s".into(),
+            idle_timeout: "60s".into(),
+            max_connections: 10_000,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -776,6 +578,7 @@ struct RawRoute {
 #[serde(deny_unknown_fields, default)]
 struct RawRetry {
     max_attempts: u32,
+    give_up_after: String,
     initial_delay: String,
     max_delay: String,
     jitter: bool,
@@ -784,7 +587,8 @@ struct RawRetry {
 impl Default for RawRetry {
     fn default() -> Self {
         RawRetry {
-            max_attempts: 6,
+            max_attempts: 200,
+            give_up_after: "24h".into(),
             initial_delay: "2s".into(),
             max_delay: "10m".into(),
             jitter: true,
@@ -797,6 +601,9 @@ impl Default for RawRetry {
 struct RawOtp {
     ttl: String,
     default_region: String,
+    allow_fixed_line: bool,
+    key_env: Option<String>,
+    previous_key_env: Option<String>,
 }
 
 impl Default for RawOtp {
@@ -804,7 +611,29 @@ impl Default for RawOtp {
         RawOtp {
             ttl: "5m".into(),
             default_region: "KE".into(),
+            allow_fixed_line: false,
+            key_env: None,
+            previous_key_env: None,
         }
+    }
+}
+
+/// An environment variable's name as written in the file: letters, digits
+/// and `_`, not starting with a digit.
+fn env_name(name: Option<String>) -> Result<Option<String>, String> {
+    match name {
+        None => Ok(None),
+        Some(n)
+            if !n.is_empty()
+                && !n.starts_with(|c: char| c.is_ascii_digit())
+                && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            Ok(Some(n))
+        }
+        Some(n) => Err(format!(
+            "`{n}` is not an environment variable name (letters, digits and _, \
+             not starting with a digit)"
+        )),
     }
 }
 
@@ -832,7 +661,9 @@ struct RawWorker {
     otp_concurrency: usize,
     notification_concurrency: usize,
     poll_interval: String,
-    heartbeat: String,
+    /// Read by tumas whose workers sent heartbeats; leases replaced them.
+    /// Still accepted (and range-checked) so such a file loads unchanged.
+    heartbeat: Option<String>,
     sweep_interval: String,
     rate_limit_wait: String,
 }
@@ -843,42 +674,10 @@ impl Default for RawWorker {
             otp_concurrency: 8,
             notification_concurrency: 64,
             poll_interval: "500ms".into(),
-            heartbeat: "5s".into(),
+            heartbeat: None,
             sweep_interval: "10s".into(),
             rate_limit_wait: "5s".into(),
         }
-    }
-}
-
-/// Splits a provider kind's deserialization error into the key it is about
-/// and the reason: serde says "unknown field `x`, expected …" or "missing
-/// field `x`"; toml ends a type error with a line "in `x`". Anything else is
-/// about the provider's table as a whole.
-pub fn table_error(error: &toml::de::Error) -> (String, String) {
-    let message = error.to_string();
-    let message = message.trim_end();
-    let quoted = |rest: &str| rest.split('`').next().map(str::to_owned);
-    for prefix in ["unknown field `", "missing field `"] {
-        if let Some(key) = message
-            .split_once(prefix)
-            .and_then(|(_, rest)| quoted(rest))
-        {
-            return (key, message.to_owned());
-        }
-    }
-    let mut lines = message.lines();
-    let first = lines.next().unwrap_or_default().to_owned();
-    match lines.find_map(|l| l.trim().strip_prefix("in `").and_then(quoted)) {
-        Some(key) => (key, first),
-        None => ("(provider)".to_owned(), message.to_owned()),
-    }
-}
-
-/// Reads an environment variable named in the file; unset or empty is an error.
-pub fn secret_from_env(var: &str) -> Result<secrecy::SecretString, String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Ok(secrecy::SecretString::from(v)),
-        _ => Err(format!("environment variable {var} is not set")),
     }
 }
 
@@ -920,5 +719,279 @@ mod receipts_tests {
             assert_eq!(parse(text).unwrap_err().key, key, "{text}");
         }
         assert!(parse("[receipts]\nnope = 1\n").is_err());
+    }
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+
+    const BASE: &str = "[[provider]]\nname = \"o\"\nkind = \"outbox\"\ndir = \"outbox\"\n\
+        KEYS\n\
+        [[route]]\nchannel = \"sms\"\nproviders = [\"o\"]\n\n\
+        [[route]]\nchannel = \"email\"\nproviders = [\"o\"]\n\n";
+
+    /// `provider` goes into the provider's table, `rest` after the routes.
+    fn parse(provider: &str, rest: &str) -> Result<Config, ConfigError> {
+        let text = format!("{}{rest}", BASE.replace("KEYS", provider));
+        Config::parse(&text, Path::new("providers.toml"))
+    }
+
+    #[test]
+    fn every_duration_and_count_outside_its_range_is_refused_naming_the_key() {
+        for (provider, rest, key, reason) in [
+            (
+                "timeout = \"0s\"",
+                "",
+                "provider[o].timeout",
+                "0s is below the minimum 100ms",
+            ),
+            (
+                "timeout = \"100000000000h\"",
+                "",
+                "provider[o].timeout",
+                "above the maximum",
+            ),
+            (
+                "latency = \"2h\"",
+                "",
+                "provider[o].latency",
+                "above the maximum 1m",
+            ),
+            (
+                "rate_limit = { per_second = 2000000, burst = 1 }",
+                "",
+                "provider[o].rate_limit.per_second",
+                "above the maximum",
+            ),
+            (
+                "rate_limit = { per_second = 1, burst = 4000000000 }",
+                "",
+                "provider[o].rate_limit.burst",
+                "above the maximum",
+            ),
+            (
+                "",
+                "[retry]\ninitial_delay = \"100000000000h\"\n",
+                "retry.initial_delay",
+                "above the maximum",
+            ),
+            (
+                "",
+                "[retry]\nmax_delay = \"100000000000h\"\n",
+                "retry.max_delay",
+                "above the maximum",
+            ),
+            (
+                "",
+                "[retry]\ninitial_delay = \"1m\"\nmax_delay = \"10s\"\n",
+                "retry.max_delay",
+                "initial_delay",
+            ),
+            (
+                "",
+                "[retry]\nmax_attempts = 0\n",
+                "retry.max_attempts",
+                "below the minimum 1",
+            ),
+            (
+                "",
+                "[retry]\nmax_attempts = 100000\n",
+                "retry.max_attempts",
+                "above the maximum",
+            ),
+            (
+                "",
+                "[otp]\nttl = \"0s\"\n",
+                "otp.ttl",
+                "below the minimum 30s",
+            ),
+            (
+                "",
+                "[otp]\nttl = \"400d\"\n",
+                "otp.ttl",
+                "above the maximum",
+            ),
+            (
+                "",
+                "[worker]\notp_concurrency = 0\n",
+                "worker.otp_concurrency",
+                "below the minimum 1",
+            ),
+            (
+                "",
+                "[worker]\nnotification_concurrency = 10000000\n",
+                "worker.notification_concurrency",
+                "above the maximum",
+            ),
+            (
+                "",
+                "[worker]\npoll_interval = \"0s\"\n",
+                "worker.poll_interval",
+                "below the minimum",
+            ),
+            (
+                "",
+                "[worker]\nheartbeat = \"100ms\"\n",
+                "worker.heartbeat",
+                "below the minimum 1s",
+            ),
+            (
+                "",
+                "[worker]\nsweep_interval = \"0s\"\n",
+                "worker.sweep_interval",
+                "below the minimum",
+            ),
+            (
+                "",
+                "[worker]\nrate_limit_wait = \"100000000000h\"\n",
+                "worker.rate_limit_wait",
+                "above the maximum",
+            ),
+            (
+                "",
+                "[circuit_breaker]\nfailures = 0\n",
+                "circuit_breaker.failures",
+                "below the minimum 1",
+            ),
+            (
+                "",
+                "[circuit_breaker]\ncooldown = \"100000000000h\"\n",
+                "circuit_breaker.cooldown",
+                "above the maximum",
+            ),
+            (
+                "",
+                "[api]\nrequest_timeout = \"0s\"\n",
+                "api.request_timeout",
+                "below the minimum",
+            ),
+            (
+                "",
+                "[api]\nmax_body_bytes = 100000000000\n",
+                "api.max_body_bytes",
+                "above the maximum",
+            ),
+            (
+                "",
+                "[api]\notp_per_recipient = { max = 5, per = \"100000000000h\" }\n",
+                "api.otp_per_recipient.per",
+                "above the maximum",
+            ),
+            (
+                "",
+                "[receipts]\nno_receipt_after = \"100000000000h\"\n",
+                "receipts.no_receipt_after",
+                "above the maximum",
+            ),
+            (
+                "",
+                "[receipts]\nreconcile_interval = \"0s\"\n",
+                "receipts.reconcile_interval",
+                "below the minimum 1s",
+            ),
+            (
+                "",
+                "[receipts]\ngive_up_after = \"100000000000h\"\n",
+                "receipts.give_up_after",
+                "above the maximum",
+            ),
+        ] {
+            let e = parse(provider, rest).expect_err(&format!("{provider}{rest} was accepted"));
+            assert_eq!(e.key, key, "{provider}{rest}");
+            assert!(e.reason.contains(reason), "{provider}{rest}: {}", e.reason);
+        }
+    }
+
+    #[test]
+    fn every_duration_at_its_maximum_still_makes_a_timestamp() {
+        let c = parse(
+            "timeout = \"10m\"\nlatency = \"1m\"\nrate_limit = { per_second = 1000000, burst = 1000000 }",
+            "[retry]\ninitial_delay = \"1h\"\nmax_delay = \"7d\"\nmax_attempts = 100\n\
+             [otp]\nttl = \"24h\"\n\
+             [worker]\npoll_interval = \"10m\"\nheartbeat = \"10m\"\nsweep_interval = \"1h\"\nrate_limit_wait = \"10m\"\n\
+             otp_concurrency = 1024\nnotification_concurrency = 1024\n\
+             [circuit_breaker]\ncooldown = \"1d\"\nfailures = 10000\n\
+             [api]\nrequest_timeout = \"10m\"\notp_per_recipient = { max = 5, per = \"30d\" }\n\
+             [receipts]\nno_receipt_after = \"365d\"\nreconcile_after = \"364d\"\ngive_up_after = \"365d\"\nreconcile_interval = \"1d\"\n",
+        )
+        .expect("every maximum is accepted");
+        let now = chrono::Utc::now();
+        for d in [
+            c.longest_send() * 2,
+            c.retry.max_delay * 2,
+            c.otp.ttl,
+            c.circuit_breaker.cooldown,
+            c.receipts.give_up_after,
+            c.api.otp_per_recipient.map(|l| l.per).unwrap_or_default(),
+        ] {
+            let d = chrono::Duration::from_std(d).expect("fits a TimeDelta");
+            assert!(now.checked_sub_signed(d).is_some() && now.checked_add_signed(d).is_some());
+        }
+    }
+
+    #[test]
+    fn the_otp_recipient_limit_stays_unless_switched_off_explicitly() {
+        let default = Some(RecipientLimit {
+            max: 5,
+            per: Duration::from_secs(900),
+        });
+        assert_eq!(parse("", "").unwrap().api.otp_per_recipient, default);
+        // An [api] section without the key keeps the default limit.
+        let c = parse("", "[api]\nmax_body_bytes = 4096\n").unwrap();
+        assert_eq!(c.api.otp_per_recipient, default);
+        let c = parse("", "[api]\notp_per_recipient = \"off\"\n").unwrap();
+        assert_eq!(c.api.otp_per_recipient, None);
+        let c = parse("", "[api]\notp_per_recipient = { max = 2, per = \"1h\" }\n").unwrap();
+        assert_eq!(c.api.otp_per_recipient.map(|l| l.max), Some(2));
+        for (value, key, reason) in [
+            ("\"none\"", "api.otp_per_recipient", "\"off\""),
+            (
+                "{ max = 0, per = \"1h\" }",
+                "api.otp_per_recipient.max",
+                "\"off\"",
+            ),
+            ("{ max = 5 }", "api.otp_per_recipient.per", "missing"),
+            (
+                "{ max = 5, per = \"1h\", burst = 2 }",
+                "api.otp_per_recipient.burst",
+                "unknown",
+            ),
+        ] {
+            let e = parse("", &format!("[api]\notp_per_recipient = {value}\n")).unwrap_err();
+            assert_eq!(e.key, key, "{value}");
+            assert!(e.reason.contains(reason), "{value}: {}", e.reason);
+        }
+    }
+
+    #[test]
+    fn a_price_in_an_unknown_currency_is_refused() {
+        let price = |cur: &str| {
+            format!(
+                "[[price]]\nprovider = \"o\"\nprefix = \"+254\"\nper_segment = \"0.80\"\ncurrency = \"{cur}\"\n"
+            )
+        };
+        let e = parse("", &price("KSH")).unwrap_err();
+        assert_eq!(e.key, "price[0].currency");
+        assert!(e.reason.contains("ISO 4217"), "{}", e.reason);
+        assert!(parse("", &price("ZZZ")).is_err());
+        assert!(parse("", &price("kes")).is_ok());
+        assert!(parse("", &price("NGN")).is_ok());
+        let sorted = crate::domain::money::ISO_4217_ACTIVE
+            .windows(2)
+            .all(|w| w[0] < w[1]);
+        assert!(sorted, "binary search needs a sorted list");
+    }
+
+    #[test]
+    fn a_missing_templates_folder_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("providers.toml");
+        std::fs::write(&file, BASE.replace("KEYS", "")).unwrap();
+        let e = Config::load(&file).unwrap_err();
+        assert_eq!(e.key, "templates.dir");
+        assert!(e.reason.contains("does not exist"), "{}", e.reason);
+        std::fs::create_dir(dir.path().join("templates")).unwrap();
+        Config::load(&file).expect("with the folder");
     }
 }

@@ -1,9 +1,10 @@
-//! Intake: turns a send request into a recorded delivery and its first job.
+//! Intake: turns a send request into a recorded delivery, due at its send time.
 //!
 //! Everything that can be wrong with a request is found here, before anything
 //! is written: the recipient, the code, the template, every variable. What is
 //! accepted is written with its job in one transaction, so it is never lost.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -11,6 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::app::App;
 use crate::domain::otp::{OtpCode, redact};
+use crate::domain::phone::{LineType, PhoneNumber};
 use crate::domain::segments::count_segments;
 use crate::domain::{Channel, DeliveryKind, Recipient};
 use crate::queue::Lane;
@@ -61,8 +63,8 @@ pub enum IntakeError {
     /// A field is wrong; nothing was written.
     #[error("{field}: {reason}")]
     Invalid {
-        /// The request field.
-        field: &'static str,
+        /// The request field (`to`, `vars.name`, …).
+        field: Cow<'static, str>,
         /// Why, in plain words.
         reason: String,
     },
@@ -80,6 +82,16 @@ pub enum IntakeError {
     #[error("too many one-time codes to this recipient; try again in {}", humantime::format_duration(*retry_after))]
     TooMany {
         /// When the oldest OTP in the window leaves it.
+        retry_after: Duration,
+    },
+    /// An SMS-pumping guard refused the OTP; nothing was written.
+    #[error("refused by rule {rule}: {reason}")]
+    Throttled {
+        /// `country-limit` or `range-burst`.
+        rule: &'static str,
+        /// Why, naming the country prefix or number range (never the number).
+        reason: String,
+        /// When to try again.
         retry_after: Duration,
     },
     /// The Idempotency-Key was used with a different request; nothing was written.
@@ -144,24 +156,134 @@ pub fn receipt(d: &NewDelivery) -> Value {
     v
 }
 
+/// Who sent an API request, and why: recorded on the delivery, whose
+/// status webhooks go to that key's endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct ApiOrigin {
+    /// The API key's name.
+    pub key_name: String,
+    /// The caller's word for why (`login`, `signup`, …), at most 64 characters.
+    pub purpose: Option<String>,
+}
+
+/// The longest `purpose`.
+pub const MAX_PURPOSE_CHARS: usize = 64;
+
 /// The limits an API send is held to (`[api]` in the configuration);
 /// command-line sends are the operator's and skip them.
 #[derive(Debug, Clone, Default)]
 struct ApiSend {
     idempotency: Option<IdempotencyKey>,
+    origin: ApiOrigin,
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> IntakeError {
+fn invalid(field: impl Into<Cow<'static, str>>, reason: impl Into<String>) -> IntakeError {
     IntakeError::Invalid {
-        field,
+        field: field.into(),
         reason: reason.into(),
     }
 }
 
+/// The first control character in `text` other than those `allowed`, as
+/// `U+0000`: named by code point, so the text itself is never repeated.
+pub fn control_character(text: &str, allowed: &[char]) -> Option<String> {
+    text.chars()
+        .find(|c| c.is_control() && !allowed.contains(c))
+        .map(|c| format!("U+{:04X}", u32::from(c)))
+}
+
+/// Line breaks and tabs: allowed in a template variable, whose value may
+/// well be several lines of a message, and nowhere else.
+pub const MULTI_LINE: [char; 3] = ['\n', '\r', '\t'];
+
+/// Refuses a text field holding a control character (a NUL would fail on
+/// Postgres and reach a provider on SQLite).
+fn plain_text(field: &'static str, text: &str) -> Result<(), IntakeError> {
+    match control_character(text, &[]) {
+        Some(c) => Err(invalid(
+            field,
+            format!("must not contain control characters (found {c})"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A send checked and rendered: the row to write and the guards to write
+/// it under. Nothing is written yet.
+struct Prepared {
+    new: NewDelivery,
+    guards: InsertGuards,
+    receipt: Value,
+    now: DateTime<Utc>,
+}
+
+/// What answering a prepared send needs once its insert has answered.
+struct Outcome {
+    id: String,
+    kind: DeliveryKind,
+    channel: Channel,
+    template: String,
+    receipt: Value,
+    claim: Option<IdempotencyClaim>,
+    now: DateTime<Utc>,
+}
+
+impl Prepared {
+    fn outcome(&self) -> Outcome {
+        Outcome {
+            id: self.new.id.clone(),
+            kind: self.new.kind,
+            channel: self.new.channel,
+            template: self.new.template.clone(),
+            receipt: self.receipt.clone(),
+            claim: self.guards.idempotency.clone(),
+            now: self.now,
+        }
+    }
+}
+
+impl ApiSend {
+    fn new(origin: ApiOrigin, idempotency: Option<IdempotencyKey>) -> Result<Self, IntakeError> {
+        if let Some(purpose) = &origin.purpose {
+            plain_text("purpose", purpose)?;
+            if purpose.trim().is_empty() || purpose.chars().count() > MAX_PURPOSE_CHARS {
+                return Err(invalid(
+                    "purpose",
+                    format!("must be 1 to {MAX_PURPOSE_CHARS} characters"),
+                ));
+            }
+        }
+        Ok(ApiSend {
+            idempotency,
+            origin,
+        })
+    }
+}
+
+/// Whether a send from the command line is refused when its recipient is
+/// suppressed (API sends always are).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suppressions {
+    /// Refused, as over the API (the default).
+    Honour,
+    /// Sent anyway: ops know better (`--ignore-suppression`).
+    Ignore,
+}
+
 impl App {
-    /// Validates and records an OTP send; returns the new delivery.
+    /// Validates and records an OTP send; returns the new delivery. A
+    /// suppressed recipient is refused.
     pub async fn enqueue_otp(&self, req: OtpRequest) -> Result<Delivery, IntakeError> {
-        self.created(self.otp(req, None).await?).await
+        self.enqueue_otp_with(req, Suppressions::Honour).await
+    }
+
+    /// [`App::enqueue_otp`], past the suppression list when ops say so.
+    pub async fn enqueue_otp_with(
+        &self,
+        req: OtpRequest,
+        suppressions: Suppressions,
+    ) -> Result<Delivery, IntakeError> {
+        self.created(self.otp(req, None, suppressions).await?).await
     }
 
     /// An OTP send from the HTTP API: the `[api]` guards apply (SMS prefix
@@ -170,23 +292,48 @@ impl App {
     pub async fn enqueue_otp_from_api(
         &self,
         req: OtpRequest,
+        origin: ApiOrigin,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Enqueued, IntakeError> {
-        self.otp(req, Some(ApiSend { idempotency })).await
+        self.otp(
+            req,
+            Some(ApiSend::new(origin, idempotency)?),
+            Suppressions::Honour,
+        )
+        .await
     }
 
     /// A notification send from the HTTP API (see [`App::enqueue_otp_from_api`]).
     pub async fn enqueue_notification_from_api(
         &self,
         req: NotificationRequest,
+        origin: ApiOrigin,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Enqueued, IntakeError> {
-        self.notification(req, Some(ApiSend { idempotency })).await
+        self.notification(
+            req,
+            Some(ApiSend::new(origin, idempotency)?),
+            Suppressions::Honour,
+        )
+        .await
     }
 
-    async fn otp(&self, req: OtpRequest, api: Option<ApiSend>) -> Result<Enqueued, IntakeError> {
+    async fn otp(
+        &self,
+        req: OtpRequest,
+        api: Option<ApiSend>,
+        suppressions: Suppressions,
+    ) -> Result<Enqueued, IntakeError> {
+        plain_text("code", &req.code)?;
+        plain_text("to", &req.to)?;
+        if let Some(locale) = &req.locale {
+            plain_text("locale", locale)?;
+        }
         let code = OtpCode::parse(&req.code).map_err(|e| invalid("code", e.to_string()))?;
         let recipient = self.parse_recipient(&req.to, req.channel)?;
+        if let Recipient::Phone(number) = &recipient {
+            self.check_otp_line(number)?;
+        }
         let ttl = req.ttl.unwrap_or(self.config.otp.ttl);
         if !(MIN_OTP_TTL..=MAX_OTP_TTL).contains(&ttl) {
             return Err(invalid(
@@ -207,47 +354,106 @@ impl App {
         let now = self.clock.now();
         let expires_at =
             now + chrono::Duration::from_std(ttl).map_err(|e| invalid("ttl", e.to_string()))?;
-        self.record(
-            DeliveryKind::Otp,
-            recipient,
-            OTP_TEMPLATE,
-            req.locale,
-            vars,
-            Some(&code),
-            Some(expires_at),
-            None,
-            api,
-        )
-        .await
+        let prepared = self
+            .prepare(
+                DeliveryKind::Otp,
+                recipient,
+                OTP_TEMPLATE,
+                req.locale,
+                vars,
+                Some(&code),
+                Some(expires_at),
+                None,
+                api,
+                None,
+                suppressions,
+            )
+            .await?;
+        self.record(prepared).await
     }
 
-    /// Validates and records a notification send; returns the new delivery.
+    /// Validates and records a notification send; returns the new
+    /// delivery. A suppressed recipient is refused.
     pub async fn enqueue_notification(
         &self,
         req: NotificationRequest,
     ) -> Result<Delivery, IntakeError> {
-        self.created(self.notification(req, None).await?).await
+        self.enqueue_notification_with(req, Suppressions::Honour)
+            .await
+    }
+
+    /// [`App::enqueue_notification`], past the suppression list when ops
+    /// say so.
+    pub async fn enqueue_notification_with(
+        &self,
+        req: NotificationRequest,
+        suppressions: Suppressions,
+    ) -> Result<Delivery, IntakeError> {
+        self.created(self.notification(req, None, suppressions).await?)
+            .await
     }
 
     async fn notification(
         &self,
         req: NotificationRequest,
         api: Option<ApiSend>,
+        suppressions: Suppressions,
     ) -> Result<Enqueued, IntakeError> {
+        let prepared = self
+            .check_notification(req, api, None, suppressions)
+            .await?;
+        self.record(prepared).await
+    }
+
+    /// A command-line notification recorded under the delivery id `id`
+    /// (a CSV row's, derived from its idempotency key), at most once: `false`
+    /// when a delivery with this id exists already, and then nothing is
+    /// written. The id is the delivery's primary key, so two runs racing on
+    /// one row write it once.
+    pub async fn enqueue_notification_once(
+        &self,
+        req: NotificationRequest,
+        id: String,
+        suppressions: Suppressions,
+    ) -> Result<bool, IntakeError> {
+        if self.db.delivery(&id).await?.is_some() {
+            return Ok(false);
+        }
+        let prepared = self
+            .check_notification(req, None, Some(id.clone()), suppressions)
+            .await?;
+        match self.record(prepared).await {
+            Ok(_) => Ok(true),
+            Err(IntakeError::Store(e)) => match self.db.delivery(&id).await {
+                Ok(Some(_)) => Ok(false),
+                _ => Err(e.into()),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A notification send checked and rendered, nothing written.
+    async fn check_notification(
+        &self,
+        req: NotificationRequest,
+        api: Option<ApiSend>,
+        id: Option<String>,
+        suppressions: Suppressions,
+    ) -> Result<Prepared, IntakeError> {
         if req.template == OTP_TEMPLATE {
             return Err(invalid(
                 "template",
                 "the otp template is sent with `send otp`, which keeps the code secret",
             ));
         }
-        if req.vars.contains_key("code") {
-            return Err(invalid(
-                "vars",
-                "`code` is reserved for OTP sends, whose codes are kept secret",
-            ));
+        plain_text("to", &req.to)?;
+        plain_text("template", &req.template)?;
+        if let Some(locale) = &req.locale {
+            plain_text("locale", locale)?;
         }
+        self.check_vars(&req.vars)?;
         let recipient = self.parse_recipient(&req.to, None)?;
-        self.record(
+        self.prepare(
             DeliveryKind::Notification,
             recipient,
             &req.template,
@@ -257,8 +463,68 @@ impl App {
             None,
             req.send_at,
             api,
+            id,
+            suppressions,
         )
         .await
+    }
+
+    /// Notification sends from the HTTP API's batch route: each is checked
+    /// as [`App::enqueue_notification_from_api`] checks one, then every
+    /// accepted one is written in ONE transaction. The answers are in the
+    /// order given: a refused item gets its own error and writes nothing;
+    /// the others do not depend on it. An error of the database fails the
+    /// whole batch (the outer `Err`), and then nothing is written.
+    pub async fn enqueue_notifications_from_api(
+        &self,
+        items: Vec<(NotificationRequest, ApiOrigin, Option<IdempotencyKey>)>,
+    ) -> Result<Vec<Result<Enqueued, IntakeError>>, IntakeError> {
+        let mut answers: Vec<Option<Result<Enqueued, IntakeError>>> = Vec::new();
+        let mut ready: Vec<(usize, Prepared)> = Vec::new();
+        for (i, (req, origin, idempotency)) in items.into_iter().enumerate() {
+            let checked = match ApiSend::new(origin, idempotency) {
+                Ok(api) => {
+                    self.check_notification(req, Some(api), None, Suppressions::Honour)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match checked {
+                Ok(p) => {
+                    answers.push(None);
+                    ready.push((i, p));
+                }
+                Err(IntakeError::Store(e)) => return Err(e.into()),
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        if !ready.is_empty() {
+            let rows: Vec<(&NewDelivery, &InsertGuards)> =
+                ready.iter().map(|(_, p)| (&p.new, &p.guards)).collect();
+            let inserted = self.db.insert_deliveries_guarded(&rows).await?;
+            let mut any = false;
+            for ((i, p), inserted) in ready.into_iter().zip(inserted) {
+                let answer = self.settle(p.outcome(), inserted).await;
+                if let Err(IntakeError::Store(e)) = answer {
+                    return Err(e.into());
+                }
+                any |= matches!(answer, Ok(Enqueued::Created { .. }));
+                if let Some(slot) = answers.get_mut(i) {
+                    *slot = Some(answer);
+                }
+            }
+            if any {
+                self.wakers.wake(Lane::for_kind(DeliveryKind::Notification));
+            }
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| {
+                a.unwrap_or_else(|| {
+                    Err(StoreError::Corrupt("a batch item got no answer".into()).into())
+                })
+            })
+            .collect())
     }
 
     fn parse_recipient(
@@ -288,8 +554,88 @@ impl App {
         Ok(recipient)
     }
 
-    #[allow(clippy::too_many_arguments)] // one private helper shared by both kinds
-    async fn record(
+    /// Every request variable is a plain value (string, number or boolean;
+    /// a null would render as `None`) with no control character but line
+    /// breaks and tabs, and names none that the configuration sets
+    /// (`[templates] vars`, such as `app_name`) or that intake sets (`code`).
+    fn check_vars(&self, vars: &Map<String, Value>) -> Result<(), IntakeError> {
+        for (name, value) in vars {
+            if let Some(c) = control_character(name, &[]) {
+                return Err(invalid(
+                    "vars",
+                    format!("a variable name must not contain control characters (found {c})"),
+                ));
+            }
+            let field = || format!("vars.{name}");
+            if name == "code" {
+                return Err(invalid(
+                    field(),
+                    "`code` is reserved for OTP sends, whose codes are kept secret",
+                ));
+            }
+            if self.templates.is_configured(name) {
+                return Err(invalid(
+                    field(),
+                    "is set by the configuration ([templates] vars) and cannot be given in a request",
+                ));
+            }
+            match value {
+                Value::String(text) => {
+                    if let Some(c) = control_character(text, &MULTI_LINE) {
+                        return Err(invalid(
+                            field(),
+                            format!(
+                                "must not contain control characters other than line breaks and tabs (found {c})"
+                            ),
+                        ));
+                    }
+                }
+                Value::Number(_) | Value::Bool(_) => {}
+                Value::Null => {
+                    return Err(invalid(
+                        field(),
+                        "must be a string, number or boolean, not null",
+                    ));
+                }
+                Value::Array(_) | Value::Object(_) => {
+                    return Err(invalid(
+                        field(),
+                        "must be a string, number or boolean, not a list or object",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An OTP goes only to a line that reaches a handset: premium-rate,
+    /// shared-cost and other such numbers are what SMS pumping sends codes
+    /// to. Fixed lines only with `[otp] allow_fixed_line`. Every OTP send,
+    /// the CLI's too: this is about the number, not the caller.
+    fn check_otp_line(&self, number: &PhoneNumber) -> Result<(), IntakeError> {
+        let line = number.line_type();
+        if line.is_mobile() || (line == LineType::FixedLine && self.config.otp.allow_fixed_line) {
+            return Ok(());
+        }
+        let hint = if line == LineType::FixedLine {
+            " (set [otp] allow_fixed_line = true where fixed lines take SMS)"
+        } else {
+            ""
+        };
+        Err(IntakeError::Refused {
+            rule: "otp.number_type",
+            field: "to",
+            reason: format!(
+                "{number} is a {line} number; one-time codes are sent only to mobile numbers{hint}"
+            ),
+        })
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one private helper shared by both kinds"
+    )]
+    async fn prepare(
         &self,
         kind: DeliveryKind,
         recipient: Recipient,
@@ -300,7 +646,9 @@ impl App {
         expires_at: Option<DateTime<Utc>>,
         send_at: Option<DateTime<Utc>>,
         api: Option<ApiSend>,
-    ) -> Result<Enqueued, IntakeError> {
+        id: Option<String>,
+        suppressions: Suppressions,
+    ) -> Result<Prepared, IntakeError> {
         if let (Some(_), Recipient::Phone(_)) = (&api, &recipient) {
             let allow = &self.config.api.sms_prefix_allowlist;
             if !allow.is_empty()
@@ -317,6 +665,9 @@ impl App {
                     ),
                 });
             }
+        }
+        if api.is_some() || suppressions == Suppressions::Honour {
+            crate::suppression::check(self, &recipient).await?;
         }
         let locale = locale.unwrap_or_else(|| self.templates.default_locale().to_owned());
         let channel = recipient.channel();
@@ -345,8 +696,9 @@ impl App {
             Channel::Email => (None, None),
         };
         let now = self.clock.now();
+        let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let new = NewDelivery {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: id.clone(),
             kind,
             channel,
             recipient: recipient.as_str().to_owned(),
@@ -356,13 +708,15 @@ impl App {
             subject: rendered.subject.as_deref().map(hide),
             body: hide(&rendered.text),
             body_html: rendered.html.as_deref().map(hide),
-            otp_code: code.map(|c| c.expose().to_owned()),
+            otp_code: code.map(|c| self.otp_keys.seal(&id, c)),
             max_attempts: self.config.retry.max_attempts,
             expires_at,
             created_at: now,
             send_at: send_at.filter(|at| *at > now).unwrap_or(now),
             segments,
             encoding,
+            api_key_name: api.as_ref().map(|a| a.origin.key_name.clone()),
+            purpose: api.as_ref().and_then(|a| a.origin.purpose.clone()),
         };
         let receipt = receipt(&new);
         let mut guards = InsertGuards::default();
@@ -375,6 +729,7 @@ impl App {
                     since: since(limit.per),
                 });
             }
+            guards.pumping = crate::pumping::guard(self, kind, &recipient);
             guards.idempotency = api.idempotency.as_ref().map(|k| IdempotencyClaim {
                 api_key_id: k.api_key_id,
                 key: k.key.clone(),
@@ -384,10 +739,45 @@ impl App {
                 expired_before: since(IDEMPOTENCY_TTL),
             });
         }
-        let (id, template) = (new.id.clone(), new.template.clone());
-        let claim = guards.idempotency.clone();
-        let _first = (kind == DeliveryKind::Otp).then(|| self.batcher.otp_in_flight());
-        match self.batcher.insert_delivery_guarded(new, guards).await? {
+        Ok(Prepared {
+            new,
+            guards,
+            receipt,
+            now,
+        })
+    }
+
+    /// Writes a prepared send (with its job, under its guards) and answers.
+    async fn record(&self, prepared: Prepared) -> Result<Enqueued, IntakeError> {
+        let outcome = prepared.outcome();
+        let _first = (outcome.kind == DeliveryKind::Otp).then(|| self.batcher.otp_in_flight());
+        let inserted = self
+            .batcher
+            .insert_delivery_guarded(prepared.new, prepared.guards)
+            .await?;
+        let kind = outcome.kind;
+        let answer = self.settle(outcome, inserted).await?;
+        if let Enqueued::Created { .. } = answer {
+            if kind == DeliveryKind::Otp {
+                self.batcher.otp_recorded();
+            }
+            self.wakers.wake(Lane::for_kind(kind));
+        }
+        Ok(answer)
+    }
+
+    /// What a guarded insert's answer means for the caller.
+    async fn settle(&self, o: Outcome, inserted: Inserted) -> Result<Enqueued, IntakeError> {
+        let Outcome {
+            id,
+            kind: _,
+            channel,
+            template,
+            receipt,
+            claim,
+            now,
+        } = o;
+        match inserted {
             Inserted::Created(_) => {}
             Inserted::Limited { oldest } => {
                 let window = self
@@ -405,6 +795,7 @@ impl App {
                     retry_after: Duration::from_secs(secs.max(1)),
                 });
             }
+            Inserted::Pumped(refusal) => return Err(crate::pumping::refused(refusal)),
             Inserted::KeyTaken => {
                 let Some(claim) = &claim else {
                     return Err(StoreError::Corrupt(
@@ -426,10 +817,6 @@ impl App {
                 };
             }
         }
-        if kind == DeliveryKind::Otp {
-            self.batcher.otp_recorded();
-        }
-        self.wakers.wake(Lane::for_kind(kind));
         Ok(Enqueued::Created {
             id,
             channel,

@@ -1,10 +1,11 @@
-//! Price reconciliation: Twilio says a message's price only later, so the
-//! worker fetches (`GET …/Messages/{sid}.json`) each Twilio delivery still
-//! without an actual price `receipts.reconcile_after` after it was sent, and
-//! records the price's absolute value (exact decimal, in `price_unit`) and the
-//! billed segments. The same fetch brings a delivery whose callback never came
-//! up to date: a final fetched status is recorded as a receipt, under the same
-//! rules as a callback.
+//! Price reconciliation: some providers say a message's price only later, so
+//! the worker asks each provider that can fetch a sent message's status and
+//! price (its [`StatusFetch`](crate::providers::capability::StatusFetch)
+//! capability) about each of its deliveries still without an actual price
+//! `receipts.reconcile_after` after it was sent, and records the price (exact
+//! decimal) and the billed segments. The same fetch brings a delivery whose
+//! receipt never came up to date: a final fetched status is recorded as a
+//! receipt, under the same rules as a callback.
 //!
 //! Every fetch takes a slot of the provider's rate limiter (shared with its
 //! sends). A 404 (unknown message) gives up on that delivery; a 429 or any
@@ -13,14 +14,11 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
 use tracing::{info, warn};
 
 use crate::app::App;
-use crate::config::ProviderKind;
 use crate::providers::SendError;
-use crate::receipts::twilio_verdict;
-use crate::store::{NewReceipt, ReceiptVerdict, StoreError};
+use crate::store::{NewReceipt, StoreError};
 
 /// What one round did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +27,7 @@ pub struct ReconcileReport {
     pub priced: u64,
     /// Deliveries whose status a fetch settled.
     pub settled: u64,
-    /// Deliveries given up (unknown to Twilio, or past the horizon).
+    /// Deliveries given up (unknown to the provider, or past the horizon).
     pub given_up: u64,
     /// Rounds cut short by a 429 or another transient error.
     pub deferred: u64,
@@ -38,7 +36,7 @@ pub struct ReconcileReport {
 /// How many deliveries one round fetches per provider.
 const BATCH: i64 = 100;
 
-/// Runs one round over every Twilio provider.
+/// Runs one round over every provider that can fetch a message's status.
 pub async fn reconcile(app: &App) -> Result<ReconcileReport, StoreError> {
     let mut report = ReconcileReport::default();
     let cfg = app.config.receipts;
@@ -48,12 +46,10 @@ pub async fn reconcile(app: &App) -> Result<ReconcileReport, StoreError> {
     };
     let give_up_before = ago(cfg.give_up_after);
     for p in &app.config.providers {
-        if !matches!(p.kind, ProviderKind::Twilio(_)) {
-            continue;
-        }
-        let (Some(twilio), Some(handle)) =
-            (app.providers.twilio(&p.name), app.providers.get(&p.name))
-        else {
+        let (Some(fetch), Some(handle)) = (
+            app.providers.status_fetch(&p.name),
+            app.providers.get(&p.name),
+        ) else {
             continue;
         };
         for d in app
@@ -65,7 +61,7 @@ pub async fn reconcile(app: &App) -> Result<ReconcileReport, StoreError> {
                 app.db
                     .give_up_price(
                         &d.id,
-                        "no price from Twilio within receipts.give_up_after",
+                        &format!("no price from {} within receipts.give_up_after", p.name),
                         now,
                     )
                     .await?;
@@ -73,39 +69,35 @@ pub async fn reconcile(app: &App) -> Result<ReconcileReport, StoreError> {
                 continue;
             }
             handle.limiter.until_ready().await;
-            match twilio.fetch_message(&d.provider_message_id).await {
-                Ok(msg) => {
-                    let verdict = twilio_verdict(&msg.status);
-                    if d.status == "sent" && verdict != ReceiptVerdict::InProgress {
-                        let error_code = msg.error_code.map(|c| c.to_string());
-                        let mut fields = vec![
-                            ("MessageSid".to_owned(), msg.sid.clone()),
-                            ("MessageStatus".to_owned(), msg.status.clone()),
-                        ];
-                        if let Some(code) = &error_code {
-                            fields.push(("ErrorCode".to_owned(), code.clone()));
-                        }
-                        let mut receipt = crate::receipts::from_twilio(&p.name, &fields, now)
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                        receipt.fields = json!({
-                            "source": "fetch",
-                            "sid": msg.sid,
-                            "status": msg.status,
-                            "error_code": msg.error_code,
-                        });
-                        if record(app, &receipt).await? {
-                            report.settled += 1;
-                        }
+            match fetch
+                .fetch_status(&p.name, &d.provider_message_id, now)
+                .await
+            {
+                Ok(fetched) => {
+                    if let Some(receipt) = fetched.receipt
+                        && d.status == "sent"
+                        && record(app, &receipt).await?
+                    {
+                        report.settled += 1;
                     }
-                    if let Some(price) = msg.price {
-                        app.db
-                            .record_actual_price(&d.id, d.attempts, price, msg.num_segments, now)
+                    if let Some(price) = fetched.price {
+                        let crossed = app
+                            .db
+                            .record_actual_price(
+                                &d.id,
+                                d.attempts,
+                                price,
+                                fetched.segments,
+                                &app.config.spend.terms(),
+                                now,
+                            )
                             .await?;
+                        crate::spend::log_crossings(&crossed);
                         report.priced += 1;
                     }
                 }
                 Err(SendError::Permanent { message, .. }) => {
-                    warn!(delivery = %d.id, error = %message, "Twilio cannot say this message's price; giving up");
+                    warn!(delivery = %d.id, provider = %p.name, error = %message, "the provider cannot say this message's price; giving up");
                     app.db
                         .give_up_price(&d.id, &format!("gave up: {message}"), now)
                         .await?;

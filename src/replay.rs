@@ -23,6 +23,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::app::App;
+use crate::domain::attempt::Outcome;
 use crate::domain::email::EmailAddress;
 use crate::domain::phone::PhoneNumber;
 use crate::domain::segments::count_segments;
@@ -34,7 +35,7 @@ use crate::store::{Delivery, ListFilter, NewDelivery, ReplayLink, StoreError};
 pub const DEFAULT_REPLAY_LIMIT: i64 = 10_000;
 
 /// Which deliveries a filtered replay (`tuma replay --status …`, `POST /v1/replays`) takes.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayFilter {
     /// Status; `failed` when absent.
@@ -55,7 +56,7 @@ pub struct ReplayFilter {
 }
 
 /// Why a delivery is not replayed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RefusalReason {
     /// No delivery has the id.
@@ -75,7 +76,7 @@ pub enum RefusalReason {
 }
 
 /// A delivery that is not replayed, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Refusal {
     /// The delivery id.
     pub id: String,
@@ -120,7 +121,7 @@ pub struct ReplayPlan {
 }
 
 /// One replay made.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Replayed {
     /// The original delivery id.
     pub original: String,
@@ -129,7 +130,7 @@ pub struct Replayed {
 }
 
 /// What a replay did (or, with `dry_run`, would do).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ReplayReport {
     /// Nothing was written.
     pub dry_run: bool,
@@ -197,6 +198,7 @@ impl App {
             });
         }
         let list = ListFilter {
+            recipient: None,
             status: Some(filter.status.unwrap_or(DeliveryStatus::Failed)),
             channel: filter.channel,
             since: filter.since,
@@ -305,10 +307,7 @@ impl App {
             )));
         };
         let status = d.status;
-        if !matches!(
-            status,
-            DeliveryStatus::Failed | DeliveryStatus::Undelivered | DeliveryStatus::Expired
-        ) {
+        if !replayable(status) {
             let why = match status {
                 DeliveryStatus::Sent | DeliveryStatus::Delivered => {
                     "a provider already accepted it; replaying would send it twice"
@@ -343,7 +342,7 @@ impl App {
         }
         let attempts = self.db.attempts(id).await?;
         let last = attempts.last();
-        if !force && last.and_then(|a| a.outcome.as_deref()) == Some("permanent") {
+        if !force && last.and_then(|a| a.outcome) == Some(Outcome::Permanent) {
             let code = last
                 .and_then(|a| a.error_code.as_deref())
                 .map(|c| format!("{c}: "))
@@ -362,9 +361,9 @@ impl App {
             .replays_of(id)
             .await?
             .into_iter()
-            .find(|r| !matches!(r.status.as_str(), "failed" | "undelivered" | "expired"))
+            .find(|r| !replayable(r.status))
         {
-            return Ok(Err(already(id, &r.id, &r.status)));
+            return Ok(Err(already(id, &r.id, r.status)));
         }
         Ok(Ok(Candidate {
             id: d.row.id.clone(),
@@ -412,12 +411,14 @@ impl App {
                 Ok(Ok(new.id))
             }
             None => {
-                let other =
-                    self.db.replays_of(id).await?.into_iter().find(|r| {
-                        !matches!(r.status.as_str(), "failed" | "undelivered" | "expired")
-                    });
+                let other = self
+                    .db
+                    .replays_of(id)
+                    .await?
+                    .into_iter()
+                    .find(|r| !replayable(r.status));
                 Ok(Err(match other {
-                    Some(r) => already(id, &r.id, &r.status),
+                    Some(r) => already(id, &r.id, r.status),
                     None => refuse(
                         id,
                         RefusalReason::AlreadyReplayed,
@@ -475,11 +476,25 @@ impl App {
             send_at: now,
             segments,
             encoding,
+            // The replay is the calling service's message still: its
+            // webhooks hear of it too.
+            api_key_name: row.api_key_name.clone(),
+            purpose: row.purpose.clone(),
         })
     }
 }
 
-fn already(id: &str, replay: &str, status: &str) -> Refusal {
+/// Whether a delivery in `status` may be replayed: it ended without reaching
+/// its recipient. A replay in any other status is live (going or gone
+/// through), and a delivery has at most one live replay.
+fn replayable(status: DeliveryStatus) -> bool {
+    matches!(
+        status,
+        DeliveryStatus::Failed | DeliveryStatus::Undelivered | DeliveryStatus::Expired
+    )
+}
+
+fn already(id: &str, replay: &str, status: DeliveryStatus) -> Refusal {
     refuse(
         id,
         RefusalReason::AlreadyReplayed,

@@ -27,16 +27,20 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::DeliveryStatus;
 use crate::domain::money::{Currency, format_micros};
-use crate::domain::phone::PhoneNumber;
-use crate::store::{CostSource, Db, StoreError};
+
+/// The longest `receipt_horizon` accepted (ten years).
+const MAX_RECEIPT_HORIZON: Duration = Duration::from_secs(3650 * 24 * 3600);
+use crate::domain::phone::region_code_of;
+use crate::store::{CostRollup, CostSource, Db, StoreError};
 
 /// How long after a send a missing receipt counts as "no receipt", unless
 /// told otherwise: carriers retry a handset for up to a day.
 pub const DEFAULT_RECEIPT_HORIZON: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// A report dimension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GroupBy {
     /// Calendar day in UTC: `2026-11-30`.
@@ -98,6 +102,15 @@ pub enum ReportError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Writing the CSV failed (it is written in memory: never expected).
+    #[error("writing the report as CSV failed: {0}")]
+    Csv(String),
+}
+
+impl From<csv::Error> for ReportError {
+    fn from(e: csv::Error) -> Self {
+        ReportError::Csv(e.to_string())
+    }
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> ReportError {
@@ -161,7 +174,10 @@ impl CostQuery {
                     .map_err(|e| invalid("since", format!("`{since}`: {e}")))?;
                 let d = chrono::Duration::from_std(d)
                     .map_err(|_| invalid("since", format!("`{since}` is too long")))?;
-                (now - d, now)
+                let from = now
+                    .checked_sub_signed(d)
+                    .ok_or_else(|| invalid("since", format!("`{since}` is too long")))?;
+                (from, now)
             }
         };
         if from >= to {
@@ -186,7 +202,18 @@ impl CostQuery {
         }
         let receipt_horizon = match &p.receipt_horizon {
             Some(h) => humantime::parse_duration(h.trim())
-                .map_err(|e| invalid("receipt_horizon", format!("`{h}`: {e}")))?,
+                .map_err(|e| invalid("receipt_horizon", format!("`{h}`: {e}")))
+                .and_then(|d| {
+                    // Added to send times: bounded so the sum cannot overflow.
+                    if d > MAX_RECEIPT_HORIZON {
+                        Err(invalid(
+                            "receipt_horizon",
+                            format!("`{h}` is above the maximum 3650days"),
+                        ))
+                    } else {
+                        Ok(d)
+                    }
+                })?,
             None => DEFAULT_RECEIPT_HORIZON,
         };
         Ok(CostQuery {
@@ -199,7 +226,7 @@ impl CostQuery {
 }
 
 /// Counts for one row or for the whole report.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Counts {
     /// Deliveries that reached a provider (see the module docs).
     pub messages: i64,
@@ -233,7 +260,7 @@ impl Counts {
 }
 
 /// One row: a group and one currency (none for deliveries without a cost).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CostRow {
     /// Each grouping's value, in the order of [`CostReport::group_by`]; a
     /// country is `KE Kenya` here and split into two CSV columns.
@@ -254,7 +281,7 @@ pub struct CostRow {
 }
 
 /// The totals in one currency.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CurrencyTotal {
     /// ISO 4217 code.
     pub currency: String,
@@ -273,7 +300,7 @@ pub struct CurrencyTotal {
 }
 
 /// The cost report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CostReport {
     /// Start of the period, included.
     pub from: DateTime<Utc>,
@@ -302,57 +329,154 @@ struct Acc {
     estimated: i64,
 }
 
-/// Builds the cost report for `query` from the database.
+/// The report's rows being added up: by group values and currency.
+type Groups = BTreeMap<(Vec<String>, Option<String>), Acc>;
+
+/// Builds the cost report for `query` from the database, reading every
+/// delivery of the period (the reference the per-day rollups are checked
+/// against).
 pub async fn cost_report(
     db: &Db,
     query: &CostQuery,
     now: DateTime<Utc>,
 ) -> Result<CostReport, ReportError> {
-    let horizon = chrono::Duration::from_std(query.receipt_horizon)
-        .map_err(|_| invalid("receipt_horizon", "too long"))?;
-    let mut groups: BTreeMap<(Vec<String>, Option<String>), Acc> = BTreeMap::new();
+    let horizon = horizon_of(query)?;
+    let mut groups = Groups::new();
     db.each_cost_source(query.from, query.to, |row: CostSource| {
+        add_source(&mut groups, query, &row, horizon, now)
+    })
+    .await?;
+    finish(query, now, groups)
+}
+
+/// The same report as [`cost_report`], read from the per-day rollups
+/// (`cost_rollups`) when the period is whole UTC days: a month reads a row
+/// per day and group rather than every delivery. Only the `sent` deliveries
+/// still inside the receipt horizon are read one by one, to tell "awaiting"
+/// from "no receipt". Any other period is read delivery by delivery.
+pub async fn cost_report_from_rollups(
+    db: &Db,
+    query: &CostQuery,
+    now: DateTime<Utc>,
+) -> Result<CostReport, ReportError> {
+    let whole_day = |t: DateTime<Utc>| (t.time() == chrono::NaiveTime::MIN).then(|| t.date_naive());
+    let (Some(from), Some(to)) = (whole_day(query.from), whole_day(query.to)) else {
+        return cost_report(db, query, now).await;
+    };
+    let horizon = horizon_of(query)?;
+    let mut groups = Groups::new();
+    for r in db.cost_rollups(from, to).await? {
         let group = query
             .group_by
             .iter()
-            .map(|g| group_value(*g, &row))
+            .map(|g| rollup_group_value(*g, &r))
             .collect();
-        let has_cost = row.cost_micros.is_some() && row.currency.is_some();
-        let currency = if has_cost { row.currency.clone() } else { None };
+        let currency = (!r.currency.is_empty()).then(|| r.currency.clone());
         let acc = groups.entry((group, currency.clone())).or_default();
         let c = &mut acc.counts;
-        let reached = match row.status.as_str() {
-            "sent" | "delivered" | "undelivered" => true,
-            "failed" => has_cost,
-            _ => false,
-        };
-        if reached {
-            c.messages += 1;
-            c.segments += row.segments.unwrap_or(0);
-        }
-        match row.status.as_str() {
-            "delivered" => c.delivered += 1,
-            "undelivered" => c.undelivered += 1,
-            "failed" => c.failed += 1,
-            "expired" => c.expired += 1,
-            "sent" if row.sent_at.is_none_or(|at| at + horizon <= now) => c.no_receipt += 1,
-            "sent" => c.awaiting_receipt += 1,
-            _ => {}
-        }
-        if let (Some(micros), Some(cur)) = (row.cost_micros, currency) {
+        c.messages += r.messages;
+        c.segments += r.segments;
+        c.delivered += r.delivered;
+        c.undelivered += r.undelivered;
+        c.failed += r.failed;
+        c.expired += r.expired;
+        c.no_receipt += r.sent;
+        if let Some(cur) = currency {
             let overflow = || ReportError::Overflow {
                 currency: cur.clone(),
             };
-            if row.cost_is_estimate == Some(true) {
-                acc.estimated = acc.estimated.checked_add(micros).ok_or_else(overflow)?;
-            } else {
-                acc.actual = acc.actual.checked_add(micros).ok_or_else(overflow)?;
-            }
+            acc.actual = acc
+                .actual
+                .checked_add(r.actual_micros)
+                .ok_or_else(overflow)?;
+            acc.estimated = acc
+                .estimated
+                .checked_add(r.estimated_micros)
+                .ok_or_else(overflow)?;
         }
-        Ok::<(), ReportError>(())
-    })
-    .await?;
+    }
+    let sent_after = now
+        .checked_sub_signed(horizon)
+        .ok_or_else(|| invalid("receipt_horizon", "too long"))?;
+    for row in db
+        .awaiting_receipts(query.from, query.to, sent_after)
+        .await?
+    {
+        let (group, currency) = group_of(query, &row);
+        let acc = groups.entry((group, currency)).or_default();
+        acc.counts.no_receipt -= 1;
+        acc.counts.awaiting_receipt += 1;
+    }
+    finish(query, now, groups)
+}
 
+fn horizon_of(query: &CostQuery) -> Result<chrono::Duration, ReportError> {
+    chrono::Duration::from_std(query.receipt_horizon)
+        .map_err(|_| invalid("receipt_horizon", "too long"))
+}
+
+/// A delivery's group values and the currency of its row.
+fn group_of(query: &CostQuery, row: &CostSource) -> (Vec<String>, Option<String>) {
+    let group = query
+        .group_by
+        .iter()
+        .map(|g| group_value(*g, row))
+        .collect();
+    let has_cost = row.cost_micros.is_some() && row.currency.is_some();
+    (group, if has_cost { row.currency.clone() } else { None })
+}
+
+/// Adds one delivery to its row.
+fn add_source(
+    groups: &mut Groups,
+    query: &CostQuery,
+    row: &CostSource,
+    horizon: chrono::Duration,
+    now: DateTime<Utc>,
+) -> Result<(), ReportError> {
+    let (group, currency) = group_of(query, row);
+    let has_cost = currency.is_some();
+    let acc = groups.entry((group, currency.clone())).or_default();
+    let c = &mut acc.counts;
+    let reached = match row.status {
+        DeliveryStatus::Sent | DeliveryStatus::Delivered | DeliveryStatus::Undelivered => true,
+        DeliveryStatus::Failed => has_cost,
+        _ => false,
+    };
+    if reached {
+        c.messages += 1;
+        c.segments += row.segments.unwrap_or(0);
+    }
+    match row.status {
+        DeliveryStatus::Delivered => c.delivered += 1,
+        DeliveryStatus::Undelivered => c.undelivered += 1,
+        DeliveryStatus::Failed => c.failed += 1,
+        DeliveryStatus::Expired => c.expired += 1,
+        DeliveryStatus::Sent if row.sent_at.is_none_or(|at| at + horizon <= now) => {
+            c.no_receipt += 1
+        }
+        DeliveryStatus::Sent => c.awaiting_receipt += 1,
+        _ => {}
+    }
+    if let (Some(micros), Some(cur)) = (row.cost_micros, currency) {
+        let overflow = || ReportError::Overflow {
+            currency: cur.clone(),
+        };
+        if row.cost_is_estimate == Some(true) {
+            acc.estimated = acc.estimated.checked_add(micros).ok_or_else(overflow)?;
+        } else {
+            acc.actual = acc.actual.checked_add(micros).ok_or_else(overflow)?;
+        }
+    }
+    Ok(())
+}
+
+/// The report from its added-up rows: money formatted, totals per currency.
+fn finish(
+    query: &CostQuery,
+    now: DateTime<Utc>,
+    groups: Groups,
+) -> Result<CostReport, ReportError> {
     let mut counts = Counts::default();
     let mut totals: BTreeMap<String, (Counts, i64, i64)> = BTreeMap::new();
     let mut rows = Vec::with_capacity(groups.len());
@@ -445,16 +569,41 @@ fn group_value(g: GroupBy, row: &CostSource) -> String {
 /// it; `("unknown", "unknown")` when the number does not parse or belongs to
 /// no country.
 pub fn country_of(e164: &str) -> (String, String) {
-    match PhoneNumber::parse_e164(e164).ok().and_then(|p| p.region()) {
-        Some(region) => {
-            let code = region.as_str();
-            let name = COUNTRY_NAMES
-                .iter()
-                .find(|(c, _)| *c == code)
-                .map_or(code, |(_, n)| n);
-            (code.to_owned(), name.to_owned())
+    country_named(region_code_of(e164))
+}
+
+/// A region code (empty for none) as the report shows it: `("KE", "Kenya")`.
+fn country_named(code: &str) -> (String, String) {
+    if code.is_empty() {
+        return ("unknown".into(), "unknown".into());
+    }
+    let name = COUNTRY_NAMES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map_or(code, |(_, n)| n);
+    (code.to_owned(), name.to_owned())
+}
+
+/// [`group_value`] of the deliveries a rollup row adds up.
+fn rollup_group_value(g: GroupBy, r: &CostRollup) -> String {
+    match g {
+        GroupBy::Day => r.day.format("%Y-%m-%d").to_string(),
+        GroupBy::Week => {
+            let w = r.day.iso_week();
+            format!("{}-W{:02}", w.year(), w.week())
         }
-        None => ("unknown".into(), "unknown".into()),
+        GroupBy::Month => r.day.format("%Y-%m").to_string(),
+        GroupBy::Provider if r.provider.is_empty() => "none".into(),
+        GroupBy::Provider => r.provider.clone(),
+        GroupBy::Country => match r.channel.as_str() {
+            "sms" => {
+                let (code, name) = country_named(&r.country);
+                format!("{code} {name}")
+            }
+            _ => "- (email)".into(),
+        },
+        GroupBy::Template => r.template.clone(),
+        GroupBy::Channel => r.channel.clone(),
     }
 }
 
@@ -585,14 +734,6 @@ fn group_cells(group_by: &[GroupBy], values: &[String]) -> Vec<String> {
     cells
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
-
 const COUNT_HEADERS: [&str; 8] = [
     "messages",
     "segments",
@@ -622,24 +763,24 @@ impl CostReport {
     /// The rows as CSV with a header row: the groupings, the counts, then
     /// `currency,actual_cost,estimated_cost` (empty for rows without a cost).
     /// Periods are UTC.
-    pub fn to_csv(&self) -> String {
-        let mut out = String::new();
+    pub fn to_csv(&self) -> Result<String, ReportError> {
+        let mut out = csv::Writer::from_writer(Vec::new());
         let mut header: Vec<&str> = group_headers(&self.group_by);
         header.extend(COUNT_HEADERS);
         header.extend(["currency", "actual_cost", "estimated_cost"]);
-        out.push_str(&header.join(","));
-        out.push('\n');
+        out.write_record(&header)?;
         for r in &self.rows {
             let mut cells = group_cells(&self.group_by, &r.group);
             cells.extend(count_cells(&r.counts));
             cells.push(r.currency.clone().unwrap_or_default());
             cells.push(r.actual_cost.clone().unwrap_or_default());
             cells.push(r.estimated_cost.clone().unwrap_or_default());
-            let line: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
-            out.push_str(&line.join(","));
-            out.push('\n');
+            out.write_record(&cells)?;
         }
-        out
+        let bytes = out
+            .into_inner()
+            .map_err(|e| ReportError::Csv(e.error().to_string()))?;
+        String::from_utf8(bytes).map_err(|e| ReportError::Csv(e.to_string()))
     }
 
     /// The report as an aligned text table with its period, time zone,
@@ -859,7 +1000,7 @@ mod tests {
         let row = |created: &str| CostSource {
             created_at: at(created),
             channel: "sms".into(),
-            status: "sent".into(),
+            status: DeliveryStatus::Sent,
             provider: None,
             recipient: "+254711000001".into(),
             template: "otp".into(),
@@ -898,6 +1039,39 @@ mod tests {
         assert_eq!(
             group_value(GroupBy::Provider, &row("2026-12-01T00:00:00Z")),
             "none"
+        );
+    }
+
+    #[test]
+    fn csv_quotes_only_the_cells_that_need_it_as_rfc_4180_says() {
+        let counts = Counts {
+            messages: 1,
+            ..Counts::default()
+        };
+        let report = CostReport {
+            from: at("2026-11-01T00:00:00Z"),
+            to: at("2026-12-01T00:00:00Z"),
+            time_zone: "UTC",
+            group_by: vec![GroupBy::Country, GroupBy::Template],
+            receipt_horizon_secs: 86400,
+            generated_at: at("2026-12-01T00:00:00Z"),
+            rows: vec![CostRow {
+                group: vec!["KR Korea, Republic of".into(), "say \"hi\"\nthere".into()],
+                currency: Some("KES".into()),
+                counts,
+                actual_micros: 800_000,
+                estimated_micros: 0,
+                actual_cost: Some("0.80".into()),
+                estimated_cost: None,
+            }],
+            counts,
+            totals: Vec::new(),
+        };
+        assert_eq!(
+            report.to_csv().unwrap(),
+            "country,country_name,template,messages,segments,delivered,undelivered,failed,\
+             expired,no_receipt,awaiting_receipt,currency,actual_cost,estimated_cost\n\
+             KR,\"Korea, Republic of\",\"say \"\"hi\"\"\nthere\",1,0,0,0,0,0,0,0,KES,0.80,\n"
         );
     }
 }

@@ -157,6 +157,12 @@ impl Templates {
         })
     }
 
+    /// Whether the configuration sets variable `name` (`[templates] vars`):
+    /// a request may not.
+    pub fn is_configured(&self, name: &str) -> bool {
+        self.globals.contains_key(name)
+    }
+
     /// The locale used when none is asked for.
     pub fn default_locale(&self) -> &str {
         &self.default_locale

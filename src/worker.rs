@@ -1,25 +1,23 @@
-//! Runs the two lanes as apalis workers, plus the sweeper and the price
-//! reconciliation of Twilio deliveries.
+//! Runs the lanes as apalis workers over tuma's own backend
+//! (`queue_backend.rs`), plus the sweeper and price reconciliation.
 //!
-//! Each lane is its own apalis queue with its own worker and concurrency.
-//! Idle workers wake at once for new work (Postgres LISTEN/NOTIFY; in-process
-//! signals after tuma's own commits on both backends, each echoed once a
-//! moment later in case a fetch already running spent it) and poll every
-//! `worker.poll_interval` for due retries. apalis never retries a job: every
-//! job is pushed with `max_attempts = 1`, and retries are new jobs.
+//! Each lane has its own worker and concurrency; `tuma worker --lanes` runs
+//! some of them only. Idle workers wake at once for new work (in-process
+//! signals after this process's commits; on Postgres, also a `LISTEN` on
+//! each lane's channel, which the intake transaction notifies at commit),
+//! at the lane's next due time, and every `worker.poll_interval`.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::*;
-use apalis_postgres::PostgresStorage;
-use apalis_sqlite::SqliteStorage;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::app::App;
 use crate::dispatch::handle_job;
 use crate::queue::{DeliveryJob, Lane};
+use crate::queue_backend::{InFlight, LaneBackend};
 use crate::store::{Db, StoreError};
 use crate::sweeper;
 
@@ -32,34 +30,42 @@ pub enum WorkerError {
     /// apalis's monitor failed.
     #[error("the queue monitor stopped: {0}")]
     Monitor(String),
-    /// The HTTP API failed.
-    #[error("the HTTP API stopped: {0}")]
-    Api(String),
     /// Drain mode ran out of time.
     #[error("drain did not finish within {0}: {1} deliveries are still due or sending")]
     DrainTimeout(String, i64),
 }
 
-/// apalis's job handler: one delivery attempt, under a hard timeout.
+/// apalis's task handler: one delivery attempt, under a hard timeout, inside
+/// a span naming the delivery and the lane (so the lines logged while it runs
+/// need not repeat them).
 async fn handle(
     job: DeliveryJob,
     app: Data<Arc<App>>,
     lane: Data<Lane>,
+    in_flight: Data<InFlight>,
 ) -> Result<(), BoxDynError> {
-    let limit = app.config.longest_send() + Duration::from_secs(5);
-    let _first = (*lane == Lane::Otp).then(|| app.batcher.otp_in_flight());
-    match tokio::time::timeout(limit, handle_job(&app, *lane, &job)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => {
-            // The sweeper finds the delivery (its job is now finished) and retries it.
-            error!(delivery = %job.delivery_id, error = %e, "job failed on a database error");
-            Err(e.into())
-        }
-        Err(_) => {
-            error!(delivery = %job.delivery_id, "job hit the handler timeout");
-            Err("handler timeout".into())
+    let _handled = in_flight.ends_on_drop();
+    let span = info_span!("job", delivery = %job.delivery_id, lane = lane.queue_name());
+    async move {
+        let limit = app.config.longest_send() + Duration::from_secs(5);
+        let _first = (*lane == Lane::Otp).then(|| app.batcher.otp_in_flight());
+        match tokio::time::timeout(limit, handle_job(&app, *lane, &job)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                // Its lease runs out and whoever finds it first takes it on.
+                error!(error = %e, "job failed on a database error");
+                Err(e.into())
+            }
+            Err(_) => {
+                error!("job hit the handler timeout");
+                // If it had opened an attempt, the sweeper settles it saying so.
+                app.unsettled.job_limit_hit(&job.job_id, limit);
+                Err("handler timeout".into())
+            }
         }
     }
+    .instrument(span)
+    .await
 }
 
 fn concurrency(app: &App, lane: Lane) -> usize {
@@ -79,175 +85,107 @@ fn worker_name(lane: Lane) -> String {
     )
 }
 
-/// A worker restarted after an error (the database went away, say) waits a
-/// little longer each time, up to 30 s, instead of spinning.
-async fn restart_pause<E>(restarts: usize) -> Result<(), E> {
-    if restarts > 0 {
-        let secs = u64::try_from(restarts.min(30)).unwrap_or(30);
-        tokio::time::sleep(Duration::from_secs(secs)).await;
-    }
-    Ok(())
-}
-
-fn poll_strategy(app: &App, lane: Lane) -> Strategy {
-    let mut strategy = Strategy::new();
-    if let Some(wakeups) = app.wakers.take_stream(lane) {
-        strategy = strategy.stream(wakeups);
-    }
-    strategy.interval(app.config.worker.poll_interval)
-}
-
-fn monitor(app: &Arc<App>) -> Monitor {
+fn monitor(app: &Arc<App>, lanes: &[Lane]) -> Monitor {
     let mut monitor = Monitor::new()
         .should_restart(|ctx, err| {
             warn!(worker = %ctx.name(), error = %err, "worker stopped on an error; restarting");
             true
         })
         .shutdown_timeout(app.config.longest_send() + Duration::from_secs(5));
-    for lane in Lane::ALL {
+    for &lane in lanes {
         let app = app.clone();
-        monitor = match &app.db {
-            Db::Sqlite(pool) => {
-                let config = apalis_sqlite::Config::default()
-                    .queue(lane.queue_name())
-                    .heartbeat_interval(app.config.worker.heartbeat)
-                    .batch_size(concurrency(&app, lane).max(1));
-                let pool = pool.clone();
-                monitor.register(move |restarts| {
-                    let backend = SqliteStorage::<DeliveryJob>::new(&pool)
-                        .with_config(config.clone())
-                        .poll_with_strategy(poll_strategy(&app, lane))
-                        .before_start(move |_| restart_pause(restarts));
-                    WorkerBuilder::new(worker_name(lane))
-                        .backend(backend)
-                        .concurrency(concurrency(&app, lane))
-                        .data(app.clone())
-                        .data(lane)
-                        .build(handle)
-                })
-            }
-            Db::Postgres(pool) => {
-                let config = apalis_postgres::Config::default()
-                    .queue(lane.queue_name())
-                    .heartbeat_interval(app.config.worker.heartbeat)
-                    .batch_size(concurrency(&app, lane).max(1));
-                let pool = pool.clone();
-                monitor.register(move |restarts| {
-                    let notify =
-                        apalis_postgres::Pubsub::new(pool.clone(), lane.queue_name().to_owned());
-                    let strategy = poll_strategy(&app, lane).stream(notify);
-                    let backend = PostgresStorage::<DeliveryJob>::new(&pool)
-                        .with_config(config.clone())
-                        .poll_with_strategy(strategy)
-                        .before_start(move |_| restart_pause(restarts));
-                    WorkerBuilder::new(worker_name(lane))
-                        .backend(backend)
-                        .concurrency(concurrency(&app, lane))
-                        .data(app.clone())
-                        .data(lane)
-                        .build(handle)
-                })
-            }
-        };
+        monitor = monitor.register(move |_restarts| {
+            let name = worker_name(lane);
+            let in_flight = InFlight::default();
+            let backend = LaneBackend::new(
+                app.clone(),
+                lane,
+                &name,
+                concurrency(&app, lane),
+                in_flight.clone(),
+            );
+            WorkerBuilder::new(name)
+                .backend(backend)
+                .concurrency(concurrency(&app, lane))
+                .data(app.clone())
+                .data(lane)
+                .data(in_flight)
+                .build(handle)
+        });
     }
     monitor
 }
 
-/// Runs workers and the sweeper until `stop` resolves, then finishes in-flight
-/// deliveries and returns.
+/// Postgres: wakes this process's workers of a lane when any process's
+/// commit notifies its channel (`Lane::channel`). Reconnects after a pause
+/// when the connection drops; meanwhile the workers poll.
+async fn listen(app: Arc<App>, lanes: Vec<Lane>) {
+    let Db::Postgres(pool) = &app.db else {
+        return;
+    };
+    loop {
+        let listening = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+            listener
+                .listen_all(lanes.iter().map(|lane| lane.channel()))
+                .await?;
+            // Anything committed before the LISTEN took hold.
+            for &lane in &lanes {
+                app.wakers.wake(lane);
+            }
+            loop {
+                let note = listener.recv().await?;
+                if let Some(&lane) = lanes.iter().find(|l| l.channel() == note.channel()) {
+                    app.wakers.wake(lane);
+                }
+            }
+        };
+        let outcome: Result<(), sqlx::Error> = listening.await;
+        if let Err(e) = outcome {
+            warn!(error = %e, "listening for new deliveries failed; polling meanwhile");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Runs both lanes' workers and the sweeper until `stop` resolves, then
+/// finishes in-flight deliveries and returns.
 pub async fn run_until<F>(app: Arc<App>, stop: F) -> Result<(), WorkerError>
 where
     F: Future<Output = std::io::Result<()>> + Send + 'static,
 {
+    run_lanes_until(app, &Lane::ALL, stop).await
+}
+
+/// Runs the workers of `lanes` (and the sweeper, the reconciler and the
+/// webhook dispatcher) until `stop` resolves, then finishes in-flight
+/// deliveries, gives back what was claimed and not started, and returns.
+pub async fn run_lanes_until<F>(app: Arc<App>, lanes: &[Lane], stop: F) -> Result<(), WorkerError>
+where
+    F: Future<Output = std::io::Result<()>> + Send + 'static,
+{
     let first = sweeper::sweep(&app).await?;
-    if first.requeued > 0 || first.resolved > 0 {
-        info!(
-            requeued = first.requeued,
-            resolved = first.resolved,
-            "recovered deliveries at start"
-        );
+    if first.resolved > 0 {
+        info!(resolved = first.resolved, "recovered deliveries at start");
     }
-    let sweeper = tokio::spawn(sweeper::run(app.clone()));
-    let reconciler = tokio::spawn(crate::reconcile::run(app.clone()));
+    // The sweeper, reconciler and webhook dispatcher: in one process at a time.
+    let housekeeping = app.start_housekeeping();
+    let listener = tokio::spawn(listen(app.clone(), lanes.to_vec()));
     info!(
         backend = app.db.backend_name(),
+        lanes = %lanes.iter().map(|l| l.queue_name()).collect::<Vec<_>>().join(","),
         otp = app.config.worker.otp_concurrency,
         notifications = app.config.worker.notification_concurrency,
         "workers started"
     );
-    let result = monitor(&app)
+    let result = monitor(&app, lanes)
         .run_with_signal(stop)
         .await
         .map_err(|e| WorkerError::Monitor(e.to_string()));
-    sweeper.abort();
-    reconciler.abort();
-    // Leave the queue tidy for the next run.
-    if let Err(e) = app.db.delete_finished_jobs(true).await {
-        warn!(error = %e, "could not delete finished jobs at shutdown");
-    }
+    housekeeping.stop().await;
+    listener.abort();
     info!("workers stopped");
     result
-}
-
-/// Runs the HTTP API on `listener` and the workers in this process until
-/// SIGTERM or Ctrl-C: then the API stops accepting and finishes its
-/// in-flight requests while the workers finish their in-flight deliveries.
-pub async fn serve(app: Arc<App>, listener: tokio::net::TcpListener) -> Result<(), WorkerError> {
-    serve_until(app, listener, shutdown_signal()).await
-}
-
-/// [`serve`] until `stop` resolves. Should either half stop on its own, the
-/// other is stopped too.
-pub async fn serve_until<F>(
-    app: Arc<App>,
-    listener: tokio::net::TcpListener,
-    stop: F,
-) -> Result<(), WorkerError>
-where
-    F: Future<Output = std::io::Result<()>> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let tx = Arc::new(tx);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let signal_tx = tx.clone();
-    let signal = tokio::spawn(async move {
-        if let Err(e) = stop.await {
-            warn!(error = %e, "shutdown signal failed; stopping");
-        }
-        signal_tx.send_replace(true);
-    });
-    let api_tx = tx.clone();
-    let api = tokio::spawn(crate::api::serve(
-        app.clone(),
-        listener,
-        stopped(rx.clone()),
-    ));
-    let api = async move {
-        let result = api.await;
-        api_tx.send_replace(true);
-        result
-    };
-    let workers_tx = tx.clone();
-    let workers = async move {
-        let stop_rx = rx.clone();
-        let result = run_until(app, async move {
-            stopped(stop_rx).await;
-            Ok(())
-        })
-        .await;
-        workers_tx.send_replace(true);
-        result
-    };
-    let (api, workers) = tokio::join!(api, workers);
-    signal.abort();
-    match api {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(WorkerError::Api(e.to_string())),
-        Err(e) => return Err(WorkerError::Api(e.to_string())),
-    }
-    workers
 }
 
 /// Runs until SIGTERM or Ctrl-C.

@@ -143,6 +143,10 @@ pub async fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<Calle
         .await?
         .ok_or(ApiError::Unauthorized)?;
     let now = state.app.clock.now();
+    // A rotated-out key works until its grace ends.
+    if key.expires_at.is_some_and(|until| until <= now) {
+        return Err(ApiError::Unauthorized);
+    }
     if key
         .last_used_at
         .is_none_or(|at| now - at >= chrono::Duration::minutes(1))

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::auth::{Caller, hex, hmac_sha256};
 use super::error::ApiError;
+use crate::intake::{MULTI_LINE, control_character};
 
 /// Longest Idempotency-Key accepted.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -29,6 +30,16 @@ pub async fn parse_json<T: DeserializeOwned>(
     body: Body,
     max_bytes: usize,
 ) -> Result<Parsed<T>, ApiError> {
+    from_value(read_json(headers, body, max_bytes).await?)
+}
+
+/// Reads a JSON body of at most `max_bytes`, sent as `application/json`,
+/// without checking its shape.
+pub async fn read_json(
+    headers: &HeaderMap,
+    body: Body,
+    max_bytes: usize,
+) -> Result<Value, ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -47,16 +58,22 @@ pub async fn parse_json<T: DeserializeOwned>(
     let bytes = axum::body::to_bytes(body, max_bytes)
         .await
         .map_err(|_| ApiError::TooLarge(max_bytes))?;
-    let raw: Value = serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(&bytes).map_err(|e| {
         // Syntax messages give a position, never the content.
         ApiError::MalformedJson(e.to_string())
-    })?;
+    })
+}
+
+/// Checks and parses a JSON value as [`parse_json`] does a body: an object,
+/// no control characters, no unknown fields, errors naming the field.
+pub fn from_value<T: DeserializeOwned>(raw: Value) -> Result<Parsed<T>, ApiError> {
     if !raw.is_object() {
         return Err(ApiError::InvalidField {
             field: "(body)".into(),
             reason: "must be a JSON object".into(),
         });
     }
+    check_text(&raw, "")?;
     let canonical = canonical(&raw);
     let value = serde_path_to_error::deserialize(raw).map_err(|e| {
         let path = e.path().to_string();
@@ -66,13 +83,78 @@ pub async fn parse_json<T: DeserializeOwned>(
     Ok(Parsed { value, canonical })
 }
 
+/// Refuses a control character in any string or field name of the body,
+/// naming where (`vars.name`, `filter.provider`) and the character's code
+/// point, never the text. Line breaks and tabs are allowed only in the values
+/// of `vars`, template variables that may span lines.
+fn check_text(value: &Value, path: &str) -> Result<(), ApiError> {
+    let here = |path: &str| {
+        if path.is_empty() {
+            "(body)".to_owned()
+        } else {
+            path.to_owned()
+        }
+    };
+    match value {
+        Value::String(text) => {
+            let multi_line = path.starts_with("vars.") && !path["vars.".len()..].contains('.');
+            let allowed: &[char] = if multi_line { &MULTI_LINE } else { &[] };
+            match control_character(text, allowed) {
+                Some(c) if multi_line => Err(ApiError::InvalidField {
+                    field: here(path),
+                    reason: format!(
+                        "must not contain control characters other than line breaks and tabs (found {c})"
+                    ),
+                }),
+                Some(c) => Err(ApiError::InvalidField {
+                    field: here(path),
+                    reason: format!("must not contain control characters (found {c})"),
+                }),
+                None => Ok(()),
+            }
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| check_text(v, &format!("{}[{i}]", here(path)))),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            if let Some(c) = control_character(k, &[]) {
+                return Err(ApiError::InvalidField {
+                    field: here(path),
+                    reason: format!("a field name must not contain control characters (found {c})"),
+                });
+            }
+            let child = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            check_text(v, &child)
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
+}
+
+/// A field name as a person can read it in an error: an empty one is
+/// written `""`.
+pub fn field_name(name: &str) -> String {
+    if name.is_empty() {
+        "\"\"".to_owned()
+    } else {
+        name.to_owned()
+    }
+}
+
 /// Turns serde's complaint into a field error that repeats no value.
 fn field_error(path: &str, message: &str) -> ApiError {
     if let Some(rest) = message.strip_prefix("unknown field `") {
         let name = rest.split('`').next().unwrap_or_default();
         // The path already ends with the unknown field's name.
         let field = if path == "." || path.is_empty() {
-            name.to_owned()
+            field_name(name)
+        } else if name.is_empty() {
+            // The path ends with the empty name: `filter.` becomes `filter.""`.
+            format!("{}.{}", path.trim_end_matches('.'), field_name(name))
         } else {
             path.to_owned()
         };
@@ -149,6 +231,10 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
         .to_str()
         .map_err(|_| bad("must be visible ASCII"))?
         .trim();
+    // `to_str` lets a tab through.
+    if control_character(key, &[]).is_some() {
+        return Err(bad("must be visible ASCII"));
+    }
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
         return Err(bad("must be 1 to 255 characters"));
     }

@@ -1,56 +1,111 @@
-//! Delivery receipts from providers: `POST /v1/callbacks/twilio` and
-//! `POST /v1/callbacks/africastalking/{secret}`.
+//! Delivery receipts from providers: `POST /v1/callbacks/{provider}` for
+//! providers that sign their receipts and `POST /v1/callbacks/{provider}/{secret}`
+//! for those authenticated by a secret in the URL.
 //!
-//! Providers cannot send an API key: Twilio's callbacks are authenticated by
-//! `X-Twilio-Signature` (HMAC-SHA1 with the account's auth token over the
-//! configured `status_callback_url` and the sorted form fields), Africa's
-//! Talking's reports by a long secret in the URL path. Either check fails
-//! before anything is read from or written to the database. A receipt for a
-//! message tuma does not know is answered 200 (so the provider stops
-//! retrying), logged and counted.
+//! `{provider}` is a configured provider's name or, when no provider has
+//! that name, a kind: every provider of that kind is tried (so a kind's
+//! fixed path, set once in a provider's dashboard, keeps working whatever
+//! the providers are called). Providers cannot send an API key: each kind's
+//! receipt capability checks its signature or URL secret, and a failed check
+//! answers before anything is read from or written to the database. A
+//! receipt for a message tuma does not know is answered 200 (so the provider
+//! stops retrying), logged and counted.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use secrecy::ExposeSecret;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
 use super::ApiState;
 use super::error::ApiError;
-use crate::config::ProviderKind;
-use crate::providers::twilio::TwilioAuth;
-use crate::providers::twilio::receipt::verify;
-use crate::receipts::{MissingField, from_africastalking, from_twilio};
-use crate::store::{NewReceipt, ReceiptOutcome};
+use crate::providers::capability::{
+    ReceiptAuth, ReceiptCapability, ReceiptRefusal, ReceiptRequest, VerifiedReceipt,
+};
+use crate::store::ReceiptOutcome;
 
-/// The form fields of a callback body, in the order sent.
-async fn form_fields(state: &ApiState, body: Body) -> Result<Vec<(String, String)>, ApiError> {
-    let max = state.app.config.api.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, max)
-        .await
-        .map_err(|_| ApiError::TooLarge(max))?;
-    Ok(form_urlencoded::parse(&bytes).into_owned().collect())
+/// A provider that takes receipts on this path: its name, its kind (the
+/// metrics' label) and its capability.
+struct Candidate<'a> {
+    name: &'a str,
+    kind: &'static str,
+    receipts: &'a dyn ReceiptCapability,
 }
 
-fn malformed(state: &ApiState, kind: &'static str, e: &MissingField) -> ApiError {
-    state.metrics.count_callback(kind, "malformed");
-    ApiError::InvalidField {
-        field: e.0.to_owned(),
-        reason: "is required in a delivery receipt".to_owned(),
+/// The providers `target` names (by name, else by kind) whose receipts
+/// authenticate as `auth`.
+fn candidates<'a>(state: &'a ApiState, target: &str, auth: ReceiptAuth) -> Vec<Candidate<'a>> {
+    let providers = &state.app.config.providers;
+    let by_name = providers.iter().any(|p| p.name == target);
+    providers
+        .iter()
+        .filter(|p| {
+            if by_name {
+                p.name == target
+            } else {
+                p.kind.as_str() == target
+            }
+        })
+        .filter_map(|p| {
+            let receipts = p.kind.config().receipts()?;
+            (receipts.auth() == auth).then_some(Candidate {
+                name: &p.name,
+                kind: p.kind.as_str(),
+                receipts,
+            })
+        })
+        .collect()
+}
+
+/// The body, at most `api.max_body_bytes`.
+async fn body_bytes(state: &ApiState, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let max = state.app.config.api.max_body_bytes;
+    axum::body::to_bytes(body, max)
+        .await
+        .map_err(|_| ApiError::TooLarge(max))
+}
+
+/// No configured provider (by that name, or of that kind) takes receipts
+/// authenticated this way.
+fn no_provider(target: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "no provider named `{}`, nor of that kind, takes receipts on this path",
+        crate::domain::provider_text::clean_to(
+            target,
+            &crate::domain::provider_text::Secrets::none(),
+            64
+        )
+    ))
+}
+
+/// What a refusal answers, counted under the provider's kind.
+fn refused(state: &ApiState, kind: &'static str, refusal: ReceiptRefusal) -> ApiError {
+    match refusal {
+        ReceiptRefusal::BadSignature { detail, log } => {
+            state.metrics.count_callback(kind, "bad_signature");
+            warn!("{log}");
+            ApiError::BadSignature(detail)
+        }
+        ReceiptRefusal::Malformed(e) => {
+            state.metrics.count_callback(kind, "malformed");
+            ApiError::InvalidField {
+                field: e.0.to_owned(),
+                reason: "is required in a delivery receipt".to_owned(),
+            }
+        }
     }
 }
 
-/// Stores a receipt, counts and logs what it did; always 200 once authenticated.
+/// Stores a receipt (and the price it reports), counts and logs what it
+/// did; always 200 once authenticated.
 async fn record(
     state: &ApiState,
     kind: &'static str,
-    receipt: NewReceipt,
+    verified: VerifiedReceipt,
 ) -> Result<Response, ApiError> {
+    let receipt = &verified.receipt;
     let outcome = state
-        .within_timeout(state.app.db.record_receipt(&receipt))
+        .within_timeout(state.app.db.record_receipt(receipt))
         .await?;
     match outcome {
         ReceiptOutcome::UnknownMessage => {
@@ -66,6 +121,22 @@ async fn record(
             delivery_id,
             changed,
         } => {
+            if let Some(price) = verified.price {
+                let terms = state.app.config.spend.terms();
+                let crossed = state
+                    .within_timeout(state.app.db.record_receipt_price(
+                        &receipt.provider,
+                        &receipt.provider_message_id,
+                        price,
+                        &terms,
+                        receipt.received_at,
+                    ))
+                    .await?;
+                crate::spend::log_crossings(&crossed.unwrap_or_default());
+            }
+            if let (true, Some(reason)) = (changed, verified.recipient_gone) {
+                suppress(state, &delivery_id, receipt, reason).await?;
+            }
             state
                 .metrics
                 .count_callback(kind, if changed { "applied" } else { "unchanged" });
@@ -81,96 +152,110 @@ async fn record(
     Ok(StatusCode::OK.into_response())
 }
 
-/// `POST /v1/callbacks/twilio`: a Twilio status callback.
-pub async fn twilio(
+/// Suppresses the recipient of the delivery a receipt just moved to
+/// `undelivered`, whose error says the number is gone.
+async fn suppress(
+    state: &ApiState,
+    delivery_id: &str,
+    receipt: &crate::store::NewReceipt,
+    reason: &'static str,
+) -> Result<(), ApiError> {
+    let Some(delivery) = state
+        .within_timeout(state.app.db.delivery(delivery_id))
+        .await?
+    else {
+        return Ok(());
+    };
+    state
+        .within_timeout(crate::suppression::record(
+            &state.app,
+            &delivery,
+            &receipt.provider,
+            receipt.error_code.as_deref(),
+            reason,
+            receipt.received_at,
+        ))
+        .await?;
+    Ok(())
+}
+
+/// `POST /v1/callbacks/{provider}`: a signed receipt. Every provider the
+/// path names is tried; the first whose signature matches takes it.
+pub async fn signed(
     State(state): State<ApiState>,
+    Path(target): Path<String>,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let fields = form_fields(&state, body).await?;
-    let signature = headers
-        .get("x-twilio-signature")
-        .and_then(|v| v.to_str().ok());
-    // The Twilio provider whose auth token signed this callback.
-    let provider = signature.and_then(|signature| {
-        state
-            .app
-            .config
-            .providers
-            .iter()
-            .find_map(|p| match &p.kind {
-                ProviderKind::Twilio(c) => match (&c.auth, &c.status_callback_url) {
-                    (TwilioAuth::AuthToken(token), Some(url))
-                        if verify(token.expose_secret(), url, &fields, signature) =>
-                    {
-                        Some(p.name.clone())
-                    }
-                    _ => None,
-                },
-                _ => None,
-            })
-    });
-    let Some(provider) = provider else {
-        state.metrics.count_callback("twilio", "bad_signature");
-        warn!(
-            signed = signature.is_some(),
-            "Twilio callback refused: missing or wrong X-Twilio-Signature"
-        );
-        return Err(ApiError::BadSignature);
+    let candidates = candidates(&state, &target, ReceiptAuth::Signature);
+    let Some(first) = candidates.first() else {
+        return Err(no_provider(&target));
     };
-    let receipt = from_twilio(&provider, &fields, state.app.clock.now())
-        .map_err(|e| malformed(&state, "twilio", &e))?;
-    record(&state, "twilio", receipt).await
-}
-
-/// Whether `given` is `secret`, in constant time (both are hashed first, so
-/// not even the length leaks).
-fn same_secret(given: &str, secret: &str) -> bool {
-    let a = Sha256::digest(given.as_bytes());
-    let b = Sha256::digest(secret.as_bytes());
-    a.as_slice().ct_eq(b.as_slice()).into()
-}
-
-/// `POST /v1/callbacks/africastalking/{secret}`: an Africa's Talking delivery report.
-pub async fn africastalking(
-    State(state): State<ApiState>,
-    Path(secret): Path<String>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let mut provider = None;
-    for p in &state.app.config.providers {
-        if let ProviderKind::AfricasTalking(c) = &p.kind
-            && let Some(expected) = &c.callback_secret
-            && same_secret(&secret, expected.expose_secret())
-            && provider.is_none()
-        {
-            provider = Some(p.name.clone());
+    let body = body_bytes(&state, body).await?;
+    let url = uri.to_string();
+    let received_at = state.app.clock.now();
+    let mut refusal = None;
+    for c in &candidates {
+        let request = ReceiptRequest {
+            provider: c.name,
+            headers: &headers,
+            url: &url,
+            body: &body,
+            received_at,
+        };
+        match c.receipts.receive(&request) {
+            Ok(verified) => return record(&state, c.kind, verified).await,
+            Err(ReceiptRefusal::Malformed(e)) => {
+                return Err(refused(&state, c.kind, ReceiptRefusal::Malformed(e)));
+            }
+            Err(bad) => {
+                refusal.get_or_insert(bad);
+            }
         }
     }
-    let Some(provider) = provider else {
-        state
-            .metrics
-            .count_callback("africastalking", "wrong_secret");
-        warn!("Africa's Talking report refused: wrong URL secret");
+    let refusal = refusal.unwrap_or_else(|| ReceiptRefusal::BadSignature {
+        detail: "the signature is missing or does not match".to_owned(),
+        log: "receipt refused: missing or wrong signature".to_owned(),
+    });
+    Err(refused(&state, first.kind, refusal))
+}
+
+/// `POST /v1/callbacks/{provider}/{secret}`: a receipt authenticated by the
+/// secret in its URL. A wrong secret is a path that does not exist (404).
+pub async fn by_secret(
+    State(state): State<ApiState>,
+    Path((target, secret)): Path<(String, String)>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let candidates = candidates(&state, &target, ReceiptAuth::UrlSecret);
+    let Some(first) = candidates.first() else {
+        return Err(no_provider(&target));
+    };
+    let Some(owner) = candidates.iter().find(|c| c.receipts.owns_secret(&secret)) else {
+        state.metrics.count_callback(first.kind, "wrong_secret");
+        warn!(
+            kind = first.kind,
+            "delivery report refused: wrong URL secret"
+        );
         return Err(ApiError::NotFound(
             "no delivery-report URL has this secret".into(),
         ));
     };
-    let fields = form_fields(&state, body).await?;
-    let receipt = from_africastalking(&provider, &fields, state.app.clock.now())
-        .map_err(|e| malformed(&state, "africastalking", &e))?;
-    record(&state, "africastalking", receipt).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::same_secret;
-
-    #[test]
-    fn secrets_compare_equal_only_when_identical() {
-        assert!(same_secret("abc", "abc"));
-        assert!(!same_secret("abd", "abc"));
-        assert!(!same_secret("ab", "abc"));
-        assert!(!same_secret("", "abc"));
+    let body = body_bytes(&state, body).await?;
+    // The secret never reaches a log or the receipt.
+    let url = uri.path().replace(&secret, "****");
+    let request = ReceiptRequest {
+        provider: owner.name,
+        headers: &headers,
+        url: &url,
+        body: &body,
+        received_at: state.app.clock.now(),
+    };
+    match owner.receipts.receive(&request) {
+        Ok(verified) => record(&state, owner.kind, verified).await,
+        Err(refusal) => Err(refused(&state, owner.kind, refusal)),
     }
 }

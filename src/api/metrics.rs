@@ -1,9 +1,11 @@
 //! `/metrics` in the Prometheus text format.
 //!
-//! Request and refusal counters are this process's; delivery figures
-//! (by channel / provider / status, queue depth per lane, cost per currency,
-//! attempt latency per provider) are read from the database at scrape time,
-//! so they are right however many processes share it.
+//! Request and refusal counters, request durations and the `process_*`
+//! figures are this process's; delivery figures (by channel / provider /
+//! status, queue depth per lane, cost per currency and estimate, attempt
+//! latency per provider) are read from the database at scrape time, so they
+//! are right however many processes share it: they are gauges (a cost can
+//! fall when a provider's price replaces an estimate), never counters.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -28,6 +30,39 @@ pub struct Metrics {
     refusals: Mutex<BTreeMap<&'static str, u64>>,
     /// Provider callbacks by (provider kind, outcome).
     callbacks: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Request durations by (route, method): bucket counts, count, sum.
+    durations: Mutex<BTreeMap<(String, &'static str), Durations>>,
+}
+
+/// Upper bounds of the request duration buckets, in seconds.
+pub const DURATION_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// One route's request durations.
+#[derive(Debug, Default, Clone)]
+struct Durations {
+    /// Requests at or under each bound (not cumulative; summed when shown).
+    buckets: [u64; DURATION_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// The method as a label: the standard ones, else `OTHER` (a client may
+/// send any token, and each would be a new series).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "PATCH" => "PATCH",
+        "TRACE" => "TRACE",
+        "CONNECT" => "CONNECT",
+        _ => "OTHER",
+    }
 }
 
 impl Metrics {
@@ -44,6 +79,14 @@ impl Metrics {
         self.callbacks.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
+    /// Counts one guard refusal of `rule` answered inside a larger answer
+    /// (an item of a batch); a refused request is counted by [`count_request`].
+    pub fn count_refusal(&self, rule: &'static str) {
+        if let Ok(mut m) = self.refusals.lock() {
+            *m.entry(rule).or_default() += 1;
+        }
+    }
+
     /// Guard refusals so far, by rule.
     pub fn refusals(&self) -> BTreeMap<&'static str, u64> {
         self.refusals.lock().map(|m| m.clone()).unwrap_or_default()
@@ -58,11 +101,21 @@ pub async fn count_request(State(state): State<ApiState>, req: Request, next: Ne
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "(unmatched)".to_owned());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
+    let started = std::time::Instant::now();
     let response = next.run(req).await;
+    let took = started.elapsed().as_secs_f64();
     let status = response.status().as_u16();
+    if let Ok(mut m) = state.metrics.durations.lock() {
+        let d = m.entry((route.clone(), method)).or_default();
+        if let Some(i) = DURATION_BUCKETS.iter().position(|le| took <= *le) {
+            d.buckets[i] += 1;
+        }
+        d.count += 1;
+        d.sum += took;
+    }
     if let Ok(mut m) = state.metrics.requests.lock() {
-        *m.entry((route, method, status)).or_default() += 1;
+        *m.entry((route, method.to_owned(), status)).or_default() += 1;
     }
     if let Some(Refusal(Some(rule))) = response.extensions().get::<Refusal>()
         && let Ok(mut m) = state.metrics.refusals.lock()
@@ -123,6 +176,55 @@ pub async fn render(
         );
     }
 
+    let _ = writeln!(
+        w,
+        "# HELP tuma_http_request_duration_seconds HTTP request duration, by route and method."
+    );
+    let _ = writeln!(w, "# TYPE tuma_http_request_duration_seconds histogram");
+    let durations = state
+        .metrics
+        .durations
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
+    for ((route, method), d) in &durations {
+        let labels = format!("route=\"{}\",method=\"{method}\"", label(route));
+        let mut cumulative = 0;
+        for (le, n) in DURATION_BUCKETS.iter().zip(d.buckets) {
+            cumulative += n;
+            let _ = writeln!(
+                w,
+                "tuma_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            w,
+            "tuma_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+            d.count
+        );
+        let _ = writeln!(
+            w,
+            "tuma_http_request_duration_seconds_sum{{{labels}}} {}",
+            d.sum
+        );
+        let _ = writeln!(
+            w,
+            "tuma_http_request_duration_seconds_count{{{labels}}} {}",
+            d.count
+        );
+    }
+    let _ = writeln!(
+        w,
+        "# HELP tuma_build_info The running tuma's version; always 1."
+    );
+    let _ = writeln!(w, "# TYPE tuma_build_info gauge");
+    let _ = writeln!(
+        w,
+        "tuma_build_info{{version=\"{}\"}} 1",
+        label(env!("CARGO_PKG_VERSION"))
+    );
+    write_process(w);
+
     let db = &state.app.db;
     let figures = state
         .within_timeout(async {
@@ -149,6 +251,11 @@ pub async fn render(
             write_figures(w, &counts, &depths, &costs, &latency);
         }
     }
+    match state.within_timeout(db.webhook_figures()).await {
+        Ok(figures) => super::webhooks::write_metrics(w, &figures, state.app.clock.now()),
+        Err(e) => tracing::warn!(error = %e, "metrics: webhook figures unavailable"),
+    }
+    super::spend::write_metrics(&mut out, &state).await;
     let mut response = out.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -194,16 +301,17 @@ fn write_figures(
     }
     let _ = writeln!(
         w,
-        "# HELP tuma_cost_total Cost of sent messages, by currency."
+        "# HELP tuma_delivery_cost Cost of sent messages as the database holds it now, by currency; estimate=\"true\" for price-table estimates, \"false\" for providers' own prices."
     );
-    let _ = writeln!(w, "# TYPE tuma_cost_total counter");
+    let _ = writeln!(w, "# TYPE tuma_delivery_cost gauge");
     for f in costs {
         let sign = if f.value < 0 { "-" } else { "" };
         let micros = f.value.unsigned_abs();
         let _ = writeln!(
             w,
-            "tuma_cost_total{{currency=\"{}\"}} {sign}{}.{:06}",
+            "tuma_delivery_cost{{currency=\"{}\",estimate=\"{}\"}} {sign}{}.{:06}",
             label(&f.a),
+            label(&f.b),
             micros / 1_000_000,
             micros % 1_000_000
         );
@@ -244,5 +352,107 @@ fn write_figures(
                 );
             }
         }
+    }
+}
+
+/// The `process_*` figures Prometheus clients expose, from `/proc` (Linux;
+/// elsewhere only the file limit, where it can be read).
+fn write_process(w: &mut String) {
+    let mut family = |name: &str, kind: &str, help: &str, value: Option<f64>| {
+        if let Some(value) = value {
+            let _ = writeln!(w, "# HELP {name} {help}");
+            let _ = writeln!(w, "# TYPE {name} {kind}");
+            let _ = writeln!(w, "{name} {value}");
+        }
+    };
+    let stat = std::fs::read_to_string("/proc/self/stat").ok();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat
+        .as_deref()
+        .and_then(|s| s.rsplit_once(')'))
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |n: usize| -> Option<f64> {
+        // `n` counts from 1 as in proc(5); field 3 is the first after the name.
+        fields.get(n.checked_sub(3)?).and_then(|v| v.parse().ok())
+    };
+    #[cfg(unix)]
+    // SAFETY: sysconf only reads a system constant.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK) as f64,
+            libc::sysconf(libc::_SC_PAGESIZE) as f64,
+        )
+    };
+    #[cfg(not(unix))]
+    let (ticks, page) = (0.0, 0.0);
+    let per_tick = (ticks > 0.0).then_some(ticks);
+    family(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        field(14)
+            .zip(field(15))
+            .zip(per_tick)
+            .map(|((u, s), t)| (u + s) / t),
+    );
+    family(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        field(24).map(|pages| pages * page).filter(|_| page > 0.0),
+    );
+    family(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        field(23),
+    );
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    family(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        boot.zip(field(22))
+            .zip(per_tick)
+            .map(|((b, start), t)| b + start / t),
+    );
+    let open = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count() as f64);
+    family(
+        "process_open_fds",
+        "gauge",
+        "Number of open file descriptors.",
+        open,
+    );
+    family(
+        "process_max_fds",
+        "gauge",
+        "Maximum number of open file descriptors.",
+        max_fds(),
+    );
+}
+
+fn max_fds() -> Option<f64> {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes `lim`.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            return Some(lim.rlim_cur as f64);
+        }
+        None
+    }
+    #[cfg(not(unix))]
+    {
+        None
     }
 }

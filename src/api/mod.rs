@@ -6,13 +6,18 @@
 //! bounded by `api.request_timeout` and answers 503 past it.
 
 pub mod auth;
+pub mod batch;
 pub mod body;
 pub mod callbacks;
+pub mod cancel;
 pub mod error;
 pub mod handlers;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+pub mod server;
+pub mod spend;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -66,10 +71,26 @@ impl ApiState {
     }
 }
 
-/// Africa's Talking reports carry a secret in their path, which logs never show.
-const AT_CALLBACK_PREFIX: &str = "/v1/callbacks/africastalking/";
-/// What logs show instead.
-const AT_CALLBACK_SHOWN: &str = "/v1/callbacks/africastalking/****";
+/// Receipt paths; those with a segment after the provider carry a secret,
+/// which logs never show.
+const CALLBACK_PREFIX: &str = "/v1/callbacks/";
+
+/// The path as logs may show it: a receipt URL's secret (anything after
+/// `/v1/callbacks/{provider}/`) becomes `****`.
+pub(crate) fn shown_path(path: &str) -> std::borrow::Cow<'_, str> {
+    match path
+        .strip_prefix(CALLBACK_PREFIX)
+        .and_then(|rest| rest.split_once('/'))
+    {
+        Some((provider, _secret)) => format!("{CALLBACK_PREFIX}{provider}/****").into(),
+        None => path.into(),
+    }
+}
+
+/// Whether the path carries a receipt URL secret.
+pub(crate) fn has_secret(path: &str) -> bool {
+    matches!(shown_path(path), std::borrow::Cow::Owned(_))
+}
 
 /// The API's routes with request ids, tracing and request metrics.
 pub fn router(state: ApiState) -> Router {
@@ -82,12 +103,7 @@ pub fn router(state: ApiState) -> Router {
                 .unwrap_or("-");
             // The path only: bodies and headers (keys) are never logged, nor
             // the secret in a delivery-report URL.
-            let path = req.uri().path();
-            let path = if path.starts_with(AT_CALLBACK_PREFIX) {
-                AT_CALLBACK_SHOWN
-            } else {
-                path
-            };
+            let path = shown_path(req.uri().path());
             info_span!("request", request_id = %id, method = %req.method(), path = %path)
         })
         // Logged under tuma's own target so the default filter keeps it.
@@ -105,22 +121,30 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/otp", post(handlers::post_otp))
         .route("/v1/notifications", post(handlers::post_notification))
+        .route("/v1/notifications/batch", post(batch::post_batch))
         .route("/v1/deliveries", get(handlers::list_deliveries))
         .route("/v1/deliveries/{id}", get(handlers::get_delivery))
-        .route("/v1/callbacks/twilio", post(callbacks::twilio))
+        .route("/v1/callbacks/{provider}", post(callbacks::signed))
         .route(
-            "/v1/callbacks/africastalking/{secret}",
-            post(callbacks::africastalking),
+            "/v1/callbacks/{provider}/{secret}",
+            post(callbacks::by_secret),
         )
         .route("/v1/deliveries/{id}/replay", post(ops::replay_one))
+        .route("/v1/deliveries/{id}/cancel", post(cancel::cancel_delivery))
         .route("/v1/replays", post(ops::replay_many))
         .route("/v1/reports/costs", get(ops::costs))
+        .route("/v1/webhooks", get(webhooks::list).post(webhooks::create))
+        .route("/v1/webhooks/{id}", axum::routing::delete(webhooks::remove))
+        .route("/v1/webhooks/{id}/test", post(webhooks::test))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(metrics::render))
         .route("/openapi.json", get(openapi::serve))
+        .merge(spend::routes())
         .fallback(handlers::no_route)
         .method_not_allowed_fallback(handlers::method_not_allowed)
+        .layer(axum::middleware::from_fn(error::problem_for_bare_errors))
+        .merge(crate::console::router(state.clone()))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::count_request,
@@ -137,7 +161,7 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes
-/// in-flight requests and returns.
+/// in-flight requests and returns (see [`server`] for the connection limits).
 pub async fn serve(
     app: Arc<App>,
     listener: tokio::net::TcpListener,
@@ -145,9 +169,5 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     info!(%addr, "HTTP API listening on http://{addr}");
-    axum::serve(listener, router(ApiState::new(app)))
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    info!("HTTP API stopped");
-    Ok(())
+    server::serve_state(ApiState::new(app), listener, shutdown).await
 }

@@ -1,288 +1,550 @@
-//! `GET /openapi.json`: the API described as OpenAPI 3.1. A test walks every
-//! path and method in it against the real router.
+//! The OpenAPI 3.1 document, generated from the code with `utoipa`: each
+//! handler carries its `#[utoipa::path]`, each request and response type its
+//! `ToSchema`. `GET /openapi.json` serves it and `tuma openapi` prints it.
+//!
+//! What the handlers' attributes do not say is added here by [`Complete`],
+//! from tables kept beside the code they describe: the problems each
+//! operation can answer (every one is a [`Problem`]), the security schemes,
+//! `security: []` on public routes, and the servers.
+
+use std::borrow::Cow;
 
 use axum::Json;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{
+    ContentBuilder, OpenApi as Document, RefOr, ResponseBuilder, Server, ServerBuilder,
+};
+use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-fn problem(description: &str) -> Value {
-    json!({
-        "description": description,
-        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
-    })
+use super::error::PROBLEM_BASE;
+
+/// The problem `type`s tuma answers, after [`PROBLEM_BASE`], with their status.
+pub const PROBLEM_TYPES: [(&str, u16); 23] = [
+    ("bad-request", 400),
+    ("malformed-json", 400),
+    ("unauthorized", 401),
+    ("forbidden", 403),
+    ("bad-signature", 403),
+    ("not-found", 404),
+    ("method-not-allowed", 405),
+    ("body-timeout", 408),
+    ("idempotency-key-in-flight", 409),
+    ("not-cancelable", 409),
+    ("body-too-large", 413),
+    ("unsupported-media-type", 415),
+    ("invalid-field", 422),
+    ("unknown-field", 422),
+    ("refused", 422),
+    ("idempotency-key-reused", 422),
+    ("rate-limited", 429),
+    ("headers-too-large", 431),
+    ("internal", 500),
+    ("unavailable", 503),
+    ("http-error", 400),
+    ("http-error", 404),
+    ("http-error", 500),
+];
+
+/// An RFC 9457 problem: every error tuma answers, as `application/problem+json`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// `https://tuma.dev/problems/<kind>`.
+    #[serde(rename = "type")]
+    #[schema(schema_with = problem_type)]
+    pub kind: String,
+    /// A short, fixed summary of the kind.
+    pub title: String,
+    /// The HTTP status.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// What went wrong, for a person. Never a secret, never an internal cause.
+    pub detail: String,
+    /// The request field at fault (`to`, `vars.name`, `filter.provider`, a
+    /// query parameter, `Idempotency-Key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The configuration rule that refused the send (`api.sms_prefix_allowlist`,
+    /// `otp.number_type`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// With `not-cancelable`: the delivery's status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_status: Option<crate::domain::DeliveryStatus>,
 }
 
-fn errors(codes: &[(&str, &str)]) -> serde_json::Map<String, Value> {
-    codes
+fn problem_type() -> Schema {
+    let mut kinds: Vec<String> = PROBLEM_TYPES
         .iter()
-        .map(|(code, what)| ((*code).to_owned(), problem(what)))
-        .collect()
+        .map(|(kind, _)| format!("{PROBLEM_BASE}{kind}"))
+        .collect();
+    kinds.dedup();
+    Schema::Object(
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::Custom("uri".into())))
+            .enum_values(Some(kinds))
+            .build(),
+    )
 }
 
-fn send_responses() -> Value {
-    let mut r = errors(&[
-        ("400", "Malformed JSON"),
-        ("401", "Missing or invalid API key"),
-        ("403", "The key lacks the `send` scope"),
-        (
-            "409",
-            "The first request with this Idempotency-Key is still being processed",
-        ),
-        ("413", "Body over api.max_body_bytes"),
-        ("415", "Content-Type is not application/json"),
-        (
-            "422",
-            "A field is invalid or unknown, a sending rule refused it, or the Idempotency-Key was used with another body",
-        ),
-        ("429", "Per-recipient OTP limit reached; see Retry-After"),
-        ("503", "Database unavailable"),
-    ]);
-    r.insert(
-        "202".into(),
-        json!({
-            "description": "Accepted (or, for a repeated Idempotency-Key, the original response)",
-            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Receipt" } } }
-        }),
-    );
-    Value::Object(r)
+/// What `GET /healthz` and `GET /readyz` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` (healthz) or `ready` (readyz).
+    #[schema(example = "ok")]
+    pub status: String,
+    /// readyz only: `sqlite` or `postgres`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
 }
 
-/// The document.
-pub fn document() -> Value {
-    let idempotency = json!({
-        "name": "Idempotency-Key", "in": "header", "required": false,
-        "description": "Kept 24 h per API key: the same key and body return the original response; another body gets 422.",
-        "schema": { "type": "string", "maxLength": 255 }
-    });
-    let read_errors = errors(&[
-        ("401", "Missing or invalid API key"),
-        ("403", "The key lacks the `read` scope"),
-        ("503", "Database unavailable"),
-    ]);
-    let mut get_one = read_errors.clone();
-    get_one.insert("404".into(), problem("No delivery has this id"));
-    get_one.insert("200".into(), json!({
-        "description": "The delivery with its attempts",
-        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Delivery" } } }
-    }));
-    let mut list = read_errors;
-    list.insert(
-        "422".into(),
-        problem("A query parameter is invalid or unknown"),
-    );
-    list.insert("200".into(), json!({
-        "description": "A page of deliveries, newest first",
-        "content": { "application/json": { "schema": {
-            "type": "object", "required": ["items", "next_cursor"],
-            "properties": {
-                "items": { "type": "array", "items": { "$ref": "#/components/schemas/Delivery" } },
-                "next_cursor": { "type": ["string", "null"], "description": "Pass as `cursor` for the next page; null on the last" }
-            }
-        } } }
-    }));
-    let query = |name: &str, schema: Value, description: &str| {
-        json!({
-            "name": name, "in": "query", "required": false, "schema": schema, "description": description
-        })
-    };
-    json!({
-        "openapi": "3.1.0",
-        "info": {
-            "title": "tuma",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "Durable OTP and notification delivery over SMS and email."
-        },
-        "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
-            "schemas": {
-                "Problem": {
-                    "type": "object", "required": ["type", "title", "status", "detail"],
-                    "properties": {
-                        "type": { "type": "string", "format": "uri" },
-                        "title": { "type": "string" },
-                        "status": { "type": "integer" },
-                        "detail": { "type": "string" },
-                        "field": { "type": "string", "description": "The request field at fault" },
-                        "rule": { "type": "string", "description": "The configuration rule that refused the send" }
-                    }
-                },
-                "Receipt": {
-                    "type": "object", "required": ["id", "status"],
-                    "properties": {
-                        "id": { "type": "string" },
-                        "status": { "type": "string", "enum": ["pending"] },
-                        "expires_at": { "type": "string", "format": "date-time", "description": "OTP only" }
-                    }
-                },
-                "OtpRequest": {
-                    "type": "object", "required": ["to", "code"], "additionalProperties": false,
-                    "properties": {
-                        "to": { "type": "string", "description": "E.164 phone number (or national, in otp.default_region) or email address" },
-                        "code": { "type": "string", "pattern": "^[0-9]{4,10}$" },
-                        "channel": { "type": "string", "enum": ["sms", "email"], "description": "Inferred from `to` when absent" },
-                        "locale": { "type": "string", "examples": ["en", "sw"] },
-                        "ttl_seconds": { "type": "integer", "minimum": 30, "maximum": 86400 },
-                        "purpose": { "type": "string", "examples": ["login"], "description": "Recorded in logs" }
-                    }
-                },
-                "NotificationRequest": {
-                    "type": "object", "required": ["to", "template"], "additionalProperties": false,
-                    "properties": {
-                        "to": { "type": "string" },
-                        "template": { "type": "string" },
-                        "locale": { "type": "string" },
-                        "vars": { "type": "object" },
-                        "send_at": { "type": "string", "format": "date-time" }
-                    }
-                },
-                "Delivery": {
-                    "type": "object",
-                    "required": ["id", "kind", "channel", "recipient", "status", "created_at"],
-                    "properties": {
-                        "id": { "type": "string" },
-                        "kind": { "type": "string", "enum": ["otp", "notification"] },
-                        "channel": { "type": "string", "enum": ["sms", "email"] },
-                        "recipient": { "type": "string" },
-                        "status": { "type": "string", "enum": ["pending", "sending", "sent", "delivered", "undelivered", "failed", "expired"] },
-                        "display_status": { "type": "string", "description": "`no receipt` for a delivery sent longer than receipts.no_receipt_after ago without a final receipt; else the status" },
-                        "delivered_at": { "type": ["string", "null"], "format": "date-time" },
-                        "receipts": { "type": "array", "items": { "type": "object" }, "description": "GET /v1/deliveries/{id} only: every receipt, in arrival order" },
-                        "template": { "type": "string" },
-                        "locale": { "type": "string" },
-                        "subject": { "type": ["string", "null"] },
-                        "body": { "type": "string", "description": "The message with any OTP code shown as ******" },
-                        "provider": { "type": ["string", "null"] },
-                        "provider_message_id": { "type": ["string", "null"] },
-                        "cost": { "type": ["object", "null"] },
-                        "segments": { "type": ["integer", "null"] },
-                        "attempt_count": { "type": "integer" },
-                        "attempts": { "type": "array", "items": { "type": "object" }, "description": "GET /v1/deliveries/{id} only" },
-                        "created_at": { "type": "string", "format": "date-time" },
-                        "expires_at": { "type": ["string", "null"], "format": "date-time" }
-                    }
-                }
-            }
-        },
-        "paths": {
-            "/v1/otp": { "post": {
-                "summary": "Send a one-time code",
-                "security": [{ "bearer": [] }],
-                "parameters": [idempotency],
-                "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/OtpRequest" } } } },
-                "responses": send_responses()
-            } },
-            "/v1/notifications": { "post": {
-                "summary": "Send a templated notification",
-                "security": [{ "bearer": [] }],
-                "parameters": [idempotency],
-                "requestBody": { "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/NotificationRequest" } } } },
-                "responses": send_responses()
-            } },
-            "/v1/deliveries": { "get": {
-                "summary": "List deliveries, newest first",
-                "security": [{ "bearer": [] }],
-                "parameters": [
-                    query("status", json!({ "type": "string" }), "Only this status"),
-                    query("channel", json!({ "type": "string", "enum": ["sms", "email"] }), "Only this channel"),
-                    query("provider", json!({ "type": "string" }), "Only this provider"),
-                    query("since", json!({ "type": "string", "format": "date-time" }), "Created at or after"),
-                    query("limit", json!({ "type": "integer", "minimum": 1, "maximum": 200, "default": 50 }), "Page size"),
-                    query("cursor", json!({ "type": "string" }), "`next_cursor` of the previous page")
-                ],
-                "responses": Value::Object(list)
-            } },
-            "/v1/deliveries/{id}": { "get": {
-                "summary": "One delivery with its attempts",
-                "security": [{ "bearer": [] }],
-                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
-                "responses": Value::Object(get_one)
-            } },
-            "/v1/callbacks/twilio": { "post": {
-                "summary": "Twilio status callback (form-encoded; authenticated by X-Twilio-Signature, not an API key)",
-                "responses": { "200": { "description": "Recorded, or a message tuma does not know" }, "403": problem("Missing or wrong signature") }
-            } },
-            "/v1/callbacks/africastalking/{secret}": { "post": {
-                "summary": "Africa's Talking delivery report (form-encoded; authenticated by the URL secret)",
-                "parameters": [{ "name": "secret", "in": "path", "required": true, "schema": { "type": "string" } }],
-                "responses": { "200": { "description": "Recorded, or a message tuma does not know" }, "404": problem("Wrong secret") }
-            } },
-            "/v1/deliveries/{id}/replay": { "post": {
-                "summary": "Replay a failed, undelivered or expired delivery as a new one (scope ops)",
-                "security": [{ "bearer": [] }],
-                "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
-                "requestBody": { "required": false, "content": { "application/json": { "schema": {
-                    "type": "object", "additionalProperties": false,
-                    "properties": { "force": { "type": "boolean" }, "dry_run": { "type": "boolean" } }
-                } } } },
-                "responses": {
-                    "200": { "description": "What was replayed and what was refused, with reasons" },
-                    "401": problem("No valid key"), "403": problem("The key lacks the ops scope"),
-                    "404": problem("No such delivery"), "422": problem("A field is wrong"),
-                    "503": problem("Database unavailable")
-                }
-            } },
-            "/v1/replays": { "post": {
-                "summary": "Replay every delivery matching a filter, or show the plan (scope ops)",
-                "security": [{ "bearer": [] }],
-                "requestBody": { "required": true, "content": { "application/json": { "schema": {
-                    "type": "object", "additionalProperties": false,
-                    "properties": {
-                        "dry_run": { "type": "boolean" },
-                        "filter": { "type": "object", "additionalProperties": false, "properties": {
-                            "status": { "type": "string", "enum": ["failed", "undelivered", "expired"] },
-                            "since": { "type": "string", "format": "date-time" },
-                            "channel": { "type": "string", "enum": ["sms", "email"] },
-                            "provider": { "type": "string" },
-                            "error_code": { "type": "string" },
-                            "force": { "type": "boolean" },
-                            "limit": { "type": "integer", "minimum": 1 }
-                        } }
-                    }
-                } } } },
-                "responses": {
-                    "200": { "description": "What was replayed and what was refused, with reasons" },
-                    "400": problem("Malformed JSON"), "401": problem("No valid key"),
-                    "403": problem("The key lacks the ops scope"), "415": problem("Not JSON"),
-                    "422": problem("A field is wrong"), "503": problem("Database unavailable")
-                }
-            } },
-            "/v1/reports/costs": { "get": {
-                "summary": "SMS and email costs per group and currency, exact (scope reports)",
-                "security": [{ "bearer": [] }],
-                "parameters": [
-                    query("since", json!({ "type": "string" }), "A period ending now, e.g. 30d (the default)"),
-                    query("from", json!({ "type": "string", "format": "date" }), "First day (UTC, included)"),
-                    query("to", json!({ "type": "string", "format": "date" }), "Last day (UTC, excluded)"),
-                    query("by", json!({ "type": "string" }), "Groupings: day|week|month,provider,country,template,channel"),
-                    query("receipt_horizon", json!({ "type": "string" }), "How long a sent message waits for a receipt before it counts as no receipt"),
-                    query("format", json!({ "type": "string", "enum": ["json", "csv"] }), "csv answers text/csv with a header row")
-                ],
-                "responses": {
-                    "200": { "description": "The report", "content": { "application/json": {}, "text/csv": {} } },
-                    "401": problem("No valid key"), "403": problem("The key lacks the reports scope"),
-                    "422": problem("A parameter is wrong"), "503": problem("Database unavailable")
-                }
-            } },
-            "/healthz": { "get": {
-                "summary": "The process is up",
-                "responses": { "200": { "description": "Up" } }
-            } },
-            "/readyz": { "get": {
-                "summary": "The database answers and takes writes",
-                "responses": { "200": { "description": "Ready" }, "503": problem("Database unavailable") }
-            } },
-            "/metrics": { "get": {
-                "summary": "Prometheus metrics (needs an `ops` key when api.metrics_need_key is set)",
-                "responses": { "200": { "description": "Prometheus text format", "content": { "text/plain": {} } } }
-            } },
-            "/openapi.json": { "get": {
-                "summary": "This document",
-                "responses": { "200": { "description": "OpenAPI 3.1", "content": { "application/json": {} } } }
-            } }
-        }
-    })
+/// The OpenAPI document itself (a JSON object).
+pub struct OpenApiDocument;
+
+impl PartialSchema for OpenApiDocument {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some("An OpenAPI 3.1 document"))
+            .into()
+    }
 }
+impl ToSchema for OpenApiDocument {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("OpenApiDocument")
+    }
+}
+
+/// `POST /v1/callbacks/{provider}`: documented here, since the callback
+/// handlers are one per provider and the document shows the generic route.
+#[utoipa::path(
+    post,
+    path = "/v1/callbacks/{provider}",
+    operation_id = "receiveSignedCallback",
+    tag = "callbacks",
+    summary = "A provider's delivery receipt, checked by its signature",
+    description = "Form-encoded, as the provider sends it (Twilio: `application/x-www-form-urlencoded` \
+        status callbacks checked by `X-Twilio-Signature`, HMAC-SHA1 with the account's auth token \
+        over the configured `status_callback_url` and the sorted fields). No API key: the \
+        signature is the check. A missing or wrong one changes nothing. A receipt for a message \
+        tuma does not know is answered 200, so the provider stops retrying.",
+    params(("provider" = String, Path, description = "The provider kind", example = "twilio")),
+    request_body(content = std::collections::BTreeMap<String, String>,
+        content_type = "application/x-www-form-urlencoded",
+        description = "The provider's fields"),
+    responses((status = 200, description = "Recorded, or a message tuma does not know")),
+    security(("providerSignature" = []))
+)]
+#[allow(
+    dead_code,
+    reason = "documents a route its handlers serve under concrete paths; never called"
+)]
+async fn signed_callback() {}
+
+/// `POST /v1/callbacks/{provider}/{secret}`.
+#[utoipa::path(
+    post,
+    path = "/v1/callbacks/{provider}/{secret}",
+    operation_id = "receiveSecretUrlCallback",
+    tag = "callbacks",
+    summary = "A provider's delivery report, checked by the secret in its URL",
+    description = "Form-encoded, as the provider sends it (Africa's Talking delivery reports). \
+        No API key: the secret (the `callback_secret_env` variable's value, compared in constant \
+        time) is the check; a wrong one answers 404 as for a path that does not exist, and logs \
+        show the path with the secret masked.",
+    params(
+        ("provider" = String, Path, description = "The provider kind", example = "africastalking"),
+        ("secret" = String, Path, description = "The URL secret, 24 characters or more"),
+    ),
+    request_body(content = std::collections::BTreeMap<String, String>,
+        content_type = "application/x-www-form-urlencoded",
+        description = "The provider's fields"),
+    responses((status = 200, description = "Recorded, or a message tuma does not know")),
+    security(())
+)]
+#[allow(
+    dead_code,
+    reason = "documents a route its handlers serve under concrete paths; never called"
+)]
+async fn secret_url_callback() {}
+
+/// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "getMetrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    description = "The Prometheus text format. Public unless `api.metrics_need_key` is set; \
+        then it needs a key with the `ops` scope.",
+    responses((status = 200, description = "Prometheus text", content_type = "text/plain; version=0.0.4",
+        body = String, example = "tuma_build_info{version=\"0.1.0\"} 1\n")),
+    security((), ("bearer" = ["ops"]))
+)]
+#[allow(
+    dead_code,
+    reason = "documents a route its handlers serve under concrete paths; never called"
+)]
+async fn metrics_doc() {}
 
 /// `GET /openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "getOpenApi",
+    tag = "operations",
+    summary = "This document",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = OpenApiDocument)),
+    security(())
+)]
 pub async fn serve() -> Json<Value> {
     Json(document())
+}
+
+/// The document's skeleton: every operation and schema.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tuma",
+        description = "Durable one-time codes and notifications over SMS and email. Send with a \
+            key of scope `send`, read deliveries with `read`, replay and cancel any with `ops`, \
+            read the cost report with `reports`. Every error is `application/problem+json`."
+    ),
+    paths(
+        super::handlers::post_otp,
+        super::handlers::post_notification,
+        super::batch::post_batch,
+        super::handlers::list_deliveries,
+        super::handlers::get_delivery,
+        super::cancel::cancel_delivery,
+        super::ops::replay_one,
+        super::ops::replay_many,
+        super::ops::costs,
+        super::spend::show,
+        super::spend::release,
+        super::webhooks::list,
+        super::webhooks::create,
+        super::webhooks::remove,
+        super::webhooks::test,
+        signed_callback,
+        secret_url_callback,
+        super::handlers::healthz,
+        super::handlers::readyz,
+        metrics_doc,
+        serve,
+    ),
+    components(schemas(
+        Problem,
+        crate::delivery_view::DeliveryView,
+        crate::domain::DeliveryStatus,
+        crate::domain::Channel,
+        crate::domain::DeliveryKind,
+        crate::delivery_view::DisplayStatus,
+        super::webhooks::DeliveryEvent,
+    )),
+    modifiers(&Complete),
+    tags(
+        (name = "sending", description = "One-time codes and notifications"),
+        (name = "deliveries", description = "What became of each send"),
+        (name = "operations", description = "Replays, health, metrics, this document"),
+        (name = "reports", description = "Costs for finance"),
+        (name = "webhooks", description = "Signed status webhooks for a calling service's deliveries"),
+        (name = "callbacks", description = "Delivery receipts from providers (no API key)"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The problems each operation can answer, by status, with what causes them.
+fn problems(operation_id: &str) -> Vec<(u16, &'static str)> {
+    const AUTH: [(u16, &str); 2] = [
+        (
+            401,
+            "No key, or an unknown, revoked or expired one (`unauthorized`)",
+        ),
+        (403, "The key lacks the route's scope (`forbidden`)"),
+    ];
+    const BODY: [(u16, &str); 3] = [
+        (400, "The body is not JSON (`malformed-json`)"),
+        (
+            413,
+            "The body is over api.max_body_bytes (`body-too-large`)",
+        ),
+        (
+            415,
+            "Not Content-Type: application/json (`unsupported-media-type`)",
+        ),
+    ];
+    const DOWN: (u16, &str) = (
+        503,
+        "The database is unavailable or slower than api.request_timeout (`unavailable`); see Retry-After",
+    );
+    let mut list: Vec<(u16, &'static str)> = Vec::new();
+    match operation_id {
+        "sendOtp" | "sendNotification" => {
+            list.extend(AUTH);
+            list.extend(BODY);
+            list.push((
+                409,
+                "The first request with this Idempotency-Key is still being processed (`idempotency-key-in-flight`)",
+            ));
+            list.push((
+                422,
+                "A field is invalid (`invalid-field`) or unknown (`unknown-field`), a sending rule refused it \
+                 (`refused`, naming the `rule`), or the Idempotency-Key came with another body \
+                 (`idempotency-key-reused`)",
+            ));
+            if operation_id == "sendOtp" {
+                list.push((
+                    429,
+                    "api.otp_per_recipient reached (`rate-limited`); see Retry-After",
+                ));
+            }
+            list.push(DOWN);
+        }
+        "sendNotificationBatch" => {
+            list.extend(AUTH);
+            list.push((400, "The body is not JSON (`malformed-json`)"));
+            list.push((
+                413,
+                "The body is over 1 MiB, or api.max_body_bytes when larger (`body-too-large`)",
+            ));
+            list.push((
+                415,
+                "Not Content-Type: application/json (`unsupported-media-type`)",
+            ));
+            list.push((
+                422,
+                "The batch itself is wrong: `items` missing, empty or over 1,000 items, a field \
+                 beside it (`unknown-field`), or an `Idempotency-Key` header (`invalid-field`). \
+                 A wrong item is answered in `items`, not here.",
+            ));
+            list.push(DOWN);
+        }
+        "listDeliveries" => {
+            list.extend(AUTH);
+            list.push((
+                422,
+                "A query parameter is invalid (`invalid-field`) or unknown (`unknown-field`)",
+            ));
+            list.push(DOWN);
+        }
+        "getDelivery" => {
+            list.extend(AUTH);
+            list.push((404, "No delivery has this id (`not-found`)"));
+            list.push(DOWN);
+        }
+        "cancelDelivery" => {
+            list.push(AUTH[0]);
+            list.push((
+                403,
+                "The key has neither `send` nor `ops` (`forbidden`), or, with `send` and `read`, \
+                 another key created the delivery (`forbidden`)",
+            ));
+            list.push((
+                404,
+                "No delivery has this id, or another key created it and this one may not read it \
+                 (`not-found`)",
+            ));
+            list.push((
+                409,
+                "A provider already has it, or it is finished (`not-cancelable`, with `delivery_status`)",
+            ));
+            list.push(DOWN);
+        }
+        "replayDelivery" => {
+            list.extend(AUTH);
+            list.extend(BODY);
+            list.push((404, "No delivery has this id (`not-found`)"));
+            list.push((
+                422,
+                "A field is invalid or unknown (`invalid-field`, `unknown-field`)",
+            ));
+            list.push(DOWN);
+        }
+        "replayMatching" => {
+            list.extend(AUTH);
+            list.extend(BODY);
+            list.push((
+                422,
+                "A filter field is invalid or unknown (`invalid-field`, `unknown-field`)",
+            ));
+            list.push(DOWN);
+        }
+        "getCostReport" => {
+            list.extend(AUTH);
+            list.push((
+                422,
+                "A parameter is invalid or unknown (`invalid-field`, `unknown-field`)",
+            ));
+            list.push(DOWN);
+        }
+        "listWebhookEndpoints" | "getBudget" => {
+            list.extend(AUTH);
+            list.push(DOWN);
+        }
+        "createWebhookEndpoint" => {
+            list.extend(AUTH);
+            list.extend(BODY);
+            list.push((
+                422,
+                "A field is invalid (`invalid-field`: no live key of that name, a URL that is not \
+                 https or loopback http or resolves to a refused range, an unknown event) or \
+                 unknown (`unknown-field`)",
+            ));
+            list.push(DOWN);
+        }
+        "removeWebhookEndpoint" | "testWebhookEndpoint" => {
+            list.extend(AUTH);
+            list.push((404, "No webhook endpoint has this id (`not-found`)"));
+            list.push(DOWN);
+        }
+        "releaseBudget" => {
+            list.extend(AUTH);
+            list.extend(BODY);
+            list.push((
+                422,
+                "`currency` is not an active ISO 4217 code (`invalid-field`), or a field is \
+                 unknown (`unknown-field`)",
+            ));
+            list.push(DOWN);
+        }
+        "receiveSignedCallback" => {
+            list.push((
+                403,
+                "The signature is missing or wrong (`bad-signature`); nothing is recorded",
+            ));
+            list.push((
+                404,
+                "No provider of this kind takes callbacks (`not-found`)",
+            ));
+            list.push((
+                413,
+                "The body is over api.max_body_bytes (`body-too-large`)",
+            ));
+            list.push((
+                422,
+                "A field every receipt needs is missing (`invalid-field`)",
+            ));
+            list.push(DOWN);
+        }
+        "receiveSecretUrlCallback" => {
+            list.push((
+                404,
+                "A wrong secret, or no such provider (`not-found`); nothing is recorded",
+            ));
+            list.push((
+                413,
+                "The body is over api.max_body_bytes (`body-too-large`)",
+            ));
+            list.push((
+                422,
+                "A field every receipt needs is missing (`invalid-field`)",
+            ));
+            list.push(DOWN);
+        }
+        "getReady" => list.push(DOWN),
+        "getMetrics" => {
+            list.extend(AUTH);
+            list.push(DOWN);
+        }
+        _ => {}
+    }
+    list
+}
+
+/// Adds what the attributes do not carry: problem responses, security
+/// schemes, `security: []` on public routes, servers.
+struct Complete;
+
+impl Modify for Complete {
+    fn modify(&self, doc: &mut Document) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key from `tuma keys create --name NAME --scope SCOPE`, as \
+                         `Authorization: Bearer <key>`. Scopes: send, read, ops, reports.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "providerSignature",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Twilio-Signature",
+                "A provider's signature of its callback (Twilio: base64 HMAC-SHA1 with the \
+                 account's auth token over the callback URL and the sorted form fields)",
+            ))),
+        );
+        doc.servers = Some(servers());
+        let problem = ContentBuilder::new()
+            .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                "Problem",
+            ))))
+            .build();
+        for item in doc.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let id = op.operation_id.clone().unwrap_or_default();
+                for (status, description) in problems(&id) {
+                    op.responses.responses.insert(
+                        status.to_string(),
+                        RefOr::T(
+                            ResponseBuilder::new()
+                                .description(description)
+                                .content("application/problem+json", problem.clone())
+                                .build(),
+                        ),
+                    );
+                }
+                // No `security` of its own: it takes a bearer key. Public
+                // routes say `security(())` in their attribute.
+                if op.security.is_none() {
+                    op.security =
+                        Some(vec![utoipa::openapi::security::SecurityRequirement::new::<
+                            &str,
+                            [&str; 0],
+                            &str,
+                        >("bearer", [])]);
+                }
+            }
+        }
+    }
+}
+
+fn servers() -> Vec<Server> {
+    vec![
+        ServerBuilder::new()
+            .url("http://127.0.0.1:8080")
+            .description(Some("`tuma serve` with its default --listen"))
+            .build(),
+    ]
+}
+
+/// The document as JSON, with its `webhooks` section.
+pub fn document() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
+    if let Some(fields) = doc.as_object_mut() {
+        fields.insert("webhooks".into(), super::webhooks::document_webhooks());
+    }
+    doc
+}
+
+/// The document as pretty-printed JSON (`tuma openapi`).
+pub fn document_text() -> String {
+    serde_json::to_string_pretty(&document()).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }

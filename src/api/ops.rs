@@ -10,13 +10,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::ApiState;
 use super::auth::{Caller, Scope};
 use super::body::parse_json;
 use super::error::ApiError;
-use crate::replay::{ReplayError, ReplayFilter};
-use crate::reports::{CostParams, CostQuery, ReportError, cost_report};
+use super::handlers::{check_params, check_path_id};
+use crate::replay::{ReplayError, ReplayFilter, ReplayReport};
+use crate::reports::{CostParams, CostQuery, CostReport, ReportError, cost_report};
 
 /// A batch replay may take longer than one request's database budget; past
 /// this it answers 503 (what was replayed by then stays replayed).
@@ -31,7 +33,7 @@ impl From<ReportError> for ApiError {
                 field: field.to_owned(),
                 reason,
             },
-            ReportError::Overflow { .. } => ApiError::Internal(e.to_string()),
+            ReportError::Overflow { .. } | ReportError::Csv(_) => ApiError::Internal(e.to_string()),
             ReportError::Store(e) => e.into(),
         }
     }
@@ -50,15 +52,37 @@ impl From<ReplayError> for ApiError {
 }
 
 /// `GET /v1/reports/costs`: the report as JSON, or `?format=csv` as `text/csv`.
+#[utoipa::path(
+    get,
+    path = "/v1/reports/costs",
+    operation_id = "getCostReport",
+    tag = "reports",
+    summary = "Messages, segments, receipts and exact costs per group and currency (UTC)",
+    description = "Scope `reports`. Without dates: the last 30 days. Money is exact and never added across currencies.",
+    params(
+        ("since" = Option<String>, Query, description = "A period ending now (default 30d)", example = "30d"),
+        ("from" = Option<String>, Query, format = Date, description = "First day, UTC midnight, included (with `to`)"),
+        ("to" = Option<String>, Query, format = Date, description = "Last day, UTC midnight, excluded (with `from`)"),
+        ("by" = Option<String>, Query, description = "Comma-separated: one of day, week, month, and any of provider, country, template, channel", example = "month,provider"),
+        ("receipt_horizon" = Option<String>, Query, description = "A sent message without a receipt after this long counts as no receipt (default 24h)"),
+        ("format" = Option<String>, Query, description = "`json` (default) or `csv`"),
+    ),
+    responses((status = 200, description = "The report",
+        content(
+            (CostReport = "application/json"),
+            (String = "text/csv", example = "month,currency,messages\n"),
+        )))
+)]
 pub async fn costs(
     State(state): State<ApiState>,
     caller: Caller,
     Query(params): Query<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Reports)?;
+    check_params(&params)?;
     if let Some(unknown) = params.keys().find(|k| !REPORT_PARAMS.contains(&k.as_str())) {
         return Err(ApiError::UnknownField {
-            field: unknown.clone(),
+            field: super::body::field_name(unknown),
         });
     }
     let get = |k: &str| params.get(k).filter(|v| !v.is_empty()).cloned();
@@ -89,25 +113,44 @@ pub async fn costs(
     if csv {
         Ok((
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            report.to_csv(),
+            report.to_csv()?,
         )
             .into_response())
     } else {
-        Ok(Json(report).into_response())
+        let budgets = state
+            .within_timeout(crate::spend::status(&state.app.db, &state.app.config, now))
+            .await?;
+        let body = crate::spend::with_budgets(&report, &budgets)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Json(body).into_response())
     }
 }
 
 /// The optional body of `POST /v1/deliveries/{id}/replay`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReplayOne {
+pub struct ReplayOne {
+    /// Replay even when the last attempt failed permanently.
     #[serde(default)]
     force: bool,
+    /// Show what would happen; change nothing.
     #[serde(default)]
     dry_run: bool,
 }
 
 /// `POST /v1/deliveries/{id}/replay`: what was replayed and what was refused.
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/{id}/replay",
+    operation_id = "replayDelivery",
+    tag = "operations",
+    summary = "Replay a failed, undelivered or expired delivery as a new one",
+    description = "Scope `ops`. The body is optional (send none, or JSON). A replay is a new \
+        delivery linked by `replay_of`; OTPs, sent and delivered ones are refused, with reasons.",
+    params(("id" = String, Path, description = "The delivery id")),
+    request_body(content = Option<ReplayOne>, description = "Optional"),
+    responses((status = 200, description = "What was replayed and what was refused", body = ReplayReport))
+)]
 pub async fn replay_one(
     State(state): State<ApiState>,
     caller: Caller,
@@ -116,6 +159,7 @@ pub async fn replay_one(
     body: Body,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Ops)?;
+    check_path_id(&id)?;
     let options = if headers.contains_key(header::CONTENT_TYPE) {
         parse_json::<ReplayOne>(&headers, body, state.app.config.api.max_body_bytes)
             .await?
@@ -142,16 +186,29 @@ pub async fn replay_one(
 }
 
 /// The body of `POST /v1/replays`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReplayMany {
+#[schema(example = json!({"filter": {"status": "failed", "provider": "twilio", "error_code": "30003"}, "dry_run": true}))]
+pub struct ReplayMany {
+    /// Which deliveries; `failed` ones of any age when empty.
     #[serde(default)]
     filter: ReplayFilter,
+    /// Show the plan; change nothing.
     #[serde(default)]
     dry_run: bool,
 }
 
 /// `POST /v1/replays` `{filter, dry_run}`: replays every match (or shows the plan).
+#[utoipa::path(
+    post,
+    path = "/v1/replays",
+    operation_id = "replayMatching",
+    tag = "operations",
+    summary = "Replay every delivery matching a filter, or show the plan",
+    description = "Scope `ops`.",
+    request_body = ReplayMany,
+    responses((status = 200, description = "What was replayed and what was refused", body = ReplayReport))
+)]
 pub async fn replay_many(
     State(state): State<ApiState>,
     caller: Caller,

@@ -10,10 +10,12 @@ const MAX_ADDRESS_LEN: usize = 254;
 /// The most characters the part before `@` may have (RFC 5321).
 const MAX_LOCAL_PART_LEN: usize = 64;
 
-/// A checked email address, trimmed, with its domain in lower case.
+/// A checked email address, trimmed and in lower case.
 ///
-/// The part before `@` keeps its case, since mail servers may treat it as
-/// case-sensitive.
+/// The part before `@` is lower-cased too: RFC 5321 lets a server treat it as
+/// case-sensitive, but mail systems in use do not, and one mailbox must have
+/// one spelling, or the per-recipient OTP limit (which counts recipients by
+/// their stored text) is bypassed by writing `Victim@` as `VICTIM@`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EmailAddress(String);
 
@@ -76,7 +78,7 @@ pub enum EmailError {
 
 impl EmailAddress {
     /// Checks and normalises an email address: trims surrounding whitespace
-    /// and lower-cases the domain.
+    /// and lower-cases it.
     pub fn parse(input: &str) -> Result<EmailAddress, EmailError> {
         let trimmed = input.trim();
         if trimmed.is_empty() {
@@ -118,8 +120,8 @@ impl EmailAddress {
         if !domain.split('.').all(is_host_label) {
             return Err(EmailError::InvalidDomain);
         }
-        let domain = domain.to_lowercase();
-        lettre::Address::new(local, &domain).map_err(|err| match err {
+        let (local, domain) = (local.to_lowercase(), domain.to_lowercase());
+        lettre::Address::new(&local, &domain).map_err(|err| match err {
             lettre::address::AddressError::InvalidUser => EmailError::InvalidLocalPart,
             _ => EmailError::InvalidDomain,
         })?;
@@ -201,9 +203,17 @@ mod tests {
     }
 
     #[test]
-    fn only_the_domain_is_lowercased() {
-        let address = EmailAddress::parse("Amina.W@Example.CO.KE").expect("valid");
-        assert_eq!(address.as_str(), "Amina.W@example.co.ke");
+    fn the_whole_address_is_lowercased_so_one_mailbox_has_one_spelling() {
+        for input in [
+            "Amina.W@Example.CO.KE",
+            "AMINA.W@example.co.ke",
+            "amina.w@EXAMPLE.co.ke",
+        ] {
+            let address = EmailAddress::parse(input).expect("valid");
+            assert_eq!(address.as_str(), "amina.w@example.co.ke", "{input}");
+        }
+        let address = EmailAddress::parse("ÅSA@Bücher.example").expect("valid");
+        assert_eq!(address.as_str(), "åsa@bücher.example");
     }
 
     #[test]

@@ -2,12 +2,20 @@
 //! HTTP, config) everything takes these types, so a raw string never reaches a
 //! provider.
 
+pub mod attempt;
+pub mod budget;
 pub mod email;
+pub mod gcra;
 pub mod money;
 pub mod otp;
 pub mod phone;
+pub mod provider_text;
+pub mod pumping;
+pub mod receipt;
 pub mod segments;
+mod sql;
 pub mod status;
+pub mod unknown;
 
 use std::fmt;
 use std::str::FromStr;

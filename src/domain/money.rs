@@ -71,6 +71,26 @@ pub enum MoneyError {
     },
 }
 
+/// Every active ISO 4217 code (list one, as of 2026: ANG, BGN, SLL and ZWL are
+/// gone; XCG, SLE and ZWG are in), sorted, so configuration can refuse a typo
+/// such as `KSH` instead of pricing in a currency nobody pays in.
+pub const ISO_4217_ACTIVE: &[&str] = &[
+    "AED", "AFN", "ALL", "AMD", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT", "BHD",
+    "BIF", "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD", "CDF",
+    "CHE", "CHF", "CHW", "CLF", "CLP", "CNY", "COP", "COU", "CRC", "CUP", "CVE", "CZK", "DJF",
+    "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL", "GHS", "GIP",
+    "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "IQD", "IRR",
+    "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD", "KYD", "KZT",
+    "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP",
+    "MRU", "MUR", "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK", "NPR",
+    "NZD", "OMR", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "PYG", "QAR", "RON", "RSD", "RUB",
+    "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SOS", "SRD", "SSP", "STN",
+    "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH",
+    "UGX", "USD", "USN", "UYI", "UYU", "UYW", "UZS", "VED", "VES", "VND", "VUV", "WST", "XAF",
+    "XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XCD", "XCG", "XDR", "XOF", "XPD", "XPF", "XPT",
+    "XSU", "XTS", "XUA", "XXX", "YER", "ZAR", "ZMW", "ZWG",
+];
+
 /// An ISO 4217 currency code such as `KES`, always in upper case.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Ord, PartialOrd)]
 pub struct Currency([u8; 3]);
@@ -81,6 +101,11 @@ impl Currency {
         // Only three ASCII letters are ever stored, so this is always valid
         // UTF-8; "XXX" is the ISO code for "no currency" and a safe fallback.
         std::str::from_utf8(&self.0).unwrap_or("XXX")
+    }
+
+    /// Whether this is an active ISO 4217 code ([`ISO_4217_ACTIVE`]).
+    pub fn is_active_iso4217(&self) -> bool {
+        ISO_4217_ACTIVE.binary_search(&self.as_str()).is_ok()
     }
 
     /// How many decimals amounts in this currency have (ISO 4217 minor

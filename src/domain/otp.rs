@@ -156,7 +156,7 @@ mod tests {
     #[test]
     fn a_struct_holding_a_code_does_not_leak_it_through_debug() {
         #[derive(Debug)]
-        #[allow(dead_code)]
+        #[allow(dead_code, reason = "the fields exist only to be printed by Debug")]
         struct Send {
             to: &'static str,
             code: OtpCode,

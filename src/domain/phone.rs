@@ -73,6 +73,76 @@ const NUMBER_KINDS: [Type; 10] = [
     Type::Voicemail,
 ];
 
+/// What kind of line a number belongs to, as its region's numbering plan
+/// says (libphonenumber's number types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineType {
+    /// A mobile number.
+    Mobile,
+    /// A number the plan cannot tell apart from a mobile one (North America).
+    FixedLineOrMobile,
+    /// A fixed (land) line.
+    FixedLine,
+    /// A freephone number.
+    TollFree,
+    /// A premium-rate number: its owner is paid for what reaches it.
+    PremiumRate,
+    /// A shared-cost number.
+    SharedCost,
+    /// A personal number, forwarded anywhere.
+    PersonalNumber,
+    /// A voice-over-IP number.
+    Voip,
+    /// A pager number.
+    Pager,
+    /// A universal access (company) number.
+    Uan,
+    /// A voicemail access number.
+    Voicemail,
+    /// A valid number of no type the plan names.
+    Unknown,
+}
+
+impl LineType {
+    /// Whether an SMS to this line reaches a handset: mobile numbers, and
+    /// those the plan cannot tell from mobile ones.
+    pub fn is_mobile(self) -> bool {
+        matches!(self, LineType::Mobile | LineType::FixedLineOrMobile)
+    }
+}
+
+impl fmt::Display for LineType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LineType::Mobile => "mobile",
+            LineType::FixedLineOrMobile => "fixed-line or mobile",
+            LineType::FixedLine => "fixed-line",
+            LineType::TollFree => "toll-free",
+            LineType::PremiumRate => "premium-rate",
+            LineType::SharedCost => "shared-cost",
+            LineType::PersonalNumber => "personal (forwarding)",
+            LineType::Voip => "VoIP",
+            LineType::Pager => "pager",
+            LineType::Uan => "company (UAN)",
+            LineType::Voicemail => "voicemail",
+            LineType::Unknown => "unknown-type",
+        })
+    }
+}
+
+/// The kinds checked before fixed and mobile lines, in libphonenumber's order
+/// (a premium-rate range wins over a general fixed-line pattern).
+const SPECIAL_KINDS: [(Type, LineType); 8] = [
+    (Type::PremiumRate, LineType::PremiumRate),
+    (Type::TollFree, LineType::TollFree),
+    (Type::SharedCost, LineType::SharedCost),
+    (Type::Voip, LineType::Voip),
+    (Type::PersonalNumber, LineType::PersonalNumber),
+    (Type::Pager, LineType::Pager),
+    (Type::Uan, LineType::Uan),
+    (Type::Voicemail, LineType::Voicemail),
+];
+
 /// Why a number that could be read is still not a valid phone number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InvalidReason {
@@ -197,6 +267,48 @@ impl PhoneNumber {
     pub fn region(&self) -> Option<Region> {
         region_of(&self.0)
     }
+
+    /// The kind of line the number is, read from the metadata of its region
+    /// (or of its country code, for numbers such as `+800` that belong to no
+    /// region), with its national digits as written.
+    ///
+    /// Done here rather than by the `phonenumber` crate for the reason
+    /// [`region_of`] is: the crate drops the national number's leading zeros.
+    pub fn line_type(&self) -> LineType {
+        let Some((code, national)) = country_code_of(&self.0) else {
+            return LineType::Unknown;
+        };
+        let meta = match self.region() {
+            Some(region) => DATABASE.by_id(region.as_str()),
+            None => DATABASE
+                .by_code(&code)
+                .and_then(|metas| metas.into_iter().next()),
+        };
+        let Some(meta) = meta else {
+            return LineType::Unknown;
+        };
+        let descriptors = meta.descriptors();
+        if !descriptors.general().is_match(national) {
+            return LineType::Unknown;
+        }
+        let matches = |kind: Type| descriptors.get(kind).is_some_and(|d| d.is_match(national));
+        if let Some((_, line)) = SPECIAL_KINDS.iter().find(|(kind, _)| matches(*kind)) {
+            return *line;
+        }
+        let same_pattern = match (descriptors.fixed_line(), descriptors.mobile()) {
+            (Some(fixed), Some(mobile)) => {
+                fixed.national_number().as_str() == mobile.national_number().as_str()
+            }
+            _ => false,
+        };
+        match (matches(Type::FixedLine), matches(Type::Mobile)) {
+            (true, true) => LineType::FixedLineOrMobile,
+            (true, false) if same_pattern => LineType::FixedLineOrMobile,
+            (true, false) => LineType::FixedLine,
+            (false, true) => LineType::Mobile,
+            (false, false) => LineType::Unknown,
+        }
+    }
 }
 
 /// Splits E.164 text into its country calling code and the national digits
@@ -220,6 +332,17 @@ fn country_code_of(e164: &str) -> Option<(u16, &str)> {
 /// This is done here rather than through the `phonenumber` crate because the
 /// crate drops the leading zeros of the national number first, and so finds
 /// no region for numbers such as Italian landlines (`+39 02 ...`).
+/// The ISO code of the region an E.164 number belongs to, such as `"KE"`;
+/// empty when it does not parse or belongs to no region. This is the
+/// country a delivery keeps (`deliveries.country`) and the cost report
+/// groups by.
+pub fn region_code_of(e164: &str) -> &'static str {
+    PhoneNumber::parse_e164(e164)
+        .ok()
+        .and_then(|p| p.region())
+        .map_or("", |r| r.as_str())
+}
+
 fn region_of(e164: &str) -> Option<Region> {
     let (code, national) = country_code_of(e164)?;
     let ids = DATABASE.region(&code)?;
@@ -474,6 +597,32 @@ mod tests {
 
     fn us() -> Region {
         "US".parse().expect("US is a known region")
+    }
+
+    #[test]
+    fn line_types_come_from_the_numbering_plan_of_the_region() {
+        let cases = [
+            ("+254711000001", LineType::Mobile),
+            ("+254110000001", LineType::Mobile),
+            ("+254202012345", LineType::FixedLine),
+            ("+254900000000", LineType::PremiumRate),
+            ("+254800223456", LineType::TollFree),
+            ("+14155552671", LineType::FixedLineOrMobile),
+            ("+18005551212", LineType::TollFree),
+            ("+447400123456", LineType::Mobile),
+            ("+442079460000", LineType::FixedLine),
+            ("+390212345678", LineType::FixedLine),
+            ("+80012345678", LineType::TollFree),
+            ("+78005553535", LineType::TollFree),
+        ];
+        for (input, expected) in cases {
+            let number = PhoneNumber::parse_e164(input).expect(input);
+            assert_eq!(number.line_type(), expected, "{input}");
+            assert_eq!(
+                number.line_type().is_mobile(),
+                expected == LineType::Mobile || expected == LineType::FixedLineOrMobile
+            );
+        }
     }
 
     #[test]

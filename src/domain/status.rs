@@ -23,6 +23,12 @@ pub enum DeliveryStatus {
     Failed,
     /// An OTP whose TTL passed before it could be sent.
     Expired,
+    /// Taken back by its caller before any provider had it.
+    Canceled,
+    /// Kept back by the spend guard: its budget is reached. Released (back to
+    /// `pending`) when the budget's period rolls over or ops release it; never
+    /// failed or dropped for it (an OTP still expires at its TTL).
+    Held,
 }
 
 /// A status change the rules do not allow.
@@ -37,7 +43,7 @@ pub struct TransitionError {
 
 impl DeliveryStatus {
     /// Every status, in life order.
-    pub const ALL: [DeliveryStatus; 7] = [
+    pub const ALL: [DeliveryStatus; 9] = [
         DeliveryStatus::Pending,
         DeliveryStatus::Sending,
         DeliveryStatus::Sent,
@@ -45,6 +51,8 @@ impl DeliveryStatus {
         DeliveryStatus::Undelivered,
         DeliveryStatus::Failed,
         DeliveryStatus::Expired,
+        DeliveryStatus::Canceled,
+        DeliveryStatus::Held,
     ];
 
     /// The lowercase name stored in the database.
@@ -57,26 +65,34 @@ impl DeliveryStatus {
             DeliveryStatus::Undelivered => "undelivered",
             DeliveryStatus::Failed => "failed",
             DeliveryStatus::Expired => "expired",
+            DeliveryStatus::Canceled => "canceled",
+            DeliveryStatus::Held => "held",
         }
     }
 
     /// Whether tuma will still try to send it. Once this is false the OTP code
     /// is wiped from the database.
     pub fn is_sendable(self) -> bool {
-        matches!(self, DeliveryStatus::Pending | DeliveryStatus::Sending)
+        matches!(
+            self,
+            DeliveryStatus::Pending | DeliveryStatus::Sending | DeliveryStatus::Held
+        )
     }
 
     /// Checks a transition. The rules:
     /// - `pending` → `sending` (an attempt starts), `expired` (TTL passed), `failed`
-    ///   (the message can no longer be built);
+    ///   (the message can no longer be built), `canceled` (its caller took it back),
+    ///   `held` (its budget is reached);
+    /// - `held` → `pending` (released) or `expired` (an OTP's TTL passed);
     /// - `sending` → `sent`, `failed`, or back to `pending` (a retry is scheduled);
     /// - `sent` → `delivered` / `undelivered` (receipts);
-    /// - `delivered`, `undelivered`, `failed` and `expired` are final.
+    /// - `delivered`, `undelivered`, `failed`, `expired` and `canceled` are final.
     pub fn check_transition(self, to: DeliveryStatus) -> Result<(), TransitionError> {
         use DeliveryStatus::*;
         let ok = matches!(
             (self, to),
-            (Pending, Sending | Expired | Failed)
+            (Pending, Sending | Expired | Failed | Canceled | Held)
+                | (Held, Pending | Expired)
                 | (Sending, Sent | Failed | Pending)
                 | (Sent, Delivered | Undelivered)
         );
@@ -99,11 +115,12 @@ impl DeliveryStatus {
     /// The status the old app's `*_delivery_log` tables knew: pending, sent or failed.
     pub fn legacy(self) -> &'static str {
         match self {
-            DeliveryStatus::Pending | DeliveryStatus::Sending => "pending",
+            DeliveryStatus::Pending | DeliveryStatus::Sending | DeliveryStatus::Held => "pending",
             DeliveryStatus::Sent | DeliveryStatus::Delivered => "sent",
-            DeliveryStatus::Undelivered | DeliveryStatus::Failed | DeliveryStatus::Expired => {
-                "failed"
-            }
+            DeliveryStatus::Undelivered
+            | DeliveryStatus::Failed
+            | DeliveryStatus::Expired
+            | DeliveryStatus::Canceled => "failed",
         }
     }
 }
@@ -144,6 +161,10 @@ mod tests {
             (Sent, Undelivered),
             (Sending, Failed),
             (Pending, Expired),
+            (Pending, Canceled),
+            (Pending, Held),
+            (Held, Pending),
+            (Held, Expired),
         ] {
             assert_eq!(from.check_transition(to), Ok(()), "{from} -> {to}");
         }
@@ -151,7 +172,7 @@ mod tests {
 
     #[test]
     fn final_statuses_never_move_and_nothing_goes_backwards() {
-        for from in [Delivered, Undelivered, Failed, Expired] {
+        for from in [Delivered, Undelivered, Failed, Expired, Canceled] {
             for to in DeliveryStatus::ALL {
                 assert!(from.check_transition(to).is_err(), "{from} -> {to}");
             }
@@ -161,6 +182,12 @@ mod tests {
             (Sent, Pending),
             (Pending, Sent),
             (Sending, Expired),
+            (Sending, Canceled),
+            (Sent, Canceled),
+            (Held, Sending),
+            (Held, Failed),
+            (Held, Sent),
+            (Sending, Held),
         ] {
             assert!(from.check_transition(to).is_err(), "{from} -> {to}");
         }

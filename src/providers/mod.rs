@@ -5,9 +5,13 @@
 //! records what they return.
 
 pub mod africastalking;
+pub mod capability;
+mod email_header;
 pub mod outbox;
+pub mod registry;
 pub mod smtp;
 pub mod twilio;
+pub mod vonage;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,16 +19,20 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use chrono::{DateTime, Utc};
 
 use async_trait::async_trait;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use crate::config::{CircuitBreakerConfig, Config, ProviderKind, RateLimit};
 use crate::domain::DeliveryKind;
 use crate::domain::email::EmailAddress;
 use crate::domain::money::Money;
+use crate::domain::otp::OtpCode;
 use crate::domain::phone::PhoneNumber;
+use crate::domain::provider_text::{self, MAX_ID_CHARS, MAX_STATUS_CHARS, Secrets};
+use crate::settings::{CircuitBreakerConfig, RateLimit};
+use capability::StatusFetch;
+use registry::ProviderSetup;
 
 /// One message, fully rendered, for one recipient.
 #[derive(Clone)]
@@ -35,6 +43,33 @@ pub struct OutgoingMessage {
     pub kind: DeliveryKind,
     /// What to send, and to whom.
     pub content: Content,
+    /// An OTP's code: every provider answer is scrubbed of it (never shown by Debug).
+    pub code: Option<OtpCode>,
+    /// How long an OTP is still worth delivering, measured as the call
+    /// starts; adapters that can tell the carrier pass it on (Twilio's
+    /// `ValidityPeriod`). None for notifications.
+    pub valid_for: Option<Duration>,
+}
+
+impl OutgoingMessage {
+    /// What must never come back out of a provider's answer about this
+    /// message: the code and every text sent.
+    pub fn secrets(&self) -> Secrets {
+        match &self.content {
+            Content::Sms { text, .. } => Secrets::new(self.code.as_ref(), [text.as_str()]),
+            Content::Email {
+                subject,
+                text,
+                html,
+                ..
+            } => Secrets::new(
+                self.code.as_ref(),
+                [subject.as_str(), text.as_str()]
+                    .into_iter()
+                    .chain(html.as_deref()),
+            ),
+        }
+    }
 }
 
 /// The channel-specific content.
@@ -72,6 +107,7 @@ impl fmt::Debug for OutgoingMessage {
             .field("kind", &self.kind)
             .field("channel", &channel)
             .field("to", &to)
+            .field("valid_for", &self.valid_for)
             .finish_non_exhaustive()
     }
 }
@@ -87,6 +123,10 @@ pub struct Accepted {
     pub cost: Option<Money>,
     /// Segments, when the provider counts them.
     pub segments: Option<u32>,
+    /// Every part's id, in order, when the provider split the message into
+    /// several that each have their own id (the first is
+    /// `provider_message_id`); empty when the message has one id.
+    pub part_ids: Vec<String>,
 }
 
 /// The provider did not take the message.
@@ -142,6 +182,147 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// The exact request `send` would make, with every secret masked, for
     /// `tuma providers test --dry-run`.
     fn dry_run(&self, message: &OutgoingMessage) -> String;
+
+    /// Whether a permanent error `send` returned (its code and message) says
+    /// the recipient does not exist, blacklisted the sender or unsubscribed:
+    /// the reason in words, from the adapter's own table. Such a recipient
+    /// is suppressed (later sends refused at intake). None by default.
+    fn recipient_gone(&self, code: Option<&str>, message: &str) -> Option<&'static str> {
+        let _ = (code, message);
+        None
+    }
+}
+
+/// Every adapter, as the rest of tuma sees it: its answers are untrusted
+/// text. Error messages and codes, message ids and status words are scrubbed
+/// of the code and the message text, stripped of control characters and
+/// capped ([`provider_text`]); a cost below zero or a segment count of 0 or
+/// over 255 makes no sense and is dropped (the cost stays unknown), with a
+/// warning. [`Providers::insert`] wraps every adapter in it.
+pub struct Untrusted(Arc<dyn Provider>);
+
+impl fmt::Debug for Untrusted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The most parts a concatenated SMS can have.
+const MAX_SEGMENTS: u32 = 255;
+
+impl Untrusted {
+    /// Wraps an adapter.
+    pub fn wrap(provider: Arc<dyn Provider>) -> Untrusted {
+        Untrusted(provider)
+    }
+}
+
+/// An accepted answer with every field made sane.
+fn sane_accepted(message: &OutgoingMessage, accepted: Accepted, secrets: &Secrets) -> Accepted {
+    let id = provider_text::clean_id(&accepted.provider_message_id, secrets);
+    if id != accepted.provider_message_id {
+        tracing::warn!(
+            delivery = %message.delivery_id,
+            chars = accepted.provider_message_id.chars().count(),
+            "the provider's message id is not plain text of at most {MAX_ID_CHARS} characters: recorded cleaned and cut"
+        );
+    }
+    let cost = match accepted.cost {
+        Some(cost) if cost.micros < 0 => {
+            tracing::warn!(
+                delivery = %message.delivery_id,
+                cost = %cost,
+                "the provider reported a negative cost, which makes no sense: the cost is recorded as unknown"
+            );
+            None
+        }
+        cost => cost,
+    };
+    let segments = match accepted.segments {
+        Some(n) if n == 0 || n > MAX_SEGMENTS => {
+            tracing::warn!(
+                delivery = %message.delivery_id,
+                segments = n,
+                "the provider reported a segment count outside 1..={MAX_SEGMENTS}: ignored"
+            );
+            None
+        }
+        n => n,
+    };
+    // Each part id is cleaned like the message id; a count past the most
+    // parts a message can have is cut there (the extra ids are not kept).
+    let part_ids: Vec<String> = if accepted.part_ids.len() > 1 {
+        if accepted.part_ids.len() > MAX_SEGMENTS as usize {
+            tracing::warn!(
+                delivery = %message.delivery_id,
+                parts = accepted.part_ids.len(),
+                "the provider reported more than {MAX_SEGMENTS} part ids: only the first {MAX_SEGMENTS} are kept"
+            );
+        }
+        accepted
+            .part_ids
+            .iter()
+            .take(MAX_SEGMENTS as usize)
+            .map(|p| provider_text::clean_id(p, secrets))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Accepted {
+        provider_message_id: id,
+        provider_status: accepted
+            .provider_status
+            .map(|s| provider_text::clean_to(&s, secrets, MAX_STATUS_CHARS))
+            .filter(|s| !s.is_empty()),
+        cost,
+        segments,
+        part_ids,
+    }
+}
+
+impl SendError {
+    /// The error with its code and message made safe ([`provider_text::clean`]).
+    pub fn cleaned(self, secrets: &Secrets) -> SendError {
+        sane_error(self, secrets)
+    }
+}
+
+/// A refusal with its code and message made safe.
+fn sane_error(error: SendError, secrets: &Secrets) -> SendError {
+    let code = |c: Option<String>| {
+        // Like an id: a provider's code (`21211`, `HTTP 500`) stays readable.
+        c.map(|c| provider_text::clean_id(&c, secrets))
+            .filter(|c| !c.is_empty())
+    };
+    match error {
+        SendError::Permanent { code: c, message } => SendError::Permanent {
+            code: code(c),
+            message: provider_text::clean(&message, secrets),
+        },
+        SendError::Transient { code: c, message } => SendError::Transient {
+            code: code(c),
+            message: provider_text::clean(&message, secrets),
+        },
+    }
+}
+
+#[async_trait]
+impl Provider for Untrusted {
+    async fn send(&self, message: &OutgoingMessage) -> Result<Accepted, SendError> {
+        let secrets = message.secrets();
+        match self.0.send(message).await {
+            Ok(accepted) => Ok(sane_accepted(message, accepted, &secrets)),
+            Err(error) => Err(sane_error(error, &secrets)),
+        }
+    }
+
+    fn dry_run(&self, message: &OutgoingMessage) -> String {
+        self.0.dry_run(message)
+    }
+
+    fn recipient_gone(&self, code: Option<&str>, message: &str) -> Option<&'static str> {
+        self.0.recipient_gone(code, message)
+    }
 }
 
 /// Opening a connection to a provider never takes longer than this.
@@ -169,7 +350,7 @@ pub fn email_message(
     message: &OutgoingMessage,
     not_email: &str,
 ) -> Result<lettre::Message, SendError> {
-    use lettre::message::{Mailbox, MultiPart, header::ContentType};
+    use lettre::message::{Mailbox, MultiPart};
     let Content::Email {
         to,
         subject,
@@ -186,14 +367,15 @@ pub fn email_message(
     let builder = lettre::Message::builder()
         .from(from.clone())
         .to(to)
-        .subject(subject.clone())
+        .header(email_header::FoldedSubject::new(subject))
         .message_id(Some(message_id(from, &message.delivery_id)));
     match html {
         Some(html) => builder.multipart(MultiPart::alternative_plain_html(
             text.clone(),
             html.clone(),
         )),
-        None => builder.header(ContentType::TEXT_PLAIN).body(text.clone()),
+        // `singlepart` also writes `MIME-Version: 1.0` (RFC 2045), as `multipart` does.
+        None => builder.singlepart(lettre::message::SinglePart::plain(text.clone())),
     }
     .map_err(|e| SendError::permanent(format!("cannot build the email: {e}")))
 }
@@ -218,6 +400,9 @@ pub struct ProviderHandle {
     pub provider: Arc<dyn Provider>,
     /// Shared by both lanes: one limiter per provider per process.
     pub limiter: Arc<DefaultDirectRateLimiter>,
+    /// The configured rate, which on Postgres is also kept across processes
+    /// (`global_rate`).
+    pub rate: RateLimit,
     /// Hard limit on one call.
     pub timeout: Duration,
     /// Skips the provider for a while after consecutive transient failures.
@@ -225,8 +410,10 @@ pub struct ProviderHandle {
 }
 
 /// A per-process circuit breaker: after `failures` consecutive transient
-/// failures the provider is skipped for `cooldown`; then one call is let
-/// through, and its outcome closes the circuit or opens it again.
+/// failures the provider is skipped for `cooldown`; then one call (the
+/// half-open probe) is let through while others keep waiting, and its outcome
+/// closes the circuit or opens it again. Time is tuma's clock (`now`), so a
+/// test's manual clock moves it.
 #[derive(Debug)]
 pub struct Breaker {
     config: CircuitBreakerConfig,
@@ -236,7 +423,11 @@ pub struct Breaker {
 #[derive(Debug, Default)]
 struct BreakerState {
     failures: u32,
-    open_until: Option<Instant>,
+    /// Set while open or half-open: when the cooldown ends.
+    open_until: Option<DateTime<Utc>>,
+    /// Half-open: the probe in flight holds the circuit until then (a probe
+    /// that never reports back, e.g. cut short, frees it by itself).
+    probe_until: Option<DateTime<Utc>>,
 }
 
 impl Breaker {
@@ -248,10 +439,42 @@ impl Breaker {
         }
     }
 
-    /// When the circuit is open: until when.
-    pub fn open_until(&self) -> Option<Instant> {
+    /// Whether a caller may call the provider at `now`: `None` when it may
+    /// (closed, or this caller is the half-open probe, held for at most
+    /// `probe_lease`); else until when it should wait.
+    pub fn open_until(&self, now: DateTime<Utc>, probe_lease: Duration) -> Option<DateTime<Utc>> {
+        let mut state = self.state.lock().ok()?;
+        let until = state.open_until?;
+        if until > now {
+            return Some(until);
+        }
+        if let Some(probe) = state.probe_until
+            && probe > now
+        {
+            return Some(probe);
+        }
+        state.probe_until =
+            Some(now + chrono::Duration::from_std(probe_lease).unwrap_or(chrono::Duration::MAX));
+        None
+    }
+
+    /// Until when the circuit is open at `now` (`None`: closed or its
+    /// cooldown is over), without taking the half-open probe: for display.
+    pub fn peek_open_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let state = self.state.lock().ok()?;
-        state.open_until.filter(|until| *until > Instant::now())
+        state.open_until.filter(|until| *until > now)
+    }
+
+    /// Another process opened the circuit until `until`: this one skips the
+    /// provider as long (an earlier end than its own is ignored).
+    pub fn hold_open_until(&self, until: DateTime<Utc>) {
+        if let Ok(mut state) = self.state.lock()
+            && state.open_until.is_none_or(|own| own < until)
+        {
+            state.failures = 0;
+            state.open_until = Some(until);
+            state.probe_until = None;
+        }
     }
 
     /// The provider answered (accepted, or refused for good): close the circuit.
@@ -261,18 +484,32 @@ impl Breaker {
         }
     }
 
-    /// A transient failure; returns true when it opened the circuit.
-    pub fn record_failure(&self) -> bool {
+    /// A transient failure at `now`; returns true when it opened the circuit
+    /// (a failed half-open probe opens it again at once).
+    pub fn record_failure(&self, now: DateTime<Utc>) -> bool {
         let Ok(mut state) = self.state.lock() else {
             return false;
         };
-        state.failures += 1;
-        if state.failures >= self.config.failures {
-            state.failures = 0;
-            state.open_until = Some(Instant::now() + self.config.cooldown);
-            true
-        } else {
-            false
+        let cooldown =
+            chrono::Duration::from_std(self.config.cooldown).unwrap_or(chrono::Duration::MAX);
+        match state.open_until {
+            // Already open: a call from before it opened.
+            Some(until) if until > now => false,
+            Some(_) => {
+                state.open_until = Some(now + cooldown);
+                state.probe_until = None;
+                true
+            }
+            None => {
+                state.failures += 1;
+                if state.failures >= self.config.failures {
+                    state.failures = 0;
+                    state.open_until = Some(now + cooldown);
+                    true
+                } else {
+                    false
+                }
+            }
         }
     }
 }
@@ -281,8 +518,9 @@ impl Breaker {
 #[derive(Debug, Clone)]
 pub struct Providers {
     by_name: HashMap<String, ProviderHandle>,
-    /// The Twilio adapters again, typed: price reconciliation fetches messages.
-    twilio: HashMap<String, Arc<twilio::Twilio>>,
+    /// The adapters that can fetch a sent message's status and price, by
+    /// provider name: price reconciliation asks them.
+    status: HashMap<String, Arc<dyn StatusFetch>>,
     breaker: CircuitBreakerConfig,
 }
 
@@ -290,7 +528,7 @@ impl Default for Providers {
     fn default() -> Self {
         Providers {
             by_name: HashMap::new(),
-            twilio: HashMap::new(),
+            status: HashMap::new(),
             breaker: CircuitBreakerConfig {
                 failures: 5,
                 cooldown: Duration::from_secs(30),
@@ -311,38 +549,31 @@ pub struct BuildError {
 
 impl Providers {
     /// Builds every configured provider.
-    pub fn from_config(config: &Config) -> Result<Providers, BuildError> {
+    pub fn from_config(config: &impl ProviderSetup) -> Result<Providers, BuildError> {
+        if config.secrets() == crate::settings::Secrets::Skip {
+            // Placeholders must never reach a provider.
+            return Err(BuildError {
+                name: "(every provider)".into(),
+                reason: "the configuration was loaded without its secrets".into(),
+            });
+        }
         install_crypto();
         let mut providers = Providers {
-            breaker: config.circuit_breaker,
+            breaker: config.circuit_breaker(),
             ..Providers::default()
         };
-        for p in &config.providers {
-            let failed = |reason| BuildError {
-                name: p.name.clone(),
-                reason,
-            };
-            let mut typed_twilio = None;
-            let adapter: Arc<dyn Provider> = match &p.kind {
-                ProviderKind::Outbox(c) => {
-                    Arc::new(outbox::Outbox::new(c.clone()).map_err(failed)?)
-                }
-                ProviderKind::AfricasTalking(c) => Arc::new(
-                    africastalking::AfricasTalking::new(c.clone(), p.timeout).map_err(failed)?,
-                ),
-                ProviderKind::Twilio(c) => {
-                    let adapter =
-                        Arc::new(twilio::Twilio::new(c.clone(), p.timeout).map_err(failed)?);
-                    typed_twilio = Some(adapter.clone());
-                    adapter
-                }
-                ProviderKind::Smtp(c) => {
-                    Arc::new(smtp::Smtp::new(c.clone(), p.timeout).map_err(failed)?)
-                }
-            };
-            providers.insert(&p.name, adapter, p.rate_limit, p.timeout);
-            if let Some(twilio) = typed_twilio {
-                providers.twilio.insert(p.name.clone(), twilio);
+        for p in config.provider_configs() {
+            let adapter = p
+                .kind
+                .config()
+                .build(p.timeout)
+                .map_err(|reason| BuildError {
+                    name: p.name.clone(),
+                    reason,
+                })?;
+            providers.insert(&p.name, adapter.provider, p.rate_limit, p.timeout);
+            if let Some(status) = adapter.status {
+                providers.status.insert(p.name.clone(), status);
             }
         }
         Ok(providers)
@@ -357,13 +588,14 @@ impl Providers {
         timeout: Duration,
     ) {
         let quota = Quota::per_second(rate.per_second).allow_burst(rate.burst);
-        self.twilio.remove(name);
+        self.status.remove(name);
         self.by_name.insert(
             name.to_owned(),
             ProviderHandle {
                 name: name.to_owned(),
-                provider,
+                provider: Arc::new(Untrusted::wrap(provider)),
                 limiter: Arc::new(RateLimiter::direct(quota)),
+                rate,
                 timeout,
                 breaker: Arc::new(Breaker::new(self.breaker)),
             },
@@ -375,9 +607,10 @@ impl Providers {
         self.by_name.get(name)
     }
 
-    /// The configured Twilio adapter named `name` (unless a test replaced it).
-    pub fn twilio(&self, name: &str) -> Option<&Arc<twilio::Twilio>> {
-        self.twilio.get(name)
+    /// The status fetch of the configured provider named `name`, if its kind
+    /// has one (unless a test replaced the provider).
+    pub fn status_fetch(&self, name: &str) -> Option<&Arc<dyn StatusFetch>> {
+        self.status.get(name)
     }
 }
 
@@ -394,22 +627,156 @@ pub fn unlimited() -> RateLimit {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn a_breaker_opens_after_consecutive_failures_and_closes_after_the_cooldown() {
+    #[test]
+    fn a_breaker_opens_after_consecutive_failures_and_lets_one_probe_through_after_the_cooldown() {
         let b = Breaker::new(CircuitBreakerConfig {
             failures: 3,
             cooldown: Duration::from_secs(30),
         });
-        assert!(!b.record_failure());
+        let t0 = Utc::now();
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        let lease = Duration::from_secs(10);
+        assert!(!b.record_failure(at(0)));
         b.record_answer();
-        assert!(!b.record_failure());
-        assert!(!b.record_failure());
-        assert!(b.open_until().is_none());
-        assert!(b.record_failure(), "the third failure in a row opens it");
-        assert!(b.open_until().is_some());
-        tokio::time::advance(Duration::from_secs(29)).await;
-        assert!(b.open_until().is_some());
-        tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(b.open_until().is_none(), "closed again after the cooldown");
+        assert!(!b.record_failure(at(0)));
+        assert!(!b.record_failure(at(0)));
+        assert!(b.open_until(at(0), lease).is_none());
+        assert!(
+            b.record_failure(at(0)),
+            "the third failure in a row opens it"
+        );
+        assert_eq!(b.open_until(at(29), lease), Some(at(30)));
+        assert!(
+            b.open_until(at(31), lease).is_none(),
+            "the probe goes through"
+        );
+        assert_eq!(
+            b.open_until(at(32), lease),
+            Some(at(41)),
+            "others wait for the probe"
+        );
+        assert!(b.record_failure(at(33)), "a failed probe opens it again");
+        assert_eq!(b.open_until(at(34), lease), Some(at(63)));
+        assert!(b.open_until(at(64), lease).is_none(), "the next probe");
+        assert!(
+            b.open_until(at(75), lease).is_none(),
+            "a probe that never reported back frees the circuit after its lease"
+        );
+        b.record_answer();
+        assert!(b.open_until(at(76), lease).is_none());
+        assert!(
+            b.open_until(at(76), lease).is_none(),
+            "closed: everyone calls"
+        );
+    }
+
+    /// An adapter that answers whatever it is told to.
+    #[derive(Debug)]
+    struct Says(Result<Accepted, SendError>);
+
+    #[async_trait]
+    impl Provider for Says {
+        async fn send(&self, _: &OutgoingMessage) -> Result<Accepted, SendError> {
+            self.0.clone()
+        }
+        fn dry_run(&self, _: &OutgoingMessage) -> String {
+            String::new()
+        }
+    }
+
+    fn otp() -> OutgoingMessage {
+        OutgoingMessage {
+            delivery_id: "01JDELIVERY".into(),
+            kind: DeliveryKind::Otp,
+            content: Content::Sms {
+                to: PhoneNumber::parse_e164("+254711000001").expect("number"),
+                text: "Your tuma code is 482913. It expires in 5 minutes.".into(),
+            },
+            code: Some(OtpCode::parse("482913").expect("code")),
+            valid_for: Some(Duration::from_secs(300)),
+        }
+    }
+
+    async fn through_the_wrapper(
+        answer: Result<Accepted, SendError>,
+    ) -> Result<Accepted, SendError> {
+        let mut providers = Providers::default();
+        providers.insert(
+            "p",
+            Arc::new(Says(answer)),
+            unlimited(),
+            Duration::from_secs(1),
+        );
+        let handle = providers.get("p").expect("inserted");
+        handle.provider.send(&otp()).await
+    }
+
+    #[tokio::test]
+    async fn every_adapter_s_errors_are_scrubbed_of_the_code_and_the_text_and_capped() {
+        let echoed = format!(
+            "refused \u{1b}[31m'Your tuma code is 482913. It expires in 5 minutes.' (code 482913) {}",
+            "x".repeat(100_000)
+        );
+        let error = through_the_wrapper(Err(SendError::Transient {
+            code: Some("E\n482913".into()),
+            message: echoed,
+        }))
+        .await
+        .expect_err("an error");
+        let SendError::Transient { code, message } = error else {
+            panic!("still transient");
+        };
+        assert_eq!(code.as_deref(), Some("E ******"));
+        assert!(
+            message.starts_with("refused [31m'[message text]' (code ******) xxx"),
+            "{message}"
+        );
+        assert_eq!(message.chars().count(), provider_text::MAX_TEXT_CHARS + 1);
+    }
+
+    #[tokio::test]
+    async fn answers_that_make_no_sense_are_not_recorded_as_facts() {
+        let accepted = through_the_wrapper(Ok(Accepted {
+            provider_message_id: format!("ATXid_{}", "7".repeat(200_000)),
+            provider_status: Some("Success\u{0}".into()),
+            cost: Some(Money::parse("-5", "KES").expect("money")),
+            segments: Some(0),
+            part_ids: (0..300)
+                .map(|n| format!("part\u{1b}{n}-{}", "9".repeat(200)))
+                .collect(),
+        }))
+        .await
+        .expect("accepted");
+        assert_eq!(
+            accepted.provider_message_id.chars().count(),
+            MAX_ID_CHARS + 1
+        );
+        assert_eq!(accepted.provider_status.as_deref(), Some("Success"));
+        assert_eq!(accepted.cost, None, "a negative cost is unknown");
+        assert_eq!(accepted.segments, None);
+        assert_eq!(accepted.part_ids.len(), 255, "at most 255 parts are kept");
+        assert!(
+            accepted
+                .part_ids
+                .iter()
+                .all(|p| p.chars().count() == MAX_ID_CHARS + 1 && !p.contains('\u{1b}')),
+            "part ids are cleaned and capped like the message id"
+        );
+        let fine = through_the_wrapper(Ok(Accepted {
+            provider_message_id: "SMa482913f0000".into(),
+            provider_status: Some("queued".into()),
+            cost: Some(Money::parse("0.8", "KES").expect("money")),
+            segments: Some(2),
+            part_ids: vec!["SMa482913f0000".into()],
+        }))
+        .await
+        .expect("accepted");
+        assert_eq!(
+            fine.provider_message_id, "SMa482913f0000",
+            "ids stay matchable"
+        );
+        assert_eq!(fine.cost.map(|c| c.micros), Some(800_000));
+        assert_eq!(fine.segments, Some(2));
+        assert!(fine.part_ids.is_empty(), "one id is no list of parts");
     }
 }

@@ -19,6 +19,8 @@ pub struct ApiKeyRow {
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
+    /// Set when the key was rotated out: it works until then.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// An API key with the hash it was found by.
@@ -42,6 +44,10 @@ pub struct SavedResponse {
 /// A page of deliveries, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct PageFilter {
+    /// Only this recipient (as stored: E.164, or a lower-cased address).
+    pub recipient: Option<String>,
+    /// Only those whose latest attempt ended with this provider error code.
+    pub error_code: Option<String>,
     /// Only this status.
     pub status: Option<DeliveryStatus>,
     /// Only this channel.
@@ -72,7 +78,7 @@ pub const LATENCY_BUCKETS_MS: [i64; 10] =
 
 impl Db {
     /// Records a new API key by the SHA-256 of the key. Returns false when
-    /// the name is taken.
+    /// a live key (neither revoked nor rotated out) has the name.
     pub async fn create_api_key(
         &self,
         name: &str,
@@ -101,8 +107,8 @@ impl Db {
     pub async fn api_keys(&self) -> Result<Vec<ApiKeyRow>, StoreError> {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT id, name, scopes, created_at, revoked_at, last_used_at FROM api_keys \
-                 ORDER BY name",
+                "SELECT id, name, scopes, created_at, revoked_at, last_used_at, expires_at \
+                 FROM api_keys ORDER BY name, created_at, id",
             )
             .fetch_all(pool)
             .await
@@ -110,7 +116,8 @@ impl Db {
         }))
     }
 
-    /// The live (not revoked) key with this hash.
+    /// The key with this hash unless revoked; the caller checks
+    /// `expires_at` against its clock.
     pub async fn live_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StoreError> {
         Ok(self
             .live_api_keys(&[key_hash.to_owned()])
@@ -125,7 +132,8 @@ impl Db {
         &self,
         hashes: &[String],
     ) -> Result<Vec<Option<ApiKeyRow>>, StoreError> {
-        const COLUMNS: &str = "key_hash, id, name, scopes, created_at, revoked_at, last_used_at";
+        const COLUMNS: &str =
+            "key_hash, id, name, scopes, created_at, revoked_at, last_used_at, expires_at";
         let rows: Vec<KeyRow> = match self {
             Db::Postgres(pool) => {
                 sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -172,18 +180,66 @@ impl Db {
         Ok(())
     }
 
-    /// Revokes a key by name, at once. Returns false when no live key has it.
+    /// Revokes every working key of this name (a rotated-out one still in
+    /// its grace too), at once. Returns false when none works.
     pub async fn revoke_api_key(&self, name: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let done = on_pool!(self, pool => {
-            sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL")
-                .bind(name)
-                .bind(now)
-                .execute(pool)
-                .await
-                .doing("revoking an API key")?
-                .rows_affected()
+            sqlx::query(
+                "UPDATE api_keys SET revoked_at = $2 WHERE name = $1 AND revoked_at IS NULL \
+                 AND (expires_at IS NULL OR expires_at > $2)",
+            )
+            .bind(name)
+            .bind(now)
+            .execute(pool)
+            .await
+            .doing("revoking an API key")?
+            .rows_affected()
         });
-        Ok(done == 1)
+        Ok(done >= 1)
+    }
+
+    /// Rotates the live key `name`: it keeps working until `old_until`, and
+    /// a new key (this hash, the same scopes) works from now. One
+    /// transaction. Returns the scopes, or `None` when no live key has the name.
+    pub async fn rotate_api_key(
+        &self,
+        name: &str,
+        new_hash: &str,
+        old_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        let doing = "rotating an API key";
+        Ok(on_pool!(self, pool => {
+            let mut tx = pool.begin().await.doing(doing)?;
+            let scopes: Option<(String,)> = sqlx::query_as(
+                "UPDATE api_keys SET expires_at = $2 \
+                 WHERE name = $1 AND revoked_at IS NULL AND expires_at IS NULL \
+                 RETURNING scopes",
+            )
+            .bind(name)
+            .bind(old_until)
+            .fetch_optional(&mut *tx)
+            .await
+            .doing(doing)?;
+            match scopes {
+                None => None,
+                Some((scopes,)) => {
+                    sqlx::query(
+                        "INSERT INTO api_keys (name, key_hash, scopes, created_at) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(name)
+                    .bind(new_hash)
+                    .bind(&scopes)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .doing(doing)?;
+                    tx.commit().await.doing(doing)?;
+                    Some(scopes)
+                }
+            }
+        }))
     }
 
     /// The saved response of an Idempotency-Key, if it has not expired.
@@ -227,6 +283,10 @@ impl Db {
              WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR channel = $2) \
              AND ($3 IS NULL OR provider = $3) AND ($4 IS NULL OR created_at >= $4) \
              AND ($5 IS NULL OR created_at < $5 OR (created_at = $5 AND id < $6)) \
+             AND ($8 IS NULL OR recipient = $8) \
+             AND ($9 IS NULL OR EXISTS (SELECT 1 FROM delivery_attempts a \
+               WHERE a.delivery_id = deliveries.id AND a.attempt = deliveries.attempts \
+               AND a.error_code = $9)) \
              ORDER BY created_at DESC, id DESC LIMIT $7"
         );
         let status = filter.status.map(|s| s.as_str());
@@ -244,6 +304,8 @@ impl Db {
                 .bind(after_at)
                 .bind(after_id)
                 .bind(filter.limit)
+                .bind(filter.recipient.as_deref())
+                .bind(filter.error_code.as_deref())
                 .fetch_all(pool)
                 .await
                 .doing("listing deliveries")?
@@ -252,12 +314,9 @@ impl Db {
     }
 
     /// Readiness: the database answers and the queue takes writes (an
-    /// update of no rows of the jobs table, in a transaction rolled back).
+    /// update of no rows of `deliveries`, in a transaction rolled back).
     pub async fn ready(&self) -> Result<(), StoreError> {
-        let jobs = match self {
-            Db::Sqlite(_) => "UPDATE Jobs SET status = status WHERE 1 = 0",
-            Db::Postgres(_) => "UPDATE apalis.jobs SET status = status WHERE 1 = 0",
-        };
+        let jobs = "UPDATE deliveries SET status = status WHERE 1 = 0";
         on_pool!(self, pool => {
             let mut tx = pool.begin().await.doing("starting a readiness check")?;
             sqlx::query(jobs)
@@ -295,13 +354,16 @@ impl Db {
         }))
     }
 
-    /// Cost of sent deliveries per currency, in micro-units.
+    /// Cost of sent deliveries per currency (`a`) and whether it is the price
+    /// table's estimate (`b` = `true`) or the provider's figure, in micro-units.
     pub async fn cost_totals(&self) -> Result<Vec<Figure>, StoreError> {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT currency AS a, '' AS b, '' AS c, CAST(SUM(cost_micros) AS BIGINT) AS value \
+                "SELECT currency AS a, \
+                 CASE WHEN cost_is_estimate THEN 'true' ELSE 'false' END AS b, '' AS c, \
+                 CAST(SUM(cost_micros) AS BIGINT) AS value \
                  FROM deliveries WHERE currency IS NOT NULL AND cost_micros IS NOT NULL \
-                 GROUP BY currency",
+                 GROUP BY 1, 2 ORDER BY 1, 2",
             )
             .fetch_all(pool)
             .await

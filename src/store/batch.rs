@@ -22,12 +22,13 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
 use super::{
     ApiKeyRow, AttemptEnd, AttemptResult, AttemptStart, Db, Delivery, InsertGuards, Inserted,
@@ -142,34 +143,38 @@ type Waiting<S> = (<S as Statement>::Call, Reply<S>);
 /// A batch's calls and, in the same order, where their answers go.
 type Batch<S> = (Vec<<S as Statement>::Call>, Vec<Reply<S>>);
 
-/// The queue in front of one statement's task, started on first use.
+/// The queue in front of one statement's task.
 struct Line<S: Statement> {
-    sender: OnceLock<Option<mpsc::UnboundedSender<Waiting<S>>>>,
-    /// A bulk line's batches start when no OTP is in flight.
-    yields: Option<Arc<Gate>>,
+    /// Where calls go to the task; `None` when it was never started (built
+    /// outside a runtime): then every call runs on its own.
+    sender: Option<mpsc::UnboundedSender<Waiting<S>>>,
 }
 
 impl<S: Statement> Line<S> {
-    fn new(yields: Option<Arc<Gate>>) -> Self {
-        Line {
-            sender: OnceLock::new(),
-            yields,
-        }
+    /// Starts the line's task on `tasks`; a bulk line's batches (`yields`)
+    /// start when no OTP is in flight. The task ends once `stop` turns true
+    /// and what was queued by then has run, or once the line is dropped.
+    fn start(
+        db: &Db,
+        yields: Option<Arc<Gate>>,
+        stop: &watch::Receiver<bool>,
+        tasks: &mut Vec<JoinHandle<()>>,
+    ) -> Self {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Line { sender: None };
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        tasks.push(runtime.spawn(serve::<S>(db.clone(), rx, yields, stop.clone())));
+        Line { sender: Some(tx) }
     }
 
     async fn call(&self, db: &Db, call: S::Call) -> Result<S::Answer, StoreError> {
-        let sender = self.sender.get_or_init(|| {
-            let runtime = tokio::runtime::Handle::try_current().ok()?;
-            let (tx, rx) = mpsc::unbounded_channel();
-            runtime.spawn(serve::<S>(db.clone(), rx, self.yields.clone()));
-            Some(tx)
-        });
-        let Some(sender) = sender else {
+        let Some(sender) = &self.sender else {
             return run_alone::<S>(db, &call).await;
         };
         let (reply, answer) = oneshot::channel();
         if let Err(mpsc::error::SendError((call, _))) = sender.send((call, reply)) {
-            // The task is gone (its runtime stopped): nothing of this call ran.
+            // The task has stopped: nothing of this call ran.
             return run_alone::<S>(db, &call).await;
         }
         answer.await.unwrap_or(Err(StoreError::BatchLost))
@@ -255,18 +260,28 @@ async fn run_alone<S: Statement>(db: &Db, call: &S::Call) -> Result<S::Answer, S
 }
 
 /// One statement's task: runs whatever is waiting as one batch, until every
-/// sender is gone.
+/// sender is gone or `stop` turns true (then it runs what was queued and ends;
+/// later calls run on their own).
 async fn serve<S: Statement>(
     db: Db,
     mut rx: mpsc::UnboundedReceiver<Waiting<S>>,
     yields: Option<Arc<Gate>>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut waiting: VecDeque<Waiting<S>> = VecDeque::new();
     loop {
         if waiting.is_empty() {
-            match rx.recv().await {
-                Some(w) => waiting.push_back(w),
-                None => return,
+            tokio::select! {
+                biased;
+                w = rx.recv() => match w {
+                    Some(w) => waiting.push_back(w),
+                    None => return,
+                },
+                // Closed, the channel hands out what it holds, then `None`.
+                _ = stop.wait_for(|stop| *stop) => {
+                    rx.close();
+                    continue;
+                }
             }
         }
         if let Some(gate) = &yields {
@@ -360,8 +375,9 @@ async fn watched<S: Statement, T>(
 }
 
 /// The dispatcher's statements, batched across the worker slots of this
-/// process, and the API's, across its requests (see the module docs). Same
-/// answers as the [`Db`] methods of the same names.
+/// process, and the API's, across its requests (see the module docs): the
+/// one door to them. Its tasks start with it ([`Batcher::start`], by `App`)
+/// and end on [`Batcher::stop`] or when it is dropped.
 pub struct Batcher {
     db: Db,
     gate: Arc<Gate>,
@@ -372,12 +388,10 @@ pub struct Batcher {
     ends: [Line<Ends>; 2],
     keys: Line<Keys>,
     inserts: Line<Inserts>,
-}
-
-/// A statement's two lines: the OTP lane's, then the bulk lane's (which
-/// yields to OTPs).
-fn lanes<S: Statement>(gate: &Arc<Gate>) -> [Line<S>; 2] {
-    [Line::new(None), Line::new(Some(gate.clone()))]
+    /// Turned true by [`Batcher::stop`]: the tasks finish and end.
+    stop: watch::Sender<bool>,
+    /// The tasks, awaited by [`Batcher::stop`].
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -387,17 +401,52 @@ impl std::fmt::Debug for Batcher {
 }
 
 impl Batcher {
-    /// Batches over `db`; each statement's task starts on its first call.
-    pub fn new(db: Db) -> Batcher {
+    /// Batches over `db`, starting every statement's task on the current
+    /// Tokio runtime (outside one, every call runs on its own).
+    pub fn start(db: Db) -> Batcher {
         let gate = Arc::new(Gate::default());
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let t = &mut tasks;
+        // A statement's two lines: the OTP lane's, then the bulk lane's
+        // (which yields to OTPs).
+        let reads = [
+            Line::start(&db, None, &stopped, t),
+            Line::start(&db, Some(gate.clone()), &stopped, t),
+        ];
+        let starts = [
+            Line::start(&db, None, &stopped, t),
+            Line::start(&db, Some(gate.clone()), &stopped, t),
+        ];
+        let ends = [
+            Line::start(&db, None, &stopped, t),
+            Line::start(&db, Some(gate.clone()), &stopped, t),
+        ];
+        let keys = Line::start(&db, None, &stopped, t);
+        let inserts = Line::start(&db, None, &stopped, t);
         Batcher {
             db,
-            gate: gate.clone(),
-            reads: lanes(&gate),
-            starts: lanes(&gate),
-            ends: lanes(&gate),
-            keys: Line::new(None),
-            inserts: Line::new(None),
+            gate,
+            reads,
+            starts,
+            ends,
+            keys,
+            inserts,
+            stop,
+            tasks: Mutex::new(tasks),
+        }
+    }
+
+    /// Stops the tasks once they have run every call queued so far; calls
+    /// made after run on their own. Waits for them to end.
+    pub async fn stop(&self) {
+        self.stop.send_replace(true);
+        let tasks = match self.tasks.lock() {
+            Ok(mut tasks) => std::mem::take(&mut *tasks),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for task in tasks {
+            let _ = task.await;
         }
     }
 
@@ -427,7 +476,9 @@ impl Batcher {
         self.inserts.call(&self.db, (d, guards)).await
     }
 
-    /// [`Db::delivery_to_send`], for a worker of `lane`.
+    /// The dispatcher's first statement, for a worker of `lane`: the
+    /// delivery about to be sent, with its OTP code while it is stored
+    /// ([`Db::deliveries_to_send`]).
     pub async fn delivery_to_send(
         &self,
         lane: Lane,
@@ -436,7 +487,10 @@ impl Batcher {
         self.reads[lane.index()].call(&self.db, id.to_owned()).await
     }
 
-    /// [`Db::begin_attempt`], for a worker of `lane`.
+    /// The dispatcher's second statement, for a worker of `lane`: moves the
+    /// pending delivery owned by `job` to `sending` and opens an attempt row
+    /// ([`Db::begin_attempts`]). The attempt number, or `None` when the
+    /// delivery is no longer this job's to send.
     pub async fn begin_attempt(
         &self,
         lane: Lane,
@@ -449,8 +503,11 @@ impl Batcher {
         self.starts[lane.index()].call(&self.db, start).await
     }
 
-    /// [`Db::finish_attempt`] (`lane` is the delivery's: the retry's job
-    /// goes there).
+    /// The dispatcher's third statement: closes the open attempt of the
+    /// `sending` delivery owned by `job` and moves the delivery on, due again
+    /// at the retry's time when there is one ([`Db::finish_attempts`]); false
+    /// when the delivery was no longer this claim's. `lane` is the
+    /// delivery's: its line runs the statement.
     pub async fn finish_attempt(
         &self,
         job: &DeliveryJob,

@@ -1,6 +1,7 @@
 //! `deliveries` and `delivery_attempts`: every state change of a delivery is
-//! one transaction, guarded by the delivery's current job id and status, so
-//! two workers (or a worker and the sweeper) can never both move it.
+//! one transaction, guarded by the delivery's current token (`job_id`, renewed
+//! by every claim) and status, so two workers (or a worker and the sweeper)
+//! can never both move it.
 
 use std::collections::{HashMap, HashSet};
 
@@ -11,9 +12,11 @@ use sqlx::FromRow;
 use super::{Db, Doing, StoreError, on_pool};
 use crate::domain::money::{Currency, Money};
 use crate::domain::{Channel, DeliveryKind, DeliveryStatus};
-use crate::queue::{DeliveryJob, Lane, PgJobs, PushJob};
+use crate::queue::{DeliveryJob, Lane};
 
-/// A delivery to be recorded, with its first job.
+pub use crate::domain::attempt::{AttemptResult, Outcome};
+
+/// A delivery to be recorded.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
     /// Its id (a UUIDv7: sortable by creation).
@@ -36,7 +39,8 @@ pub struct NewDelivery {
     pub body: String,
     /// Email HTML body, with any OTP code redacted.
     pub body_html: Option<String>,
-    /// The OTP code, kept only while the delivery can still be sent.
+    /// The OTP code sealed (`secrets::OtpKeys::seal`), kept only while the
+    /// delivery can still be sent.
     pub otp_code: Option<String>,
     /// Attempts allowed.
     pub max_attempts: u32,
@@ -50,6 +54,11 @@ pub struct NewDelivery {
     pub segments: Option<u32>,
     /// SMS encoding (`gsm7` / `ucs2`).
     pub encoding: Option<String>,
+    /// The name of the API key that sent it (its webhooks hear of it);
+    /// `None` for command-line sends.
+    pub api_key_name: Option<String>,
+    /// The caller's word for why it was sent (`login`, `signup`, …).
+    pub purpose: Option<String>,
 }
 
 /// A claim on an `Idempotency-Key`, saved in the transaction that records
@@ -89,12 +98,14 @@ pub struct InsertGuards {
     /// Record the delivery as a replay of another. The unique index
     /// `deliveries_one_replay` refuses a second live replay of one delivery.
     pub replay: Option<ReplayLink>,
+    /// Refuse an OTP over its country's limit or to a range in a burst.
+    pub pumping: Option<super::PumpingGuard>,
 }
 
 /// What a guarded insert did.
 #[derive(Debug, Clone)]
 pub enum Inserted {
-    /// Recorded, with this first job.
+    /// Recorded, with this first token (it is due at its `send_at`).
     Created(DeliveryJob),
     /// The Idempotency-Key is already claimed; nothing was written.
     KeyTaken,
@@ -104,6 +115,8 @@ pub enum Inserted {
         /// When the window's oldest OTP was created.
         oldest: DateTime<Utc>,
     },
+    /// An SMS-pumping guard refused it; nothing was written.
+    Pumped(super::PumpingRefusal),
 }
 
 /// A delivery as stored (the OTP code is never read into this type).
@@ -139,6 +152,8 @@ pub struct DeliveryRow {
     pub delivered_at: Option<DateTime<Utc>>,
     pub reconciled_at: Option<DateTime<Utc>>,
     pub reconcile_note: Option<String>,
+    pub api_key_name: Option<String>,
+    pub purpose: Option<String>,
 }
 
 /// A delivery, parsed.
@@ -203,7 +218,7 @@ pub struct AttemptRow {
     pub reason: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    pub outcome: Option<String>,
+    pub outcome: Option<Outcome>,
     pub provider_message_id: Option<String>,
     pub provider_status: Option<String>,
     pub error_code: Option<String>,
@@ -214,74 +229,11 @@ pub struct AttemptRow {
     pub segments: Option<i64>,
     pub provider_segments: Option<i64>,
     pub latency_ms: Option<i64>,
-}
-
-/// How a provider call ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The provider took the message.
-    Accepted,
-    /// Worth retrying.
-    Transient,
-    /// Will fail again: do not retry.
-    Permanent,
-    /// The worker died during the call; it may or may not have been sent.
-    Unknown,
-}
-
-impl Outcome {
-    /// The name stored in `delivery_attempts.outcome`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Accepted => "accepted",
-            Outcome::Transient => "transient",
-            Outcome::Permanent => "permanent",
-            Outcome::Unknown => "unknown",
-        }
-    }
-}
-
-/// What an attempt recorded.
-#[derive(Debug, Clone)]
-pub struct AttemptResult {
-    /// How it ended.
-    pub outcome: Outcome,
-    /// When it ended.
-    pub finished_at: DateTime<Utc>,
-    /// The provider's id for the message.
-    pub provider_message_id: Option<String>,
-    /// The provider's status word (`queued`, `Success`, …).
-    pub provider_status: Option<String>,
-    /// The provider's error code.
-    pub error_code: Option<String>,
-    /// Error text (never a secret).
-    pub error: Option<String>,
-    /// Cost, and whether it is an estimate.
-    pub cost: Option<(Money, bool)>,
-    /// Segments by tuma's own count.
-    pub segments: Option<u32>,
-    /// Segments as the provider counted them, when it says.
-    pub provider_segments: Option<u32>,
-    /// How long the call took.
-    pub latency_ms: Option<i64>,
-}
-
-impl AttemptResult {
-    /// A result with only an outcome and an error.
-    pub fn error(outcome: Outcome, finished_at: DateTime<Utc>, error: impl Into<String>) -> Self {
-        AttemptResult {
-            outcome,
-            finished_at,
-            provider_message_id: None,
-            provider_status: None,
-            error_code: None,
-            error: Some(error.into()),
-            cost: None,
-            segments: None,
-            provider_segments: None,
-            latency_ms: None,
-        }
-    }
+    /// Every part's id, in order, when the provider split the message into
+    /// several; empty (and not serialized) otherwise.
+    #[sqlx(skip)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub part_ids: Vec<String>,
 }
 
 /// Where a delivery goes after an attempt.
@@ -291,9 +243,10 @@ pub enum NextStep {
     Sent,
     /// Given up.
     Failed,
-    /// Another attempt, as this job, at this time.
+    /// Another attempt, due at this time (no job is pushed: the row is
+    /// due again).
     Retry {
-        /// The job that will carry it.
+        /// The token the delivery holds until it is claimed again.
         job: DeliveryJob,
         /// When.
         at: DateTime<Utc>,
@@ -339,7 +292,7 @@ pub struct AttemptEnd {
     pub result: AttemptResult,
     /// Sent, failed or retried.
     pub next: NextStep,
-    /// The lane a retry job goes to.
+    /// The delivery's lane (whose batch line closes it).
     pub lane: Lane,
 }
 
@@ -350,7 +303,6 @@ struct ClosedAttempt<'a> {
     result: &'a AttemptResult,
     status: DeliveryStatus,
     retry: Option<(&'a DeliveryJob, DateTime<Utc>)>,
-    lane: Lane,
     cost_micros: Option<i64>,
     currency: Option<&'a str>,
     estimate: Option<bool>,
@@ -375,7 +327,6 @@ impl<'a> ClosedAttempt<'a> {
             result: &end.result,
             status,
             retry,
-            lane: end.lane,
             cost_micros: cost.map(|(m, _)| m.micros),
             currency: cost.map(|(m, _)| m.currency.as_str()),
             estimate: cost.map(|(_, est)| *est),
@@ -390,21 +341,11 @@ fn column<'a, T, V>(rows: &'a [T], field: impl Fn(&'a T) -> V) -> Vec<V> {
     rows.iter().map(field).collect()
 }
 
-/// A delivery whose job is gone or whose worker died.
-#[derive(Debug, Clone, FromRow)]
-pub struct Orphan {
-    pub id: String,
-    pub kind: String,
-    pub status: String,
-    pub job_id: Option<String>,
-    pub attempts: i64,
-    pub max_attempts: i64,
-    pub next_attempt_at: Option<DateTime<Utc>>,
-}
-
 /// Filters for listing deliveries.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
+    /// Only this recipient (as stored: E.164, or a lower-cased address).
+    pub recipient: Option<String>,
     /// Only this status.
     pub status: Option<DeliveryStatus>,
     /// Only this channel.
@@ -433,14 +374,14 @@ pub struct ReplayLink {
 pub(crate) const DELIVERY_COLUMNS: &str = "id, kind, channel, recipient, template, locale, vars, subject, body, \
     body_html, status, attempts, max_attempts, next_attempt_at, expires_at, job_id, created_at, \
     updated_at, sent_at, provider, provider_message_id, cost_micros, currency, cost_is_estimate, \
-    segments, encoding, last_error, delivered_at, reconciled_at, reconcile_note";
+    segments, encoding, last_error, delivered_at, reconciled_at, reconcile_note, api_key_name, purpose";
 
 const ATTEMPT_COLUMNS: &str = "attempt, provider, reason, started_at, finished_at, outcome, \
     provider_message_id, provider_status, error_code, error, cost_micros, currency, \
     cost_is_estimate, segments, provider_segments, latency_ms";
 
 impl Db {
-    /// Records a new delivery and pushes its first job, in one transaction.
+    /// Records a new delivery (due at its `send_at`).
     pub async fn insert_delivery(&self, d: &NewDelivery) -> Result<DeliveryJob, StoreError> {
         match self
             .insert_delivery_guarded(d, &InsertGuards::default())
@@ -453,7 +394,7 @@ impl Db {
         }
     }
 
-    /// Records a new delivery and pushes its first job, in one transaction
+    /// Records a new delivery (due at its `send_at`) in one transaction
     /// that also applies `guards`: it claims the Idempotency-Key (saving the
     /// response to replay) and checks the per-recipient OTP limit. When a
     /// guard refuses, nothing is written.
@@ -517,22 +458,11 @@ impl Db {
         row.map(Delivery::try_from).transpose()
     }
 
-    /// A delivery about to be sent, with its OTP code while it is stored
-    /// (one read: the dispatcher's first statement). The code stays apart
-    /// from [`Delivery`], which is shown and logged.
-    pub async fn delivery_to_send(
-        &self,
-        id: &str,
-    ) -> Result<Option<(Delivery, Option<String>)>, StoreError> {
-        Ok(self
-            .deliveries_to_send(&[id.to_owned()])
-            .await?
-            .pop()
-            .flatten())
-    }
-
-    /// [`Db::delivery_to_send`] for many deliveries in one statement; the
-    /// answers are in the order of `ids`.
+    /// Deliveries about to be sent, each with its OTP code while it is
+    /// stored (the dispatcher's first statement, run through
+    /// [`Batcher::delivery_to_send`](super::Batcher::delivery_to_send)), in
+    /// one statement; the answers are in the order of `ids`. The code stays
+    /// apart from [`Delivery`], which is shown and logged.
     pub async fn deliveries_to_send(
         &self,
         ids: &[String],
@@ -573,9 +503,72 @@ impl Db {
         let sql = format!(
             "SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt"
         );
-        Ok(on_pool!(self, pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_all(pool).await.doing("reading attempts")?
-        }))
+        let (mut attempts, parts): (Vec<AttemptRow>, Vec<(i64, String)>) = on_pool!(self, pool => {
+            let attempts = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .fetch_all(pool)
+                .await
+                .doing("reading attempts")?;
+            let parts = sqlx::query_as(
+                "SELECT attempt, message_id FROM provider_message_parts \
+                 WHERE delivery_id = $1 ORDER BY attempt, part",
+            )
+            .bind(id)
+            .fetch_all(pool)
+            .await
+            .doing("reading a message's parts")?;
+            (attempts, parts)
+        });
+        for (attempt, message_id) in parts {
+            if let Some(a) = attempts.iter_mut().find(|a| a.attempt == attempt) {
+                a.part_ids.push(message_id);
+            }
+        }
+        Ok(attempts)
+    }
+
+    /// Whether any attempt ever went to a provider of this name (one no
+    /// longer configured is still a valid filter).
+    pub async fn provider_in_history(&self, name: &str) -> Result<bool, StoreError> {
+        let found: Option<(String,)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT provider FROM delivery_attempts WHERE provider = $1 LIMIT 1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await
+                .doing("looking for a provider in the history")?
+        });
+        Ok(found.is_some())
+    }
+
+    /// The provider error code of each delivery's latest attempt, for those
+    /// of `ids` whose latest attempt has one (list output).
+    pub async fn latest_error_codes(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, String>, StoreError> {
+        const SELECT: &str = "SELECT a.delivery_id, a.error_code FROM delivery_attempts a \
+             JOIN deliveries d ON d.id = a.delivery_id AND a.attempt = d.attempts \
+             WHERE a.error_code IS NOT NULL AND ";
+        let rows: Vec<(String, String)> = match self {
+            Db::Postgres(pool) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT}d.id = ANY($1)")))
+                    .bind(ids)
+                    .fetch_all(pool)
+                    .await
+            }
+            Db::Sqlite(pool) => {
+                let ids =
+                    serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "{SELECT}d.id IN (SELECT value FROM json_each($1))"
+                )))
+                .bind(ids)
+                .fetch_all(pool)
+                .await
+            }
+        }
+        .doing("reading the latest error codes")?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Deliveries matching `filter`, newest first.
@@ -587,6 +580,7 @@ impl Db {
              AND ($6 IS NULL OR EXISTS (SELECT 1 FROM delivery_attempts a \
                WHERE a.delivery_id = deliveries.id AND a.attempt = deliveries.attempts \
                AND a.error_code = $6)) \
+             AND ($7 IS NULL OR recipient = $7) \
              ORDER BY created_at DESC, id DESC LIMIT $4"
         );
         let status = filter.status.map(|s| s.as_str());
@@ -599,6 +593,7 @@ impl Db {
                 .bind(filter.limit)
                 .bind(filter.provider.as_deref())
                 .bind(filter.error_code.as_deref())
+                .bind(filter.recipient.as_deref())
                 .fetch_all(pool)
                 .await
                 .doing("listing deliveries")?
@@ -606,26 +601,12 @@ impl Db {
         rows.into_iter().map(Delivery::try_from).collect()
     }
 
-    /// Moves a pending delivery owned by `job` to `sending` and opens an
-    /// attempt row. Returns the attempt number, or `None` when the delivery is
-    /// no longer this job's to send.
-    pub async fn begin_attempt(
-        &self,
-        job: &DeliveryJob,
-        provider: &str,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Option<i64>, StoreError> {
-        let start = AttemptStart::new(job, provider, reason, now);
-        Ok(self
-            .begin_attempts(std::slice::from_ref(&start))
-            .await?
-            .pop()
-            .flatten())
-    }
-
-    /// [`Db::begin_attempt`] for many deliveries at once, all or none: one
-    /// statement on Postgres, one transaction on SQLite. A delivery may appear
+    /// Moves each pending delivery owned by its job to `sending` and opens an
+    /// attempt row (the dispatcher's second statement, run through
+    /// [`Batcher::begin_attempt`](super::Batcher::begin_attempt)); each answer
+    /// is the attempt number, or `None` when the delivery is no longer that
+    /// job's to send. All or none: one statement on Postgres, one transaction
+    /// on SQLite. A delivery may appear
     /// only once. The answers are in the order of `starts`.
     pub async fn begin_attempts(
         &self,
@@ -698,53 +679,47 @@ impl Db {
         }
     }
 
-    /// Closes the open attempt of a `sending` delivery owned by `job_id` and
-    /// moves the delivery on, in one transaction (pushing the retry job when
-    /// there is one). Returns false when the delivery was no longer this job's.
-    pub async fn finish_attempt(
-        &self,
-        delivery_id: &str,
-        job_id: &str,
-        result: &AttemptResult,
-        next: &NextStep,
-        lane: Lane,
-    ) -> Result<bool, StoreError> {
-        let end = AttemptEnd {
-            delivery_id: delivery_id.to_owned(),
-            job_id: job_id.to_owned(),
-            result: result.clone(),
-            next: next.clone(),
-            lane,
-        };
-        Ok(self
-            .finish_attempts(std::slice::from_ref(&end))
-            .await?
-            .pop()
-            .unwrap_or(false))
-    }
-
-    /// [`Db::finish_attempt`] for many deliveries at once, all or none. On
-    /// Postgres a batch of sent and failed outcomes is one statement; one
-    /// with a retry (which pushes a job) is one transaction, as on SQLite. A
+    /// Closes the open attempt of each `sending` delivery owned by its job and
+    /// moves the delivery on, due again at its retry time when there is one (the
+    /// dispatcher's third statement, run through
+    /// [`Batcher::finish_attempt`](super::Batcher::finish_attempt)); an answer
+    /// is false when the delivery was no longer that job's. All or none: one
+    /// statement on Postgres, one transaction on SQLite; the lease ends. A
     /// delivery may appear only once. The answers are in the order of `ends`.
+    /// A result with several `part_ids` writes them to
+    /// `provider_message_parts` in the same statement or transaction; one
+    /// with a single id writes nothing more.
     pub async fn finish_attempts(&self, ends: &[AttemptEnd]) -> Result<Vec<bool>, StoreError> {
         let ends: Vec<ClosedAttempt<'_>> = ends
             .iter()
             .map(ClosedAttempt::new)
             .collect::<Result<_, _>>()?;
-        if let Db::Postgres(pool) = self
-            && ends.iter().all(|e| e.retry.is_none())
-        {
-            // The common outcomes, on Postgres: one statement, one round trip, one commit.
+        // Only a message sent in several parts has rows in provider_message_parts.
+        let parts: Vec<(&str, &str, i64)> = ends
+            .iter()
+            .filter(|e| e.result.part_ids.len() > 1)
+            .flat_map(|e| {
+                e.result
+                    .part_ids
+                    .iter()
+                    .zip(1_i64..)
+                    .map(|(id, n)| (e.delivery_id, id.as_str(), n))
+            })
+            .collect();
+        if let Db::Postgres(pool) = self {
+            // On Postgres: one statement, one round trip, one commit.
             let closed: Vec<String> = sqlx::query_scalar(
                 "WITH r AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], \
                  $4::timestamptz[], $5::text[], $6::int8[], $7::text[], $8::bool[], $9::int8[], \
-                 $10::text[], $11::int8[], $12::text[], $13::text[], $14::text[], $15::int8[]) \
+                 $10::text[], $11::int8[], $12::text[], $13::text[], $14::text[], $15::int8[], \
+                 $19::text[], $20::timestamptz[]) \
                  AS r (id, job_id, status, finished_at, message_id, cost_micros, currency, \
                  estimate, segments, error, provider_segments, outcome, provider_status, \
-                 error_code, latency_ms)), \
-                 d AS (UPDATE deliveries SET status = r.status, job_id = NULL, \
-                 next_attempt_at = NULL, updated_at = r.finished_at, otp_code = NULL, \
+                 error_code, latency_ms, next_job_id, retry_at)), \
+                 d AS (UPDATE deliveries SET status = r.status, job_id = r.next_job_id, \
+                 next_attempt_at = r.retry_at, updated_at = r.finished_at, \
+                 lease_until = NULL, leased_by = NULL, \
+                 otp_code = CASE WHEN r.status = 'pending' THEN deliveries.otp_code ELSE NULL END, \
                  sent_at = CASE WHEN r.status = 'sent' THEN r.finished_at ELSE deliveries.sent_at END, \
                  provider_message_id = COALESCE(r.message_id, deliveries.provider_message_id), \
                  cost_micros = CASE WHEN r.status = 'sent' THEN r.cost_micros ELSE deliveries.cost_micros END, \
@@ -754,7 +729,13 @@ impl Db {
                  segments = COALESCE(r.provider_segments, r.segments, deliveries.segments), \
                  last_error = CASE WHEN r.status = 'sent' THEN NULL ELSE r.error END \
                  FROM r WHERE deliveries.id = r.id AND deliveries.job_id = r.job_id \
-                 AND deliveries.status = 'sending' RETURNING deliveries.id, deliveries.attempts) \
+                 AND deliveries.status = 'sending' \
+                 RETURNING deliveries.id, deliveries.attempts, deliveries.provider), \
+                 p AS (INSERT INTO provider_message_parts \
+                 (provider, message_id, delivery_id, attempt, part) \
+                 SELECT d.provider, x.message_id, d.id, d.attempts, x.part \
+                 FROM unnest($16::text[], $17::text[], $18::int8[]) AS x (id, message_id, part) \
+                 JOIN d ON d.id = x.id ON CONFLICT DO NOTHING) \
                  UPDATE delivery_attempts a SET finished_at = r.finished_at, outcome = r.outcome, \
                  provider_message_id = r.message_id, provider_status = r.provider_status, \
                  error_code = r.error_code, error = r.error, cost_micros = r.cost_micros, \
@@ -778,6 +759,11 @@ impl Db {
             .bind(column(&ends, |e| e.result.provider_status.as_deref()))
             .bind(column(&ends, |e| e.result.error_code.as_deref()))
             .bind(column(&ends, |e| e.result.latency_ms))
+            .bind(parts.iter().map(|p| p.0).collect::<Vec<_>>())
+            .bind(parts.iter().map(|p| p.1).collect::<Vec<_>>())
+            .bind(parts.iter().map(|p| p.2).collect::<Vec<_>>())
+            .bind(column(&ends, |e| e.retry.map(|(job, _)| job.job_id.as_str())))
+            .bind(column(&ends, |e| e.retry.map(|(_, at)| at)))
             .fetch_all(pool)
             .await
             .doing("recording attempts' outcomes")?;
@@ -793,7 +779,7 @@ impl Db {
             for e in &ends {
                 let attempt: Option<i64> = sqlx::query_scalar(
                     "UPDATE deliveries SET status = $3, job_id = $4, next_attempt_at = $5, \
-                     updated_at = $6, \
+                     updated_at = $6, lease_until = NULL, leased_by = NULL, \
                      otp_code = CASE WHEN $3 = 'pending' THEN otp_code ELSE NULL END, \
                      sent_at = CASE WHEN $3 = 'sent' THEN $6 ELSE sent_at END, \
                      provider_message_id = COALESCE($7, provider_message_id), \
@@ -848,8 +834,20 @@ impl Db {
                 .execute(&mut *tx)
                 .await
                 .doing("closing an attempt")?;
-                if let Some((job, at)) = e.retry {
-                    tx.push_job(e.lane, job, Some(at)).await?;
+                for (_, id, part) in parts.iter().filter(|p| p.0 == e.delivery_id) {
+                    sqlx::query(
+                        "INSERT INTO provider_message_parts \
+                         (provider, message_id, delivery_id, attempt, part) \
+                         SELECT provider, $3, delivery_id, attempt, $4 FROM delivery_attempts \
+                         WHERE delivery_id = $1 AND attempt = $2 ON CONFLICT DO NOTHING",
+                    )
+                    .bind(e.delivery_id)
+                    .bind(attempt)
+                    .bind(*id)
+                    .bind(*part)
+                    .execute(&mut *tx)
+                    .await
+                    .doing("recording a message's parts")?;
                 }
                 out.push(true);
             }
@@ -874,6 +872,7 @@ impl Db {
         let done = on_pool!(self, pool => {
             sqlx::query(
                 "UPDATE deliveries SET status = $3, job_id = NULL, next_attempt_at = NULL, \
+                 lease_until = NULL, leased_by = NULL, \
                  otp_code = NULL, last_error = $4, updated_at = $5 \
                  WHERE id = $1 AND job_id = $2 AND status = 'pending'",
             )
@@ -890,122 +889,81 @@ impl Db {
         Ok(done == 1)
     }
 
-    /// Gives a pending delivery a new job (its old one is gone, or came too
-    /// early), due at `at`. Returns false when someone else moved it first.
+    /// Puts a pending delivery owned by `old_job_id` back in the queue,
+    /// due at `at` (now when `None`: it came too early, or its provider had
+    /// no rate-limit slot), with a new token and no lease. Returns false when
+    /// someone else moved it first.
     pub async fn requeue(
         &self,
         delivery_id: &str,
         old_job_id: Option<&str>,
-        kind: DeliveryKind,
         at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let job = DeliveryJob::new(delivery_id);
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await.doing("starting a transaction")?;
-            let updated = sqlx::query(
-                "UPDATE deliveries SET job_id = $3, updated_at = $4 \
+        let updated = on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE deliveries SET job_id = $3, updated_at = $4, next_attempt_at = $5, \
+                 lease_until = NULL, leased_by = NULL \
                  WHERE id = $1 AND job_id IS NOT DISTINCT FROM $2 AND status = 'pending'",
             )
             .bind(delivery_id)
             .bind(old_job_id)
             .bind(&job.job_id)
             .bind(now)
-            .execute(&mut *tx)
+            .bind(at.unwrap_or(now))
+            .execute(pool)
             .await
-            .doing("re-queueing a delivery")?;
-            if updated.rows_affected() == 0 {
-                return Ok(false);
-            }
-            tx.push_job(Lane::for_kind(kind), &job, at.filter(|at| *at > now)).await?;
-            tx.commit().await.doing("committing a re-queue")?;
-            Ok(true)
-        })
-    }
-
-    /// Deliveries that need the sweeper: pending or sending, whose job is
-    /// gone, finished, or held by a worker not seen since `alive_since`; and
-    /// any `sending` one untouched since `stale_before`.
-    pub async fn orphans(
-        &self,
-        alive_since: DateTime<Utc>,
-        stale_before: DateTime<Utc>,
-        limit: i64,
-    ) -> Result<Vec<Orphan>, StoreError> {
-        let rows = match self {
-            Db::Sqlite(pool) => {
-                sqlx::query_as(
-                    "SELECT d.id, d.kind, d.status, d.job_id, d.attempts, d.max_attempts, \
-                 d.next_attempt_at FROM deliveries d \
-                 WHERE d.status IN ('pending', 'sending') AND ( \
-                   (d.status = 'sending' AND d.updated_at < $2) OR NOT EXISTS ( \
-                     SELECT 1 FROM Jobs j LEFT JOIN Workers w ON w.id = j.lock_by \
-                     WHERE j.id = d.job_id AND (j.status = 'Pending' OR \
-                       (j.status IN ('Queued', 'Running') AND w.last_seen >= $1)))) \
-                 ORDER BY d.created_at LIMIT $3",
-                )
-                .bind(alive_since.timestamp())
-                .bind(stale_before)
-                .bind(limit)
-                .fetch_all(pool)
-                .await
-            }
-            Db::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT d.id, d.kind, d.status, d.job_id, d.attempts, d.max_attempts, \
-                 d.next_attempt_at FROM deliveries d \
-                 WHERE d.status IN ('pending', 'sending') AND ( \
-                   (d.status = 'sending' AND d.updated_at < $2) OR NOT EXISTS ( \
-                     SELECT 1 FROM apalis.jobs j LEFT JOIN apalis.workers w ON w.id = j.lock_by \
-                     WHERE j.id = d.job_id AND (j.status = 'Pending' OR \
-                       (j.status IN ('Queued', 'Running') AND w.last_seen >= $1)))) \
-                 ORDER BY d.created_at LIMIT $3",
-                )
-                .bind(alive_since)
-                .bind(stale_before)
-                .bind(limit)
-                .fetch_all(pool)
-                .await
-            }
-        };
-        rows.doing("looking for orphaned deliveries")
-    }
-
-    /// Deletes queue jobs of tuma's lanes that are finished: history lives in
-    /// tuma's tables, and a queue full of old rows slows every fetch. With
-    /// `stale`, also jobs no delivery holds the id of any more (like those a
-    /// dead worker was holding): that check reads every job, so the sweeper
-    /// makes it only on its full sweeps, while finished jobs, found by
-    /// apalis's status index, go every second.
-    pub async fn delete_finished_jobs(&self, stale: bool) -> Result<u64, StoreError> {
-        let lanes = [Lane::Otp.queue_name(), Lane::Notifications.queue_name()];
-        // Two statements rather than one with `OR $3`: the planner has to
-        // read every row for an OR it cannot rule out when it plans.
-        let (table, alias) = match self {
-            Db::Sqlite(_) => ("Jobs", "Jobs"),
-            Db::Postgres(_) => ("apalis.jobs j", "j"),
-        };
-        let sql = if stale {
-            format!(
-                "DELETE FROM {table} WHERE job_type IN ($1, $2) \
-                 AND (status IN ('Done', 'Failed', 'Killed') \
-                   OR NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id = {alias}.id))"
-            )
-        } else {
-            format!(
-                "DELETE FROM {table} WHERE job_type IN ($1, $2) \
-                 AND status IN ('Done', 'Failed', 'Killed')"
-            )
-        };
-        let deleted = on_pool!(self, pool => {
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(lanes[0])
-                .bind(lanes[1])
-                .execute(pool)
-                .await
-                .map(|r| r.rows_affected())
+            .doing("re-queueing a delivery")?
+            .rows_affected()
         });
-        deleted.doing("deleting finished jobs")
+        Ok(updated == 1)
+    }
+
+    /// Puts a pending delivery back for `at` without spending an attempt
+    /// (every provider of its route is cooling down), saying why in its
+    /// `last_error`. Returns false when someone else moved it first.
+    pub async fn postpone(
+        &self,
+        delivery_id: &str,
+        old_job_id: &str,
+        at: DateTime<Utc>,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let job = DeliveryJob::new(delivery_id);
+        let updated = on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE deliveries SET job_id = $3, updated_at = $4, next_attempt_at = $5, \
+                 last_error = $6, lease_until = NULL, leased_by = NULL \
+                 WHERE id = $1 AND job_id = $2 AND status = 'pending'",
+            )
+            .bind(delivery_id)
+            .bind(old_job_id)
+            .bind(&job.job_id)
+            .bind(now)
+            .bind(at)
+            .bind(why)
+            .execute(pool)
+            .await
+            .doing("postponing a delivery")?
+            .rows_affected()
+        });
+        Ok(updated == 1)
+    }
+
+    /// When the delivery's first attempt began, if it had one: where a
+    /// notification's retry budget starts.
+    pub async fn first_attempt_at(&self, id: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT started_at FROM delivery_attempts WHERE delivery_id = $1 AND attempt = 1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .doing("reading the first attempt's start")?
+        }))
     }
 
     /// How many deliveries are due by `now` and not yet settled: pending and
@@ -1028,11 +986,13 @@ impl Db {
 /// bound by [`insert_guarded_sqlite`] and the arrays of [`insert_guarded_pg`].
 const INSERT_COLUMNS: &str = "id, kind, channel, recipient, template, locale, vars, subject, body, \
     body_html, otp_code, max_attempts, next_attempt_at, expires_at, job_id, created_at, \
-    segments, encoding, replay_of, replayed_by, replayed_at";
+    segments, encoding, replay_of, replayed_by, replayed_at, api_key_name, purpose, country";
 
-/// When a new delivery's first job is due: `None` for now.
-fn first_run_at(d: &NewDelivery) -> Option<DateTime<Utc>> {
-    (d.send_at > d.created_at).then_some(d.send_at)
+/// What `deliveries.country` keeps: an SMS recipient's region code (empty
+/// when it has none), so the cost rollups group by country without parsing
+/// numbers in SQL; nothing for email.
+fn country_column(d: &NewDelivery) -> Option<&'static str> {
+    (d.channel == Channel::Sms).then(|| crate::domain::phone::region_code_of(&d.recipient))
 }
 
 /// How many OTPs the limit allows, as a count.
@@ -1102,12 +1062,25 @@ async fn insert_guarded_sqlite(
             });
         }
     }
+    if let Some(guard) = &guards.pumping
+        && let Some(refusal) = super::pumping::check_sqlite(&mut *tx, d, guard).await?
+    {
+        if let Some(claim) = &guards.idempotency {
+            sqlx::query("DELETE FROM idempotency_keys WHERE api_key_id = $1 AND key = $2")
+                .bind(claim.api_key_id)
+                .bind(&claim.key)
+                .execute(&mut *tx)
+                .await
+                .doing("taking back an idempotency key")?;
+        }
+        return Ok(Inserted::Pumped(refusal));
+    }
     let job = DeliveryJob::new(&d.id);
     let link = guards.replay.as_ref();
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO deliveries ({INSERT_COLUMNS}, status, attempts, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-         $17, $18, $19, $20, $21, 'pending', 0, $16)"
+         $17, $18, $19, $20, $21, $22, $23, $24, 'pending', 0, $16)"
     )))
     .bind(&d.id)
     .bind(d.kind.as_str())
@@ -1130,11 +1103,12 @@ async fn insert_guarded_sqlite(
     .bind(link.map(|l| l.replay_of.as_str()))
     .bind(link.map(|l| l.replayed_by.as_str()))
     .bind(link.map(|l| l.replayed_at))
+    .bind(&d.api_key_name)
+    .bind(&d.purpose)
+    .bind(country_column(d))
     .execute(&mut *tx)
     .await
     .doing("recording the delivery")?;
-    tx.push_job(Lane::for_kind(d.kind), &job, first_run_at(d))
-        .await?;
     Ok(Inserted::Created(job))
 }
 
@@ -1213,6 +1187,15 @@ async fn insert_guarded_pg(
             recent.entry(recipient).or_default().push(at);
         }
     }
+    let pumping_keys: Vec<String> = items
+        .iter()
+        .filter(|(d, g)| has_claim(d, g))
+        .filter_map(|(d, g)| g.pumping.as_ref().map(|p| p.lock_keys(&d.recipient)))
+        .flatten()
+        .collect();
+    super::pumping::lock_pg(&mut *tx, &pumping_keys).await?;
+    // OTPs accepted earlier in this batch, which the pumping checks count.
+    let mut accepted_otps: Vec<(String, DateTime<Utc>)> = Vec::new();
     let mut answers = Vec::with_capacity(items.len());
     let mut taken_back: Vec<&IdempotencyClaim> = Vec::new();
     let mut created: Vec<(&NewDelivery, &InsertGuards, DeliveryJob)> = Vec::new();
@@ -1235,7 +1218,20 @@ async fn insert_guarded_pg(
                 });
                 continue;
             }
+        }
+        if let Some(guard) = &g.pumping
+            && let Some(refusal) =
+                super::pumping::check_pg(&mut *tx, d, guard, &accepted_otps).await?
+        {
+            taken_back.extend(&g.idempotency);
+            answers.push(Inserted::Pumped(refusal));
+            continue;
+        }
+        if let Some(window) = g.otp_limit.as_ref().and(recent.get_mut(&d.recipient)) {
             window.push(d.created_at);
+        }
+        if d.kind == DeliveryKind::Otp {
+            accepted_otps.push((d.recipient.clone(), d.created_at));
         }
         let job = DeliveryJob::new(&d.id);
         answers.push(Inserted::Created(job.clone()));
@@ -1258,21 +1254,13 @@ async fn insert_guarded_pg(
     fn link<'a>(g: &&'a InsertGuards) -> Option<&'a ReplayLink> {
         g.replay.as_ref()
     }
-    // The deliveries and their jobs in one statement: one round trip fewer.
-    let jobs = PgJobs::new(
-        &created
-            .iter()
-            .map(|(d, _, j)| (Lane::for_kind(d.kind), j, first_run_at(d)))
-            .collect::<Vec<_>>(),
-    )?;
     let sql = format!(
-        "WITH {} INSERT INTO deliveries ({INSERT_COLUMNS}, status, attempts, updated_at) \
+        "INSERT INTO deliveries ({INSERT_COLUMNS}, status, attempts, updated_at) \
          SELECT *, 'pending', 0, created_at FROM unnest($1::text[], $2::text[], $3::text[], \
          $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
          $11::text[], $12::bigint[], $13::timestamptz[], $14::timestamptz[], $15::text[], \
          $16::timestamptz[], $17::bigint[], $18::text[], $19::text[], $20::text[], \
-         $21::timestamptz[]) AS n ({INSERT_COLUMNS})",
-        PgJobs::insert_cte(15, 22)
+         $21::timestamptz[], $22::text[], $23::text[], $24::text[]) AS n ({INSERT_COLUMNS})"
     );
     let query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(column(&created, |(d, _, _)| d.id.as_str()))
@@ -1299,10 +1287,14 @@ async fn insert_guarded_pg(
         .bind(column(&created, |(_, g, _)| {
             link(g).map(|l| l.replayed_by.as_str())
         }))
-        .bind(column(&created, |(_, g, _)| link(g).map(|l| l.replayed_at)));
-    jobs.bind(query)
+        .bind(column(&created, |(_, g, _)| link(g).map(|l| l.replayed_at)))
+        .bind(column(&created, |(d, _, _)| d.api_key_name.as_deref()))
+        .bind(column(&created, |(d, _, _)| d.purpose.as_deref()))
+        .bind(column(&created, |(d, _, _)| country_column(d)));
+    // The `deliveries_wake_inserted` trigger notifies the lanes at commit.
+    query
         .execute(&mut *tx)
         .await
-        .doing("recording deliveries and their jobs")?;
+        .doing("recording deliveries")?;
     Ok(answers)
 }

@@ -1,4 +1,4 @@
-//! Storage: one sqlx pool, shared by apalis's queue and tuma's own tables.
+//! Storage: one sqlx pool for tuma's tables, the queue's included.
 //!
 //! SQLite (the embedded default) and PostgreSQL run the same SQL where they
 //! can (`$1` placeholders work on both); [`on_pool!`] expands one body for each
@@ -6,26 +6,42 @@
 
 mod api;
 mod batch;
+mod cancel;
+mod console;
 mod deliveries;
+mod nodelay;
+mod pumping;
+mod queue;
 mod receipts;
 mod replays;
 mod reports;
+mod shared;
+mod spend;
+mod suppression;
+mod views;
+mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use apalis_postgres::PostgresStorage;
-use apalis_sqlite::SqliteStorage;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
 pub use api::*;
 pub use batch::{Batcher, OtpInFlight};
+pub use cancel::Canceled;
+pub use console::*;
 pub use deliveries::*;
+pub use pumping::{PumpingGuard, PumpingRefusal};
 pub use receipts::*;
 pub use replays::*;
 pub use reports::*;
+pub use shared::*;
+pub use spend::*;
+pub use suppression::*;
+pub use views::*;
+pub use webhooks::*;
 
 /// The connections of a SQLite pool (see `Db::connect`).
 const SQLITE_CONNECTIONS: u32 = 4;
@@ -40,6 +56,17 @@ macro_rules! on_pool {
     };
 }
 pub(crate) use on_pool;
+
+/// Where a database lives (see [`Db::file`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbFile {
+    /// A SQLite database in this file.
+    Sqlite(std::path::PathBuf),
+    /// A SQLite database in memory.
+    InMemory,
+    /// A Postgres server.
+    Postgres,
+}
 
 /// The database behind tuma.
 #[derive(Debug, Clone)]
@@ -73,9 +100,6 @@ pub enum StoreError {
     /// Migrations failed.
     #[error("migrating the database failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The queue refused a job.
-    #[error("queueing a job failed: {0}")]
-    Queue(String),
     /// The task running a batch of statements stopped before it answered
     /// (its runtime shut down): the statement may or may not have run.
     #[error("the database batch stopped before it answered")]
@@ -101,8 +125,8 @@ impl<T> Doing<T> for Result<T, sqlx::Error> {
 ///
 /// sqlx 0.9 counts a transaction only once the server has answered its
 /// `BEGIN`; a future dropped while waiting for that answer (a timeout, an
-/// aborted task, a request whose client went away, a worker stopping inside
-/// apalis) leaves the server in a transaction that sqlx does not know of
+/// aborted task, a request whose client went away, a stopping worker's
+/// claim) leaves the server in a transaction that sqlx does not know of
 /// (sqlx issue #4393), and the pool hands the connection on. Every later
 /// statement on it would then run inside that transaction: never committed,
 /// its row locks held until the connection dies. Inside a transaction block the
@@ -183,44 +207,6 @@ async fn install_busy_handler(conn: &mut sqlx::SqliteConnection) -> Result<(), s
     }
 }
 
-/// Planner statistics for apalis's SQLite `Jobs` table, so that its
-/// statements find jobs by id instead of reading every pending one.
-///
-/// With no statistics SQLite guesses that any `status = ?` or `lock_by = ?`
-/// matches a handful of rows. apalis-sqlite's lock statement (`id IN (…) AND
-/// (status = 'Queued' OR status = 'Pending' OR …)`) then walks the status
-/// index through every pending job, and its ack (`Jobs.id = j.task_id AND
-/// lock_by = ?`) walks every job the worker has locked, finished ones too,
-/// reading the whole batch's JSON for each: milliseconds to tens of
-/// milliseconds a batch behind a 50k backlog, holding the write lock that
-/// OTPs wait for. These figures describe a busy queue (modelled on what
-/// `ANALYZE` measured on one holding a 50k backlog): status, job type and
-/// worker are poor filters, the id a perfect one. They are written, not
-/// measured (SQLite's documented way to steer its planner), so the plans do
-/// not depend on the queue's size when `ANALYZE` last ran; and written at
-/// every start ([`Db::migrate`]), since a plain `ANALYZE` while the queue is
-/// empty deletes them. A connection reads statistics when it loads the
-/// schema, so the table made and dropped changes the schema: every other
-/// connection already open loads it again before its next statement; the
-/// last `ANALYZE sqlite_schema` loads them on the connection that wrote them.
-const QUEUE_PLANNER_STATS: &str = "\
-    ANALYZE sqlite_schema; \
-    DELETE FROM sqlite_stat1 WHERE tbl = 'Jobs'; \
-    INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES \
-        ('Jobs', 'sqlite_autoindex_Jobs_1', '100000 1'), \
-        ('Jobs', 'idx_jobs_status_run_at', '100000 25000 100'), \
-        ('Jobs', 'idx_jobs_job_type_status_run_at', '100000 50000 20000 100'), \
-        ('Jobs', 'LIdx', '100000 20000'), \
-        ('Jobs', 'idx_jobs_pending', '50000 25000 25000 100 1'), \
-        ('Jobs', 'idx_jobs_failed', '1000 500 500 10 1'), \
-        ('Jobs', 'idx_jobs_claimable', '50000 25000 25000'), \
-        ('Jobs', 'idx_jobs_completed_done_at', '5000 2000 100 10'), \
-        ('Jobs', 'idx_jobs_running', '100 10'), \
-        ('Jobs', 'idx_jobs_idempotency_key', '100000 50000 50000'); \
-    CREATE TABLE tuma_statistics_written (x INTEGER); \
-    DROP TABLE tuma_statistics_written; \
-    ANALYZE sqlite_schema;";
-
 impl Db {
     /// Opens a pool (SQLite keeps it small, see below). SQLite files are
     /// created if missing and every connection gets WAL, `synchronous=NORMAL`,
@@ -243,10 +229,10 @@ impl Db {
                 .pragma("temp_store", "MEMORY");
             // Few connections: SQLite runs one writer at a time anyway, so
             // many only add waiting for the write lock; too few leave the
-            // batch tasks and apalis waiting for a connection (four measured
-            // best; see ARCHITECTURE.md). Never one: apalis can leave a fetch
-            // parked on a connection while a worker shuts down, and a lone
-            // connection would then starve the in-flight sends it waits for.
+            // batch tasks and the lanes' claims waiting for a connection
+            // (four measured best; see ARCHITECTURE.md). Never one: a claim
+            // parked on a connection while a worker shuts down would starve
+            // the in-flight sends it waits for.
             let pool = SqlitePoolOptions::new()
                 .max_connections(SQLITE_CONNECTIONS)
                 .after_connect(|conn, _| Box::pin(install_busy_handler(conn)))
@@ -260,6 +246,7 @@ impl Db {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(10))
+                .after_connect(|conn, _| Box::pin(nodelay::set_nodelay(conn)))
                 .after_release(|conn, _| Box::pin(end_abandoned_transaction(conn)))
                 // Every connection already makes a round trip as it comes back
                 // (the check above, then sqlx's own ping); a third before each
@@ -277,35 +264,43 @@ impl Db {
         }
     }
 
-    /// Applies apalis's migrations and tuma's own (kept in separate history
-    /// tables so neither refuses the other's); on SQLite, then writes
-    /// [`QUEUE_PLANNER_STATS`].
-    ///
-    /// apalis's `SqliteStorage::setup` is not called on purpose: it turns
-    /// `synchronous` OFF, which can lose committed jobs on power loss.
+    /// Applies tuma's migrations (history in `tuma_migrations`), then
+    /// retires the apalis queue an earlier tuma kept
+    /// ([`Db::retire_apalis_queue`]).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
             Db::Sqlite(pool) => {
-                SqliteStorage::migrations().run(pool).await?;
                 let mut ours = sqlx::migrate!("migrations/sqlite");
                 ours.dangerous_set_table_name("tuma_migrations");
                 ours.run(pool).await?;
-                let doing = "writing the queue's planner statistics";
-                let mut tx = pool.begin().await.doing(doing)?;
-                sqlx::raw_sql(QUEUE_PLANNER_STATS)
-                    .execute(&mut *tx)
-                    .await
-                    .doing(doing)?;
-                tx.commit().await.doing(doing)?;
             }
             Db::Postgres(pool) => {
-                PostgresStorage::migrations().run(pool).await?;
                 let mut ours = sqlx::migrate!("migrations/postgres");
                 ours.dangerous_set_table_name("tuma_migrations");
                 ours.run(pool).await?;
             }
         }
+        self.derive_countries().await?;
+        // A database an earlier tuma queued in apalis's tables: their jobs of
+        // finished deliveries go now, the tables once empty.
+        self.retire_apalis_queue().await?;
         Ok(())
+    }
+
+    /// Where the database lives, for what must sit beside it (the OTP key file).
+    pub fn file(&self) -> DbFile {
+        let Db::Sqlite(pool) = self else {
+            return DbFile::Postgres;
+        };
+        let options = pool.connect_options();
+        let in_memory = sqlx::ConnectOptions::to_url_lossy(&*options)
+            .query_pairs()
+            .any(|(k, v)| k == "mode" && v == "memory");
+        if in_memory {
+            DbFile::InMemory
+        } else {
+            DbFile::Sqlite(options.get_filename().to_owned())
+        }
     }
 
     /// Which backend, for messages: `sqlite` or `postgres`.

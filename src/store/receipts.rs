@@ -2,49 +2,35 @@
 //! receipt is stored against its delivery and attempt, and the delivery's
 //! status, `delivered_at` and error move in the same transaction, only from
 //! `sent` (the rule of `DeliveryStatus::check_transition`): a late or repeated
-//! receipt is recorded and changes nothing.
+//! receipt is recorded and changes nothing. A message the provider split into
+//! parts, each with its own id, is found by any part's id: the first receipt,
+//! of whichever part, that says delivered or undelivered moves the delivery;
+//! the other parts' receipts are recorded against it and move nothing.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::FromRow;
 
+use super::spend::CounterTx;
 use super::{Db, Delivery, Doing, StoreError, on_pool};
 use crate::domain::DeliveryStatus;
+use crate::domain::budget::{BudgetTerms, Crossing};
 
-/// What a receipt says about the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReceiptVerdict {
-    /// It reached the handset.
-    Delivered,
-    /// It will not arrive.
-    Undelivered,
-    /// Still on its way (`sent`, `queued`, `Buffered`, …): recorded, no status change.
-    InProgress,
-}
-
-impl ReceiptVerdict {
-    /// The delivery status this verdict moves to, if any.
-    pub fn target(self) -> Option<DeliveryStatus> {
-        match self {
-            ReceiptVerdict::Delivered => Some(DeliveryStatus::Delivered),
-            ReceiptVerdict::Undelivered => Some(DeliveryStatus::Undelivered),
-            ReceiptVerdict::InProgress => None,
-        }
-    }
-}
+use crate::domain::receipt;
+pub use crate::domain::receipt::ReceiptVerdict;
 
 /// A receipt as it arrived, parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewReceipt {
     /// The configured provider it is for.
     pub provider: String,
-    /// The provider's id of the message (Twilio `MessageSid`, AT `id`).
+    /// The provider's id of the message.
     pub provider_message_id: String,
     /// The provider's status word, as sent.
     pub status: String,
     /// What it means.
     pub verdict: ReceiptVerdict,
-    /// The provider's error code (Twilio `ErrorCode`).
+    /// The provider's error code.
     pub error_code: Option<String>,
     /// The error as tuma shows it (`30007 filtered as spam (permanent)`).
     pub error: Option<String>,
@@ -83,24 +69,14 @@ pub struct ReceiptRow {
 }
 
 impl Delivery {
-    /// `sent` longer than `horizon` before `now` without a final receipt:
-    /// shown as "no receipt", never taken as delivered.
+    /// [`receipt::no_receipt`] of this delivery.
     pub fn no_receipt(&self, now: DateTime<Utc>, horizon: std::time::Duration) -> bool {
-        let horizon = Duration::from_std(horizon).unwrap_or(Duration::MAX);
-        self.status == DeliveryStatus::Sent
-            && self
-                .row
-                .sent_at
-                .is_some_and(|sent| now.signed_duration_since(sent) > horizon)
+        receipt::no_receipt(self.status, self.row.sent_at, now, horizon)
     }
 
-    /// The status to show: `no receipt` for [`Delivery::no_receipt`], else the status.
+    /// [`receipt::display_status`] of this delivery.
     pub fn display_status(&self, now: DateTime<Utc>, horizon: std::time::Duration) -> String {
-        if self.no_receipt(now, horizon) {
-            "no receipt".to_owned()
-        } else {
-            self.status.as_str().to_owned()
-        }
+        receipt::display_status(self.status, self.row.sent_at, now, horizon)
     }
 }
 
@@ -144,6 +120,19 @@ impl Db {
             .fetch_optional(&mut *tx)
             .await
             .doing("finding a receipt's delivery")?;
+            // A later part of a message sent in several parts.
+            let found = match found {
+                Some(found) => Some(found),
+                None => sqlx::query_as(
+                    "SELECT delivery_id, attempt FROM provider_message_parts \
+                     WHERE provider = $1 AND message_id = $2",
+                )
+                .bind(&r.provider)
+                .bind(&r.provider_message_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .doing("finding a receipt's message part")?,
+            };
             let Some((delivery_id, attempt)) = found else {
                 return Ok(ReceiptOutcome::UnknownMessage);
             };
@@ -238,19 +227,22 @@ impl Db {
     }
 
     /// Records the provider's actual price (and billed segments) on the
-    /// delivery and its last attempt, in one transaction.
+    /// delivery and its last attempt, and replaces what the delivery was
+    /// charged in its budgets (`terms`) by it, in one transaction; a price
+    /// already recorded is kept. Returns the budget thresholds crossed.
     pub async fn record_actual_price(
         &self,
         delivery_id: &str,
         attempt: i64,
         price: crate::domain::money::Money,
         segments: Option<u32>,
+        terms: &[BudgetTerms],
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Crossing>, StoreError> {
         let segments = segments.map(i64::from);
         on_pool!(self, pool => {
             let mut tx = pool.begin().await.doing("starting a transaction")?;
-            sqlx::query(
+            let priced = sqlx::query(
                 "UPDATE deliveries SET cost_micros = $2, currency = $3, cost_is_estimate = FALSE, \
                  segments = COALESCE($4, segments), reconciled_at = $5, \
                  reconcile_note = 'actual price', updated_at = $5 \
@@ -263,7 +255,9 @@ impl Db {
             .bind(now)
             .execute(&mut *tx)
             .await
-            .doing("recording an actual price")?;
+            .doing("recording an actual price")?
+            .rows_affected()
+                == 1;
             sqlx::query(
                 "UPDATE delivery_attempts SET cost_micros = $3, currency = $4, \
                  cost_is_estimate = FALSE, provider_segments = COALESCE($5, provider_segments) \
@@ -277,9 +271,51 @@ impl Db {
             .execute(&mut *tx)
             .await
             .doing("recording an attempt's actual price")?;
+            let crossed = if priced {
+                tx.recharge(delivery_id, price, terms, now).await?
+            } else {
+                Vec::new()
+            };
             tx.commit().await.doing("committing an actual price")?;
-            Ok(())
+            Ok(crossed)
         })
+    }
+
+    /// Records the price a receipt reports for message `provider_message_id`
+    /// of `provider` as the actual price of its delivery and attempt. A
+    /// receipt's price is that of the one message part it names, so it
+    /// reconciles only a message sent in one part (a message in several
+    /// keeps the parts' summed price from the send). Returns whether it
+    /// recorded the price, and the budget thresholds it crossed.
+    pub async fn record_receipt_price(
+        &self,
+        provider: &str,
+        provider_message_id: &str,
+        price: crate::domain::money::Money,
+        terms: &[BudgetTerms],
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<Crossing>>, StoreError> {
+        let found: Option<(String, i64, Option<i64>)> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT delivery_id, attempt, COALESCE(provider_segments, segments) \
+                 FROM delivery_attempts WHERE provider = $1 AND provider_message_id = $2 \
+                 ORDER BY attempt DESC LIMIT 1",
+            )
+            .bind(provider)
+            .bind(provider_message_id)
+            .fetch_optional(pool)
+            .await
+            .doing("finding a priced receipt's attempt")?
+        });
+        match found {
+            Some((delivery_id, attempt, segments)) if segments.unwrap_or(1) <= 1 => {
+                let crossed = self
+                    .record_actual_price(&delivery_id, attempt, price, None, terms, now)
+                    .await?;
+                Ok(Some(crossed))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Stops looking for a delivery's price, saying why.

@@ -8,6 +8,7 @@ use serde::Serialize;
 use sqlx::FromRow;
 
 use super::{Db, Doing, InsertGuards, Inserted, NewDelivery, ReplayLink, StoreError, on_pool};
+use crate::domain::DeliveryStatus;
 use crate::queue::DeliveryJob;
 
 /// A replay of a delivery, as the original shows it.
@@ -16,7 +17,7 @@ pub struct ReplayInfo {
     /// The replay's delivery id.
     pub id: String,
     /// The replay's status.
-    pub status: String,
+    pub status: DeliveryStatus,
     /// Who replayed it.
     pub replayed_by: Option<String>,
     /// When.
@@ -35,7 +36,7 @@ pub struct ReplayOrigin {
 }
 
 impl Db {
-    /// Records a replay and pushes its first job in one transaction. Returns
+    /// Records a replay (due at once) in one transaction. Returns
     /// `None`, writing nothing, when the original already has a replay that
     /// is still going or went through (someone replayed it first).
     pub async fn insert_replay(

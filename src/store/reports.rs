@@ -6,6 +6,7 @@ use futures::TryStreamExt;
 use sqlx::FromRow;
 
 use super::{Db, Doing, StoreError, on_pool};
+use crate::domain::DeliveryStatus;
 
 /// What the cost report needs of one delivery.
 #[derive(Debug, Clone, FromRow)]
@@ -15,7 +16,7 @@ pub struct CostSource {
     /// `sms` or `email`.
     pub channel: String,
     /// Its status.
-    pub status: String,
+    pub status: DeliveryStatus,
     /// The provider of its latest attempt.
     pub provider: Option<String>,
     /// E.164 number or email address.

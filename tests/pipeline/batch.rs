@@ -12,7 +12,7 @@ use tuma::clock::Clock;
 use tuma::domain::money::Money;
 use tuma::domain::{Channel, DeliveryKind, DeliveryStatus};
 use tuma::intake::{NotificationRequest, OtpRequest};
-use tuma::queue::{DeliveryJob, Lane, PushJob};
+use tuma::queue::{DeliveryJob, Lane};
 use tuma::store::{
     AttemptEnd, AttemptResult, AttemptStart, Batcher, Db, IdempotencyClaim, InsertGuards, Inserted,
     NewDelivery, NextStep, OtpLimit, Outcome, ReplayLink, StoreError,
@@ -102,7 +102,9 @@ async fn one_batch_answers_each_delivery_as_it_would_alone(backend: Backend) {
     for (got, id) in read.iter().zip(&ids).take(4) {
         assert_eq!(got.as_ref().unwrap().0.row.id, *id);
     }
-    assert_eq!(read[0].as_ref().unwrap().1.as_deref(), Some("135790"));
+    let sealed = read[0].as_ref().unwrap().1.as_deref().unwrap();
+    let code = t.app.otp_keys.open(&ids[0], sealed).unwrap();
+    assert_eq!(code.expose(), "135790");
     assert_eq!(read[1].as_ref().unwrap().1, None);
     assert!(read[4].is_none());
 
@@ -138,8 +140,8 @@ async fn one_batch_answers_each_delivery_as_it_would_alone(backend: Backend) {
     assert_eq!(sent.cost, Some(Money::parse("0.80", "KES").unwrap()));
     assert_eq!(
         t.app
-            .db
-            .delivery_to_send(&otp.delivery_id)
+            .batcher
+            .delivery_to_send(Lane::Otp, &otp.delivery_id)
             .await
             .unwrap()
             .unwrap()
@@ -148,7 +150,7 @@ async fn one_batch_answers_each_delivery_as_it_would_alone(backend: Backend) {
         "the code is wiped once sent"
     );
     let attempt = &t.app.db.attempts(&otp.delivery_id).await.unwrap()[0];
-    assert_eq!(attempt.outcome.as_deref(), Some("accepted"));
+    assert_eq!(attempt.outcome.map(|o| o.as_str()), Some("accepted"));
     assert_eq!(
         attempt.provider_message_id.as_deref(),
         Some(format!("msg-{}", otp.delivery_id).as_str())
@@ -158,10 +160,9 @@ async fn one_batch_answers_each_delivery_as_it_would_alone(backend: Backend) {
     assert_eq!(failed.status, DeliveryStatus::Failed);
     assert_eq!(failed.row.last_error.as_deref(), Some("no"));
 
-    // Ends with a retry: the retry's job is pushed in the same transaction.
+    // Ends with a retry: the row is due again at its time, with a new token.
     let retry_job = DeliveryJob::new(&c.delivery_id);
     let retry_at = t.clock.now() + chrono::Duration::seconds(30);
-    let jobs_before = job_rows(&t.app.db).await;
     let closed = t
         .app
         .db
@@ -187,7 +188,6 @@ async fn one_batch_answers_each_delivery_as_it_would_alone(backend: Backend) {
         Some(retry_job.job_id.as_str())
     );
     assert_eq!(retried.row.next_attempt_at, Some(retry_at));
-    assert_eq!(job_rows(&t.app.db).await, jobs_before + 1);
 }
 on_both_backends!(one_batch_answers_each_delivery_as_it_would_alone);
 
@@ -280,8 +280,11 @@ on_both_backends!(a_bad_row_fails_only_its_own_caller);
 /// An OTP to `to` as intake would record it, created now.
 fn new_otp(t: &TestApp, to: &str) -> NewDelivery {
     let now = t.clock.now();
+    let id = uuid::Uuid::now_v7().to_string();
+    let code = tuma::domain::otp::OtpCode::parse("246810").unwrap();
     NewDelivery {
-        id: uuid::Uuid::now_v7().to_string(),
+        otp_code: Some(t.app.otp_keys.seal(&id, &code)),
+        id,
         kind: DeliveryKind::Otp,
         channel: Channel::Sms,
         recipient: to.into(),
@@ -291,13 +294,14 @@ fn new_otp(t: &TestApp, to: &str) -> NewDelivery {
         subject: None,
         body: "Your code is ******".into(),
         body_html: None,
-        otp_code: Some("246810".into()),
         max_attempts: 6,
         expires_at: Some(now + chrono::Duration::minutes(5)),
         created_at: now,
         send_at: now,
         segments: Some(1),
         encoding: Some("gsm7".into()),
+        api_key_name: None,
+        purpose: None,
     }
 }
 
@@ -324,6 +328,7 @@ fn guards(claim: Option<IdempotencyClaim>, otp_limit: Option<OtpLimit>) -> Inser
         idempotency: claim,
         otp_limit,
         replay: None,
+        pumping: None,
     }
 }
 
@@ -408,7 +413,6 @@ async fn guarded_inserts_in_one_batch_answer_as_if_one_after_another(backend: Ba
             guards(Some(claim(&t, key_id, "twice")), None),
         ),
     ];
-    let jobs_before = job_rows(db).await;
     let deliveries_before = count(db, "SELECT COUNT(*) FROM deliveries").await;
     let refs: Vec<_> = items.iter().map(|(d, g)| (*d, g)).collect();
     let answers = db.insert_deliveries_guarded(&refs).await.unwrap();
@@ -418,6 +422,7 @@ async fn guarded_inserts_in_one_batch_answer_as_if_one_after_another(backend: Ba
             Inserted::Created(_) => "created",
             Inserted::KeyTaken => "taken",
             Inserted::Limited { .. } => "limited",
+            Inserted::Pumped(_) => "pumped",
         })
         .collect();
     assert_eq!(
@@ -431,7 +436,7 @@ async fn guarded_inserts_in_one_batch_answer_as_if_one_after_another(backend: Ba
         unreachable!()
     };
     assert_eq!(*oldest, earlier.created_at);
-    // Each created delivery is stored with its own job; the rest wrote nothing.
+    // Each created delivery is stored with its own token; the rest wrote nothing.
     for ((d, _), answer) in items.iter().zip(&answers) {
         let stored = db.delivery(&d.id).await.unwrap();
         match answer {
@@ -440,15 +445,13 @@ async fn guarded_inserts_in_one_batch_answer_as_if_one_after_another(backend: Ba
                 assert_eq!(stored.row.job_id.as_deref(), Some(job.job_id.as_str()));
                 assert_eq!(stored.status, DeliveryStatus::Pending);
                 assert_eq!(stored.row.recipient, d.recipient);
-                assert_eq!(
-                    db.delivery_to_send(&d.id)
-                        .await
-                        .unwrap()
-                        .unwrap()
-                        .1
-                        .as_deref(),
-                    Some("246810")
-                );
+                let sealed = db
+                    .deliveries_to_send(std::slice::from_ref(&d.id))
+                    .await
+                    .unwrap();
+                let sealed = sealed.into_iter().flatten().next().unwrap().1;
+                let code = t.app.otp_keys.open(&d.id, &sealed.unwrap()).unwrap();
+                assert_eq!(code.expose(), "246810");
             }
             _ => assert!(stored.is_none(), "{} was written", d.id),
         }
@@ -457,7 +460,6 @@ async fn guarded_inserts_in_one_batch_answer_as_if_one_after_another(backend: Ba
         count(db, "SELECT COUNT(*) FROM deliveries").await,
         deliveries_before + 5
     );
-    assert_eq!(job_rows(db).await, jobs_before + 5);
     assert_eq!(idempotency_row(db, "a0").await, Some(a[0].id.clone()));
     assert_eq!(idempotency_row(db, "a2").await, None, "taken back");
     assert_eq!(idempotency_row(db, "live").await, Some(live.id.clone()));
@@ -547,100 +549,13 @@ async fn concurrent_guarded_inserts_keep_the_limit_and_one_claim_per_key(backend
 }
 on_both_backends!(concurrent_guarded_inserts_keep_the_limit_and_one_claim_per_key);
 
-/// On Postgres, intake inserts its jobs with its own statement (beside the
-/// deliveries, in one round trip): the rows must be the ones apalis's own
-/// `push_tasks` writes, or workers would not take them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn intake_jobs_on_postgres_are_the_rows_apalis_pushes() {
-    let Some(_) = postgres_admin_url() else {
-        return;
-    };
-    let t = TestApp::new(Backend::Postgres, 6).await;
-    let Db::Postgres(pool) = &t.app.db else {
-        unreachable!()
-    };
-    let now = t.clock.now();
-    let ours = new_otp(&t, "+254711000800");
-    let mut later = new_otp(&t, "+254711000801");
-    later.kind = DeliveryKind::Notification;
-    later.template = "welcome".into();
-    later.otp_code = None;
-    later.send_at = now + chrono::Duration::milliseconds(90_500);
-    let none = InsertGuards::default();
-    let answers = t
-        .app
-        .db
-        .insert_deliveries_guarded(&[(&ours, &none), (&later, &none)])
-        .await
-        .unwrap();
-    let [Inserted::Created(our_job), Inserted::Created(later_job)] = &answers[..] else {
-        panic!("{answers:?}")
-    };
-    // The same jobs again, pushed by apalis.
-    let theirs = [DeliveryJob::new(&ours.id), DeliveryJob::new(&later.id)];
-    let mut tx = pool.begin().await.unwrap();
-    tx.push_job(Lane::Otp, &theirs[0], None).await.unwrap();
-    tx.push_job(Lane::Notifications, &theirs[1], Some(later.send_at))
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
-
-    type Row = (
-        String,
-        Vec<u8>,
-        String,
-        i32,
-        i32,
-        i64,
-        Option<i32>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    );
-    let row = |id: String| async move {
-        let r: Row = sqlx::query_as(
-            "SELECT job_type, job, status, attempts, max_attempts, \
-             extract(epoch FROM run_at)::bigint, priority, metadata::text, idempotency_key, lock_by \
-             FROM apalis.jobs WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        r
-    };
-    for ((mine, apalis), d) in [(our_job, &theirs[0]), (later_job, &theirs[1])]
-        .into_iter()
-        .zip([&ours, &later])
-    {
-        let (mut a, mut b) = (
-            row(mine.job_id.clone()).await,
-            row(apalis.job_id.clone()).await,
-        );
-        let job: DeliveryJob = serde_json::from_slice(&a.1).unwrap();
-        assert_eq!(&job, mine, "the job names its delivery and itself");
-        assert_eq!(job.delivery_id, d.id);
-        // Due now (to the second apalis keeps), or at the send time rounded up.
-        if d.send_at > now {
-            assert_eq!(a.5, later.send_at.timestamp() + 1);
-            assert_eq!(a.5, b.5);
-        } else {
-            assert!((a.5 - b.5).abs() <= 1, "{} vs {}", a.5, b.5);
-            b.5 = a.5;
-        }
-        a.1.clear();
-        b.1.clear();
-        assert_eq!(a, b);
-    }
-}
-
 async fn two_processes_racing_for_one_recipient_keep_the_limit(backend: Backend) {
     // Two pools with their own batchers on one database: what two tuma
     // processes are. Their batches of sends to one recipient race; the
     // recipient's lock lets exactly the limit through.
     let t = TestApp::new(backend, 6).await;
-    let other = Arc::new(Batcher::new(t.db.connect().await));
-    let ours = Arc::new(Batcher::new(t.db.connect().await));
+    let other = Arc::new(Batcher::start(t.db.connect().await));
+    let ours = Arc::new(Batcher::start(t.db.connect().await));
     let sends = (0..40).map(|i| {
         let batcher = if i % 2 == 0 {
             ours.clone()
@@ -674,3 +589,83 @@ async fn two_processes_racing_for_one_recipient_keep_the_limit(backend: Backend)
     );
 }
 on_both_backends!(two_processes_racing_for_one_recipient_keep_the_limit);
+
+/// A message sent in several parts keeps every part's id, whether its batch
+/// is one statement or has a retry; a one-id message and an end whose job no
+/// longer owns its delivery write no part.
+async fn a_batch_keeps_every_part_of_a_long_message(backend: Backend) {
+    let t = TestApp::new(backend, 6).await;
+    let jobs = notifications(&t, "+2547114", 4).await;
+    let stale = DeliveryJob {
+        delivery_id: jobs[3].delivery_id.clone(),
+        job_id: DeliveryJob::new(&jobs[3].delivery_id).job_id,
+    };
+    let starts: Vec<AttemptStart> = jobs.iter().map(|j| start(&t, j)).collect();
+    t.app.db.begin_attempts(&starts).await.unwrap();
+    let parts = |j: &DeliveryJob, n: usize| -> Vec<String> {
+        (1..=n)
+            .map(|i| format!("{}-part{i}", j.delivery_id))
+            .collect()
+    };
+    // All final (one statement on Postgres): three parts, one id, and a
+    // stale job whose parts are not written.
+    let mut ends = vec![
+        end(&t, &jobs[0], Outcome::Accepted, NextStep::Sent),
+        end(&t, &stale, Outcome::Accepted, NextStep::Sent),
+    ];
+    ends[0].result.part_ids = parts(&jobs[0], 3);
+    ends[1].result.part_ids = parts(&stale, 2);
+    assert_eq!(
+        t.app.db.finish_attempts(&ends).await.unwrap(),
+        vec![true, false]
+    );
+    // With a retry (one transaction on both backends): two parts.
+    let mut ends = vec![
+        end(&t, &jobs[1], Outcome::Accepted, NextStep::Sent),
+        end(
+            &t,
+            &jobs[2],
+            Outcome::Transient,
+            NextStep::Retry {
+                job: DeliveryJob::new(&jobs[2].delivery_id),
+                at: t.clock.now(),
+            },
+        ),
+    ];
+    ends[0].result.part_ids = parts(&jobs[1], 2);
+    assert_eq!(
+        t.app.db.finish_attempts(&ends).await.unwrap(),
+        vec![true, true]
+    );
+    // A one-id message.
+    let sent = t
+        .app
+        .db
+        .finish_attempts(&[end(&t, &jobs[3], Outcome::Accepted, NextStep::Sent)])
+        .await
+        .unwrap();
+    assert_eq!(sent, vec![true]);
+
+    let attempts = t.app.db.attempts(&jobs[0].delivery_id).await.unwrap();
+    assert_eq!(attempts[0].part_ids, parts(&jobs[0], 3));
+    assert_eq!(
+        attempts[0].provider_message_id.as_deref(),
+        Some(format!("msg-{}", jobs[0].delivery_id).as_str())
+    );
+    let attempts = t.app.db.attempts(&jobs[1].delivery_id).await.unwrap();
+    assert_eq!(attempts[0].part_ids, parts(&jobs[1], 2));
+    for j in &jobs[2..] {
+        assert!(
+            t.app.db.attempts(&j.delivery_id).await.unwrap()[0]
+                .part_ids
+                .is_empty(),
+            "{} has no parts",
+            j.delivery_id
+        );
+    }
+    assert_eq!(
+        count(&t.app.db, "SELECT COUNT(*) FROM provider_message_parts").await,
+        5
+    );
+}
+on_both_backends!(a_batch_keeps_every_part_of_a_long_message);

@@ -57,14 +57,20 @@ async fn send_drain_and_show_from_the_command_line(backend: Backend) {
     assert_eq!(json["channel"], "sms");
     assert_eq!(json["recipient"], "+254711000001");
     assert_eq!(json["provider"], "primary");
-    assert_eq!(json["attempts"], 1);
+    // One shape with the HTTP API: attempts are a list, the count beside it.
+    assert_eq!(json["attempt_count"], 1);
     // The outbox says no cost: the price table's estimate is recorded, flagged.
-    assert_eq!(json["cost"], "0.80");
-    assert_eq!(json["currency"], "KES");
-    assert_eq!(json["cost_is_estimate"], true);
-    assert_eq!(json["attempt_log"][0]["reason"], "primary");
+    assert_eq!(
+        json["cost"],
+        serde_json::json!({"amount": "0.80", "currency": "KES", "estimate": true})
+    );
+    assert_eq!(json["attempts"][0]["reason"], "primary");
     assert_eq!(json["segments"], 1);
-    assert_eq!(json["attempt_log"][0]["outcome"], "accepted");
+    assert_eq!(json["attempts"][0]["outcome"], "accepted");
+    assert_eq!(json["attempts"][0]["cost"]["amount"], "0.80");
+    assert_eq!(json["receipts"], serde_json::json!([]));
+    assert_eq!(json["replays"], serde_json::json!([]));
+    assert_eq!(json["replay_of"], serde_json::Value::Null);
     assert!(
         !json.to_string().contains("123456"),
         "the code leaked into JSON"
@@ -148,12 +154,12 @@ fn a_bad_configuration_is_refused_before_the_database_is_touched() {
         ),
         (
             "[[provider]]\nname = \"x\"\nkind = \"carrier-pigeon\"\n",
-            "provider[0].kind",
+            "provider[x].kind",
             "unknown provider kind `carrier-pigeon`",
         ),
         (
             "[[provider]]\nname = \"x\"\nkind = \"outbox\"\ndir = \"o\"\ncolour = \"red\"\n",
-            "provider[0].colour",
+            "provider[x].colour",
             "unknown field",
         ),
         (
@@ -307,7 +313,7 @@ async fn a_worker_killed_mid_run_finishes_every_delivery_after_a_restart(backend
             outbox.join(&file).exists() || db.path().join("outbox-backup").join(&file).exists()
         );
     }
-    assert_eq!(job_rows(&app.db).await, 0);
+    assert_eq!(leased_rows(&app.db).await, 0);
 }
 on_both_backends!(a_worker_killed_mid_run_finishes_every_delivery_after_a_restart);
 
@@ -389,12 +395,14 @@ fn the_commented_examples_in_the_shipped_configuration_parse() {
             "AT_CALLBACK_SECRET",
             "at-callback-secret-4-0123456789abcdef",
         ),
+        ("VONAGE_API_SECRET", "vonage-secret-5"),
     ];
     let out = run_ok(tuma(&config, &url).envs(secrets).arg("check"));
     for expected in [
         "smtp             smtp",
         "africastalking   africastalking",
         "twilio           twilio",
+        "vonage           vonage",
         "+254       africastalking -> twilio",
         "twilio           +1       USD 0.0079 per segment",
         "circuit breaker: 5 transient failures in a row",
@@ -414,9 +422,293 @@ fn the_commented_examples_in_the_shipped_configuration_parse() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("provider[2].api_key_env"), "{err}");
+    assert!(
+        err.contains("provider[africastalking].api_key_env"),
+        "{err}"
+    );
     assert!(
         err.contains("environment variable AT_API_KEY is not set"),
         "{err}"
     );
+}
+
+#[test]
+fn read_only_commands_run_without_provider_secrets_and_sending_ones_name_the_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = shipped_config_with_examples(dir.path());
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let without_secrets = |args: &[&str]| {
+        let mut cmd = tuma(&config, &url);
+        for var in [
+            "SMTP_PASSWORD",
+            "AT_API_KEY",
+            "TWILIO_AUTH_TOKEN",
+            "AT_CALLBACK_SECRET",
+            "VONAGE_API_SECRET",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.args(args);
+        cmd
+    };
+    run_ok(&mut without_secrets(&["migrate"]));
+    run_ok(&mut without_secrets(&["report", "costs", "--since", "30d"]));
+    run_ok(&mut without_secrets(&["deliveries", "list"]));
+    run_ok(&mut without_secrets(&["keys", "list"]));
+    // `send` only enqueues; a worker, which has the secrets, delivers.
+    let id = run_ok(&mut without_secrets(&[
+        "send",
+        "otp",
+        "--to",
+        "0711000001",
+        "--code",
+        "123456",
+    ]));
+    assert_eq!(id.trim().len(), 36, "{id}");
+    for args in [
+        &["worker", "--drain"][..],
+        &["check"][..],
+        &[
+            "providers",
+            "test",
+            "twilio",
+            "--to",
+            "+15005550006",
+            "--dry-run",
+        ][..],
+    ] {
+        let out = without_secrets(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} ran without secrets");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("provider[smtp].password_env"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains("environment variable SMTP_PASSWORD is not set"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+async fn a_rotated_key_works_until_its_grace_ends_and_a_revoked_name_can_be_used_again(
+    backend: Backend,
+) {
+    let s = spawn_app(backend).await;
+    let config = s.t.db.path().join("providers.toml");
+    let url = s.t.db.url.clone();
+    let status = |key: String| {
+        let s = &s;
+        async move { s.get("/v1/deliveries", &key).await.status().as_u16() }
+    };
+    let old = s.key("billing", &["read"]).await;
+    assert_eq!(status(old.clone()).await, 200);
+
+    let out = tuma(&config, &url)
+        .args(["keys", "create", "--name", "billing", "--scope", "read"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a second live key named billing");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tuma keys rotate billing"));
+
+    let new = run_ok(tuma(&config, &url).args(["keys", "rotate", "billing", "--grace", "1h"]));
+    let new = new.trim().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(
+        status(old.clone()).await,
+        200,
+        "the old key works in its grace"
+    );
+    assert_eq!(status(new.clone()).await, 200, "the new key works at once");
+    let list = run_ok(tuma(&config, &url).args(["keys", "list"]));
+    assert!(list.contains("WORKS UNTIL"), "{list}");
+    let rows: Vec<&str> = list.lines().filter(|l| l.starts_with("billing")).collect();
+    assert_eq!(rows.len(), 2, "{list}");
+    let until = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .format("%Y-%m-%d %H:")
+        .to_string();
+    assert!(
+        rows.iter().any(|r| r.contains(&until)),
+        "grace end shown: {list}"
+    );
+
+    // The CLI's grace starts at the real time, a little after the app's clock.
+    s.t.clock.advance(Duration::from_secs(2 * 3600));
+    assert_eq!(status(old.clone()).await, 401, "the grace is over");
+    assert_eq!(status(new.clone()).await, 200);
+
+    run_ok(tuma(&config, &url).args(["keys", "revoke", "billing"]));
+    assert_eq!(status(new.clone()).await, 401);
+    let again = run_ok(
+        tuma(&config, &url).args(["keys", "create", "--name", "billing", "--scope", "read"]),
+    );
+    assert_eq!(
+        status(again.trim().to_owned()).await,
+        200,
+        "the name is free again"
+    );
+    assert_eq!(status(old).await, 401);
+    assert_eq!(status(new).await, 401);
+    let out = tuma(&config, &url)
+        .args(["keys", "rotate", "nobody"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no live key is named `nobody`"));
+}
+on_both_backends!(a_rotated_key_works_until_its_grace_ends_and_a_revoked_name_can_be_used_again);
+
+async fn an_unknown_provider_filter_is_refused_listing_the_configured_ones(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (config, _) = write_config(db.path(), 6);
+    run_ok(tuma(&config, &db.url).arg("migrate"));
+    // A provider since removed from the file, still in the history.
+    let store = db.connect().await;
+    let retired = seed(
+        &store,
+        Seed::notification(
+            "2026-11-30T10:00:00Z",
+            "+254711000009",
+            "retired",
+            SeedEnd::Failed(tuma::store::Outcome::Transient, Some("E1")),
+        ),
+    )
+    .await;
+    store.close().await;
+    for args in [
+        &["deliveries", "list", "--provider", "twillio"][..],
+        &["replay", "--provider", "twillio", "--dry-run"][..],
+    ] {
+        let out = tuma(&config, &db.url).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} matched nothing silently");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("no provider is named `twillio`")
+                && err.contains("(configured: primary, backup)"),
+            "{args:?}: {err}"
+        );
+    }
+    let listed = run_ok(tuma(&config, &db.url).args([
+        "deliveries",
+        "list",
+        "--provider",
+        "retired",
+        "--format",
+        "csv",
+    ]));
+    assert!(listed.contains(&retired), "{listed}");
+    run_ok(tuma(&config, &db.url).args(["deliveries", "list", "--provider", "backup"]));
+    let plan = run_ok(tuma(&config, &db.url).args([
+        "replay",
+        "--provider",
+        "retired",
+        "--dry-run",
+        "--since",
+        "3650d",
+    ]));
+    assert!(plan.contains("dry run"), "{plan}");
+}
+on_both_backends!(an_unknown_provider_filter_is_refused_listing_the_configured_ones);
+
+async fn deliveries_list_in_csv_and_json_carries_the_latest_error_code(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (config, _) = write_config(db.path(), 6);
+    run_ok(tuma(&config, &db.url).arg("migrate"));
+    let store = db.connect().await;
+    let failed = seed(
+        &store,
+        Seed::notification(
+            "2026-11-30T10:00:00Z",
+            "+254711000009",
+            "primary",
+            SeedEnd::Failed(tuma::store::Outcome::Permanent, Some("21211")),
+        ),
+    )
+    .await;
+    let sent = seed(
+        &store,
+        Seed::notification(
+            "2026-11-30T11:00:00Z",
+            "+254711000008",
+            "primary",
+            SeedEnd::Sent(None),
+        ),
+    )
+    .await;
+    store.close().await;
+
+    let csv = run_ok(tuma(&config, &db.url).args(["deliveries", "list", "--format", "csv"]));
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let column = header
+        .iter()
+        .position(|h| *h == "error_code")
+        .expect("error_code column");
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let row = |id: &str| rows.iter().find(|r| r[0] == id).unwrap().clone();
+    assert_eq!(row(&failed)[column], "21211", "{csv}");
+    assert_eq!(row(&sent)[column], "", "{csv}");
+
+    let json: serde_json::Value = serde_json::from_str(&run_ok(tuma(&config, &db.url).args([
+        "deliveries",
+        "list",
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    let by_id = |id: &str| {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_id(&failed)["error_code"], "21211");
+    assert_eq!(by_id(&sent)["error_code"], serde_json::Value::Null);
+}
+on_both_backends!(deliveries_list_in_csv_and_json_carries_the_latest_error_code);
+
+#[test]
+fn a_closed_stdout_ends_every_short_command_quietly_and_logs_are_not_coloured_in_a_pipe() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = write_config(dir.path(), 6);
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    run_ok(tuma(&config, &url).args(["send", "otp", "--to", "0711000001", "--code", "123456"]));
+    for args in [
+        &["deliveries", "list", "--format", "json"][..],
+        &["deliveries", "list"][..],
+        &["check"][..],
+        &["keys", "list"][..],
+        &["report", "costs"][..],
+    ] {
+        let mut child = tuma(&config, &url)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before tuma writes, as `| head` does.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("Broken pipe") && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}: {err}");
+    }
+
+    // Logs into a pipe carry no colour codes.
+    let out = tuma(&config, &url)
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .args(["worker", "--drain"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.is_empty(), "the worker logged something");
+    assert!(!err.contains('\u{1b}'), "ANSI codes in a pipe: {err:?}");
 }

@@ -65,13 +65,13 @@ async fn an_otp_is_written_to_the_outbox_and_recorded_as_sent(backend: Backend) 
     );
     let attempts = t.app.db.attempts(&sms.row.id).await.unwrap();
     assert_eq!(attempts.len(), 1);
-    assert_eq!(attempts[0].outcome.as_deref(), Some("accepted"));
+    assert_eq!(attempts[0].outcome.map(|o| o.as_str()), Some("accepted"));
     assert_eq!(attempts[0].provider, "primary");
     assert!(attempts[0].finished_at.is_some());
 
     let email = t.delivery(&email.row.id).await;
     assert_eq!(email.status, DeliveryStatus::Sent);
-    assert_eq!(email.row.recipient, "Amina@example.org");
+    assert_eq!(email.row.recipient, "amina@example.org");
     let eml = std::fs::read_to_string(
         t.db.path()
             .join("outbox")
@@ -92,8 +92,8 @@ async fn an_otp_is_written_to_the_outbox_and_recorded_as_sent(backend: Backend) 
     );
     assert!(eml.contains("482913"));
 
-    // History lives in tuma's tables; the queue keeps no finished jobs.
-    assert_eq!(job_rows(&t.app.db).await, 0);
+    // History lives in tuma's tables; no claim outlives its send.
+    assert_eq!(leased_rows(&t.app.db).await, 0);
 }
 on_both_backends!(an_otp_is_written_to_the_outbox_and_recorded_as_sent);
 
@@ -115,7 +115,7 @@ async fn a_transient_error_is_retried_after_the_backoff_delay(backend: Backend) 
     assert_eq!(after_one.row.attempts, 1);
     assert_eq!(after_one.row.last_error.as_deref(), Some("gateway busy"));
     let attempts = t.app.db.attempts(&d.row.id).await.unwrap();
-    assert_eq!(attempts[0].outcome.as_deref(), Some("transient"));
+    assert_eq!(attempts[0].outcome.map(|o| o.as_str()), Some("transient"));
     assert_eq!(attempts[0].error_code.as_deref(), Some("500"));
     let failed_at = attempts[0].finished_at.unwrap();
     assert_eq!(
@@ -143,7 +143,7 @@ async fn a_transient_error_is_retried_after_the_backoff_delay(backend: Backend) 
     );
     // The retry went to the route's next provider.
     assert_eq!(sent.row.provider.as_deref(), Some("backup"));
-    assert_eq!(job_rows(&t.app.db).await, 0);
+    assert_eq!(leased_rows(&t.app.db).await, 0);
 }
 on_both_backends!(a_transient_error_is_retried_after_the_backoff_delay);
 
@@ -175,7 +175,7 @@ async fn a_transient_error_fails_over_to_the_next_provider(backend: Backend) {
     let attempts = t.app.db.attempts(&d.row.id).await.unwrap();
     let who: Vec<(&str, Option<&str>)> = attempts
         .iter()
-        .map(|a| (a.provider.as_str(), a.outcome.as_deref()))
+        .map(|a| (a.provider.as_str(), a.outcome.map(|o| o.as_str())))
         .collect();
     assert_eq!(
         who,
@@ -212,7 +212,7 @@ async fn a_permanent_error_fails_after_one_attempt(backend: Backend) {
     );
     let attempts = t.app.db.attempts(&d.row.id).await.unwrap();
     assert_eq!(attempts.len(), 1);
-    assert_eq!(attempts[0].outcome.as_deref(), Some("permanent"));
+    assert_eq!(attempts[0].outcome.map(|o| o.as_str()), Some("permanent"));
     assert_eq!(attempts[0].error_code.as_deref(), Some("21211"));
     assert_eq!(primary.calls().len(), 1);
 }
@@ -259,7 +259,7 @@ async fn transient_errors_fail_the_delivery_once_attempts_run_out(backend: Backe
         Some("gave up after 3 attempts; last error: HTTP 500")
     );
     assert_eq!(always_down.calls().len(), 3);
-    assert_eq!(job_rows(&t.app.db).await, 0);
+    assert_eq!(leased_rows(&t.app.db).await, 0);
 }
 on_both_backends!(transient_errors_fail_the_delivery_once_attempts_run_out);
 
@@ -300,8 +300,18 @@ async fn the_code_is_nowhere_in_the_database_once_deliveries_are_terminal(backen
     let mut short = otp("+254711000008", code);
     short.ttl = Some(Duration::from_secs(30));
     let expired = t.app.enqueue_otp(short).await.unwrap();
-    // While it can still be sent, the code is stored (so a restart can send it).
-    assert!(all_database_text(&t.app.db).await.contains(code));
+    // While it can still be sent, the code is stored (so a restart can send
+    // it), sealed: readable with the key only.
+    let stored = t
+        .app
+        .batcher
+        .delivery_to_send(tuma::queue::Lane::Otp, &expired.row.id)
+        .await
+        .unwrap();
+    let sealed = stored.unwrap().1.expect("the code is kept while pending");
+    let opened = t.app.otp_keys.open(&expired.row.id, &sealed).unwrap();
+    assert_eq!(opened.expose(), code);
+    assert!(!all_database_text(&t.app.db).await.contains(code));
     t.advance(Duration::from_secs(31)).await;
     t.drain().await;
 
@@ -417,7 +427,7 @@ async fn bad_requests_are_refused_with_the_field_and_nothing_is_written(backend:
         .await
         .unwrap();
     assert!(none.is_empty());
-    assert_eq!(job_rows(&t.app.db).await, 0);
+    assert_eq!(leased_rows(&t.app.db).await, 0);
 }
 on_both_backends!(bad_requests_are_refused_with_the_field_and_nothing_is_written);
 
@@ -428,6 +438,7 @@ async fn costs_are_the_providers_when_given_else_estimated_from_the_price_table(
         provider_status: Some("Success".into()),
         cost: Some(tuma::domain::money::Money::parse("0.8000", "KES").unwrap()),
         segments: None,
+        part_ids: Vec::new(),
     });
     let primary = Scripted::new(clock.clone(), vec![with_cost, accepted("SM2")]);
     let t = TestApp::with(backend, 6, clock, &[("primary", primary.clone())]).await;

@@ -18,62 +18,16 @@ const AT_KEY: &str = "atsk_3f9c1e0b7a2d4c6e";
 const TWILIO_TOKEN: &str = "twilio-token-5b8e2f7c";
 
 fn config(dir: &Path, at: &str, twilio: &str) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[[provider]]
-name = "africastalking"
+    let first = format!(
+        r#"name = "africastalking"
 kind = "africastalking"
 username = "mtaadao"
 api_key_env = "TEST_AT_API_KEY"
 sender_id = "MTAADAO"
 base_url = "{at}"
-timeout = "2s"
-
-[[provider]]
-name = "twilio"
-kind = "twilio"
-account_sid = "AC0123456789abcdef0123456789abcdef"
-auth_token_env = "TEST_TWILIO_AUTH_TOKEN"
-from = "+15005550006"
-base_url = "{twilio}"
-timeout = "2s"
-
-[[provider]]
-name = "mail"
-kind = "outbox"
-dir = "outbox"
-
-[[route]]
-channel = "sms"
-providers = ["africastalking", "twilio"]
-
-[[route]]
-channel = "email"
-providers = ["mail"]
-
-[[price]]
-provider = "twilio"
-prefix = "+254"
-per_segment = "0.0500"
-currency = "USD"
-
-[retry]
-initial_delay = "1s"
-jitter = false
-
-[templates]
-dir = "{templates}"
-vars = {{ app_name = "tuma" }}
-
-[worker]
-poll_interval = "100ms"
-heartbeat = "1s"
-"#,
-        templates = templates_dir().display()
+timeout = "2s""#
     );
-    let file = dir.join("providers.toml");
-    std::fs::write(&file, text).unwrap();
-    file
+    failover_to_twilio_config(dir, "africastalking", &first, twilio)
 }
 
 fn worker(config: &Path, url: &str, log: &Path) -> Child {
@@ -195,7 +149,7 @@ async fn an_otp_fails_over_from_africas_talking_to_twilio(backend: Backend) {
         .map(|a| {
             (
                 a.provider.as_str(),
-                a.outcome.as_deref(),
+                a.outcome.map(|o| o.as_str()),
                 a.error_code.as_deref(),
             )
         })
@@ -308,6 +262,224 @@ async fn africas_talking_costs_and_refusals_are_recorded_exactly(backend: Backen
     assert!(refused.cost.is_none());
 }
 on_both_backends!(africas_talking_costs_and_refusals_are_recorded_exactly);
+
+/// An Africa's Talking double that repeats the request it got (the form as
+/// sent, and the message decoded) in the answer a script gives for the
+/// recipient, as a provider's error page or a broken proxy may.
+struct AtEcho;
+
+impl wiremock::Respond for AtEcho {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let raw = String::from_utf8_lossy(&request.body).into_owned();
+        let form: std::collections::HashMap<String, String> =
+            form_urlencoded::parse(request.body.as_slice())
+                .into_owned()
+                .collect();
+        let message = form.get("message").cloned().unwrap_or_default();
+        let to = form.get("to").cloned().unwrap_or_default();
+        if to.ends_with("11") {
+            // A 500 error page quoting the request, with a control character.
+            ResponseTemplate::new(500).set_body_string(format!(
+                "Internal error\u{1b}[31m while sending {raw}: {message}"
+            ))
+        } else if to.ends_with("12") {
+            // A 403 that quotes the message.
+            ResponseTemplate::new(403).set_body_string(format!("Forbidden message: {message}"))
+        } else {
+            // A malformed 201: not JSON, the message repeated.
+            ResponseTemplate::new(201).set_body_string(format!("Sent to 1/1: {message} ({raw})"))
+        }
+    }
+}
+
+/// A Twilio double that repeats the `Body` it got: in a 400 `message` for
+/// one number, in the 201 message resource (as Twilio does) otherwise.
+struct TwilioEcho;
+
+impl wiremock::Respond for TwilioEcho {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let form: std::collections::HashMap<String, String> =
+            form_urlencoded::parse(request.body.as_slice())
+                .into_owned()
+                .collect();
+        let body = form.get("Body").cloned().unwrap_or_default();
+        let to = form.get("To").cloned().unwrap_or_default();
+        if to.ends_with("11") {
+            ResponseTemplate::new(400).set_body_json(serde_json::json!({
+                "code": 21211,
+                "message": format!("The message '{body}' to {to} is not valid"),
+                "more_info": "https://www.twilio.com/docs/errors/21211",
+                "status": 400
+            }))
+        } else {
+            ResponseTemplate::new(201).set_body_json(serde_json::json!({
+                "sid": "SMab00000000000000000000000000cdef",
+                "status": "queued",
+                "to": to,
+                "from": "+15005550006",
+                "body": body,
+                "num_segments": "1",
+                "price": null,
+                "price_unit": "USD",
+                "error_code": null,
+                "error_message": null,
+                "account_sid": "AC0123456789abcdef0123456789abcdef",
+                "direction": "outbound-api"
+            }))
+        }
+    }
+}
+
+async fn no_otp_code_echoed_by_a_provider_reaches_a_log_a_table_the_api_or_the_cli(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let at = MockServer::start().await;
+    let twilio = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/version1/messaging"))
+        .respond_with(AtEcho)
+        .mount(&at)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(
+            "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json",
+        ))
+        .respond_with(TwilioEcho)
+        .mount(&twilio)
+        .await;
+    let config = config(db.path(), &at.uri(), &twilio.uri());
+    let store = db.connect().await;
+
+    // Each round: an AT 500 then a Twilio 400; an AT 403; a malformed AT 201
+    // then a Twilio 201 that repeats the body. Once with human logs, once JSON.
+    let rounds = [
+        ("human", ["605142", "739258", "818364"]),
+        ("json", ["926470", "153086", "271694"]),
+    ];
+    let mut ids = Vec::new();
+    let mut logs = String::new();
+    for (format, codes) in rounds {
+        let round: Vec<String> = ["0711000011", "0711000012", "0711000013"]
+            .iter()
+            .zip(codes)
+            .map(|(to, code)| {
+                // The first round's AT 403 suppresses its number: the second
+                // round sends to it again, past the list, to see the 403 again.
+                tuma(
+                    &config,
+                    &db.url,
+                    &[
+                        "send",
+                        "otp",
+                        "--to",
+                        to,
+                        "--code",
+                        code,
+                        "--ignore-suppression",
+                    ],
+                )
+            })
+            .collect();
+        let log = db.path().join(format!("worker-{format}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tuma"))
+            .arg("worker")
+            .env("TUMA_CONFIG", &config)
+            .env("DATABASE_URL", &db.url)
+            .env("TEST_AT_API_KEY", AT_KEY)
+            .env("TEST_TWILIO_AUTH_TOKEN", TWILIO_TOKEN)
+            .env("TUMA_LOG_FORMAT", format)
+            .env(
+                "RUST_LOG",
+                "trace,sqlx=warn,hyper=warn,hyper_util=warn,reqwest=warn,h2=warn,rustls=warn",
+            )
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut settled_all = Vec::new();
+        for id in &round {
+            settled_all.push(settled(&store, id).await);
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let statuses: Vec<_> = settled_all.iter().map(|d| d.status).collect();
+        assert_eq!(
+            statuses,
+            vec![
+                DeliveryStatus::Failed,
+                DeliveryStatus::Failed,
+                DeliveryStatus::Sent
+            ],
+            "{format}"
+        );
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains(&round[0]),
+            "the {format} log speaks of the deliveries"
+        );
+        logs.push_str(&text);
+        ids.extend(round);
+    }
+    let codes: Vec<&str> = rounds.iter().flat_map(|(_, c)| c.iter().copied()).collect();
+
+    // What was recorded still says what happened, with the echo replaced.
+    let first = store.attempts(&ids[0]).await.unwrap();
+    assert_eq!(first[0].error_code.as_deref(), Some("HTTP 500"));
+    assert_eq!(first[1].error_code.as_deref(), Some("21211"));
+    let errors = format!("{:?} {:?}", first[0].error, first[1].error);
+    assert!(errors.contains("[message text]"), "{errors}");
+    assert!(
+        !errors.contains('\u{1b}'),
+        "control characters are stripped: {errors}"
+    );
+    let sent = store.delivery(&ids[2]).await.unwrap().unwrap();
+    assert_eq!(
+        sent.row.provider_message_id.as_deref(),
+        Some("SMab00000000000000000000000000cdef")
+    );
+
+    let mut outputs = vec![("the workers' logs".to_owned(), logs)];
+    outputs.push(("the database".to_owned(), all_database_text(&store).await));
+    for id in &ids {
+        for format in ["text", "json"] {
+            outputs.push((
+                format!("tuma deliveries show {id} --format {format}"),
+                tuma(
+                    &config,
+                    &db.url,
+                    &["deliveries", "show", id, "--format", format],
+                ),
+            ));
+        }
+    }
+    outputs.push((
+        "tuma deliveries list".to_owned(),
+        tuma(&config, &db.url, &["deliveries", "list"]),
+    ));
+    store.close().await;
+    let url = db.url.clone();
+    let s = spawn_app_at(db, &url, "").await;
+    let key = s.key("auditor", &["read"]).await;
+    for id in &ids {
+        let response = s.get(&format!("/v1/deliveries/{id}"), &key).await;
+        assert_eq!(response.status(), 200);
+        outputs.push((
+            format!("GET /v1/deliveries/{id}"),
+            response.text().await.unwrap(),
+        ));
+    }
+    for (place, text) in &outputs {
+        for code in &codes {
+            let found: Vec<_> = text.lines().filter(|l| l.contains(code)).collect();
+            assert!(
+                found.is_empty(),
+                "the code {code} is in {place}:\n{found:#?}"
+            );
+        }
+    }
+}
+on_both_backends!(no_otp_code_echoed_by_a_provider_reaches_a_log_a_table_the_api_or_the_cli);
 
 fn base64_encode(s: &str) -> String {
     const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -549,7 +549,7 @@ async fn reconciliation_fetches_prices_settles_silent_deliveries_and_gives_up(ba
     assert_eq!(shown["status"], "delivered", "settled by the fetch");
     assert_eq!(shown["cost"]["currency"], "USD");
     assert_eq!(shown["cost"]["estimate"], false);
-    assert_eq!(shown["attempts"][0]["cost_micros"], 7500);
+    assert_eq!(shown["attempts"][0]["cost"]["amount"], "0.0075");
     assert_eq!(shown["segments"], 2);
     assert_eq!(shown["price_note"], "actual price");
     assert_eq!(shown["receipts"][0]["fields"]["source"], "fetch");
@@ -576,7 +576,7 @@ async fn reconciliation_fetches_prices_settles_silent_deliveries_and_gives_up(ba
     assert_eq!(shown["status"], "undelivered");
     assert_eq!(shown["last_error"], "30003 unreachable handset (transient)");
     assert_eq!(shown["cost"]["estimate"], false);
-    assert_eq!(shown["attempts"][0]["cost_micros"], 7500);
+    assert_eq!(shown["attempts"][0]["cost"]["amount"], "0.0075");
 
     // Past receipts.give_up_after (48h) the price is no longer asked for.
     rig.s.t.clock.advance(Duration::from_secs(49 * 3600));
@@ -623,8 +623,122 @@ async fn reconciliation_fetches_prices_settles_silent_deliveries_and_gives_up(ba
         serde_json::from_str(&show(&["deliveries", "show", &d1, "--format", "json"])).unwrap();
     assert_eq!(json["status"], "delivered");
     assert!(json["delivered_at"].is_string());
-    assert_eq!(json["cost_is_estimate"], false);
+    assert_eq!(json["cost"]["estimate"], false);
     assert_eq!(json["receipts"][0]["status"], "delivered");
     rig.s.stop().await;
 }
 on_both_backends!(reconciliation_fetches_prices_settles_silent_deliveries_and_gives_up);
+
+/// A USD budget over OTPs, with Twilio's +254 sends estimated at 0.05 USD.
+const OTP_BUDGET: &str = r#"
+[[price]]
+provider = "twilio"
+prefix = "+254"
+per_segment = "0.0500"
+currency = "USD"
+
+[[budget]]
+currency = "USD"
+period = "month"
+limit = "1.00"
+alert_at = [0.8, 1.0]
+kinds = ["otp"]
+"#;
+
+async fn a_reconciled_price_replaces_the_estimate_in_the_spend_of_the_month_it_was_sent_in(
+    backend: Backend,
+) {
+    use tuma::clock::Clock;
+    let (s1, s2, s3) = (
+        "SM55550000000000000000000000000001",
+        "SM55550000000000000000000000000002",
+        "SM55550000000000000000000000000003",
+    );
+    let twilio = MockServer::start().await;
+    let at_double = MockServer::start().await;
+    mount_twilio(&twilio, &[s1, s2, s3]).await;
+    let s = spawn_app_with(
+        backend,
+        &format!("{}\n{OTP_BUDGET}", extra(&twilio.uri(), &at_double.uri())),
+    )
+    .await;
+    let rig = Rig {
+        key: s.key("receipts", &["send", "read"]).await,
+        s,
+        twilio,
+        _at: at_double,
+    };
+    // Sent in the last minutes of December, priced in January.
+    let december: chrono::DateTime<chrono::Utc> = "2026-12-31T23:50:00Z".parse().unwrap();
+    let now = rig.s.t.clock.now();
+    assert!(now < december, "the test's month is still ahead");
+    rig.s.t.clock.advance((december - now).to_std().unwrap());
+    let lower = rig.sent("+254711000021").await;
+    let higher = rig.sent("+254711000022").await;
+    let unpriced = rig.sent("+254711000023").await;
+    let app = rig.s.t.app.clone();
+    let budget = |at| {
+        let app = app.clone();
+        async move {
+            let status = tuma::spend::status(&app.db, &app.config, at).await.unwrap();
+            assert_eq!(status[0].budget, "USD/month");
+            (status[0].spent.micros, status[0].reserved.micros)
+        }
+    };
+    assert_eq!(budget(december).await, (150_000, 0), "three estimates");
+
+    mount_fetch(
+        &rig.twilio,
+        s1,
+        200,
+        &format!(r#"{{"sid":"{s1}","status":"delivered","price":"-0.00750","price_unit":"USD","num_segments":"1","error_code":null}}"#),
+        None,
+    )
+    .await;
+    mount_fetch(
+        &rig.twilio,
+        s2,
+        200,
+        &format!(r#"{{"sid":"{s2}","status":"delivered","price":"-0.09000","price_unit":"USD","num_segments":"1","error_code":null}}"#),
+        None,
+    )
+    .await;
+    mount_fetch(
+        &rig.twilio,
+        s3,
+        200,
+        &format!(r#"{{"sid":"{s3}","status":"sent","price":null,"price_unit":"USD","num_segments":"1","error_code":null}}"#),
+        None,
+    )
+    .await;
+    rig.s.t.clock.advance(Duration::from_secs(11 * 60));
+    let january = rig.s.t.clock.now();
+    assert_eq!(january.format("%Y-%m").to_string(), "2027-01");
+    let round = tuma::reconcile::reconcile(&app).await.unwrap();
+    assert_eq!(round.priced, 2);
+    assert_eq!(rig.show(&lower).await["cost"]["amount"], "0.0075");
+    assert_eq!(rig.show(&higher).await["cost"]["amount"], "0.09");
+    assert_eq!(rig.show(&unpriced).await["cost"]["estimate"], true);
+
+    // December's spend is now actual-else-estimate of December's sends:
+    // 0.0075 + 0.09 + 0.05 (still an estimate).
+    let sent_in_december: i64 = {
+        let mut total = 0;
+        for id in [&lower, &higher, &unpriced] {
+            total += rig.s.t.delivery(id).await.row.cost_micros.unwrap();
+        }
+        total
+    };
+    assert_eq!(sent_in_december, 147_500);
+    assert_eq!(budget(december).await, (sent_in_december, 0));
+    assert_eq!(budget(january).await, (0, 0), "January spent nothing");
+    // A price already recorded is not applied twice.
+    let again = tuma::reconcile::reconcile(&app).await.unwrap();
+    assert_eq!(again.priced, 0);
+    assert_eq!(budget(december).await.0, 147_500);
+
+    rig.s.stop().await;
+}
+on_both_backends!(
+    a_reconciled_price_replaces_the_estimate_in_the_spend_of_the_month_it_was_sent_in
+);

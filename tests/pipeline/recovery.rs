@@ -1,12 +1,12 @@
-//! Crash safety: a delivery whose job was lost, or whose worker died during
-//! the provider call, is found by the sweeper and finished.
+//! Crash safety: a delivery whose worker died after claiming it, or during
+//! the provider call, is taken on once its lease runs out and finished.
 
 use std::time::Duration;
 
 use tuma::clock::Clock;
 use tuma::domain::DeliveryStatus;
 use tuma::intake::OtpRequest;
-use tuma::queue::DeliveryJob;
+use tuma::queue::{DeliveryJob, Lane};
 use tuma::store::Db;
 
 use crate::on_both_backends;
@@ -22,38 +22,64 @@ fn otp(to: &str) -> OtpRequest {
     }
 }
 
-async fn a_delivery_whose_job_was_lost_is_requeued_and_sent(backend: Backend) {
+async fn a_claim_whose_worker_died_before_sending_is_claimed_again_once_its_lease_runs_out(
+    backend: Backend,
+) {
     let t = TestApp::new(backend, 6).await;
     let d = t.app.enqueue_otp(otp("+254711000010")).await.unwrap();
-    // As if the process died between recording the delivery and its job.
-    delete_all_jobs(&t.app.db).await;
+    // A worker claims it and dies before opening the attempt.
+    let now = t.clock.now();
+    let lease = chrono::Duration::from_std(tuma::queue_backend::lease(&t.app.config)).unwrap();
+    let dead = t
+        .app
+        .db
+        .claim_due(Lane::Otp, "dead-worker", now, now + lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].delivery_id, d.row.id);
+    // While its lease runs, no one else claims it.
+    let again = t
+        .app
+        .db
+        .claim_due(Lane::Otp, "other", now, now + lease, 10)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
 
-    let report = tuma::sweeper::sweep(&t.app).await.unwrap();
-    assert_eq!(report.requeued, 1);
+    // Its lease runs out: the next worker takes it.
+    t.advance(tuma::queue_backend::lease(&t.app.config)).await;
     t.drain().await;
-
-    let d = t.delivery(&d.row.id).await;
-    assert_eq!(d.status, DeliveryStatus::Sent);
-    assert_eq!(d.row.attempts, 1);
+    let sent = t.delivery(&d.row.id).await;
+    assert_eq!(sent.status, DeliveryStatus::Sent);
+    assert_eq!(sent.row.attempts, 1);
+    // The dead worker's claim, should it wake, is stale and does nothing.
+    tuma::dispatch::handle_job(&t.app, Lane::Otp, &dead[0])
+        .await
+        .unwrap();
+    assert_eq!(t.app.db.attempts(&d.row.id).await.unwrap().len(), 1);
+    assert_eq!(leased_rows(&t.app.db).await, 0);
 }
-on_both_backends!(a_delivery_whose_job_was_lost_is_requeued_and_sent);
+on_both_backends!(
+    a_claim_whose_worker_died_before_sending_is_claimed_again_once_its_lease_runs_out
+);
 
 async fn a_send_interrupted_by_a_dead_worker_is_settled_as_unknown_and_retried(backend: Backend) {
     let t = TestApp::new(backend, 6).await;
     let d = t.app.enqueue_otp(otp("+254711000011")).await.unwrap();
-    // A worker took the job, marked the delivery sending, and died mid-call.
+    // A worker marked the delivery sending and died mid-call, holding no
+    // lease (or one that ran out).
     let job = DeliveryJob {
         delivery_id: d.row.id.clone(),
         job_id: d.row.job_id.clone().unwrap(),
     };
     let attempt = t
         .app
-        .db
-        .begin_attempt(&job, "primary", "primary", t.clock.now())
+        .batcher
+        .begin_attempt(Lane::Otp, &job, "primary", "primary", t.clock.now())
         .await
         .unwrap();
     assert_eq!(attempt, Some(1));
-    delete_all_jobs(&t.app.db).await;
 
     let report = tuma::sweeper::sweep(&t.app).await.unwrap();
     assert_eq!(report.resolved, 1);
@@ -69,7 +95,10 @@ async fn a_send_interrupted_by_a_dead_worker_is_settled_as_unknown_and_retried(b
     let d = t.delivery(&d.row.id).await;
     assert_eq!(d.status, DeliveryStatus::Sent);
     let attempts = t.app.db.attempts(&d.row.id).await.unwrap();
-    let outcomes: Vec<_> = attempts.iter().map(|a| a.outcome.as_deref()).collect();
+    let outcomes: Vec<_> = attempts
+        .iter()
+        .map(|a| a.outcome.map(|o| o.as_str()))
+        .collect();
     assert_eq!(outcomes, vec![Some("unknown"), Some("accepted")]);
     assert!(
         attempts[0]
@@ -99,13 +128,12 @@ async fn a_stale_job_is_ignored(backend: Backend) {
 on_both_backends!(a_stale_job_is_ignored);
 
 #[tokio::test]
-async fn sqlite_connections_are_durable_whatever_apalis_sets() {
+async fn sqlite_connections_are_durable_and_wait_for_the_write_lock() {
     let db = TestDb::new(Backend::Sqlite).await;
     let store = db.connect().await;
     let tuma::store::Db::Sqlite(pool) = &store else {
         unreachable!("a SQLite test database")
     };
-    // apalis's own setup would turn synchronous OFF; tuma never runs it.
     let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
         .fetch_one(pool)
         .await
@@ -152,98 +180,6 @@ async fn sqlite_connections_are_durable_whatever_apalis_sets() {
         .expect("the waiting write succeeds once the lock is free");
 }
 
-/// apalis-sqlite 1.0's lock and ack statements (its `queries/task/lock.sql`
-/// and `ack.sql`), as it runs them on every batch.
-const APALIS_SQLITE_LOCK: &str = "UPDATE Jobs SET status = 'Running', \
-    lock_at = strftime('%s', 'now'), lock_by = ?2 \
-    WHERE id IN (SELECT value FROM json_each(?1)) \
-    AND (status = 'Queued' OR status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))";
-const APALIS_SQLITE_ACK: &str = "WITH j AS (SELECT value ->> 'task_id' AS task_id, \
-    value ->> 'attempt' AS attempt, value ->> 'result' AS result, value ->> 'status' AS status \
-    FROM json_each(?1)) \
-    UPDATE Jobs SET status = j.status, attempts = j.attempt, last_result = j.result, \
-    done_at = strftime('%s', 'now') FROM j WHERE Jobs.id = j.task_id AND Jobs.lock_by = ?2";
-/// The pending half of apalis-sqlite 1.0's fetch (`queries/backend/fetch_next.sql`).
-const APALIS_SQLITE_FETCH_PENDING: &str = "SELECT ROWID, priority, run_at, id FROM Jobs \
-    WHERE job_type = ?2 AND status = 'Pending' AND lock_by IS NULL \
-    AND (run_at IS NULL OR run_at <= ?4) ORDER BY priority DESC, run_at ASC, id ASC LIMIT ?3";
-
-#[tokio::test]
-async fn sqlite_queue_statements_find_jobs_by_id_not_by_status() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let store = db.connect().await;
-    let Db::Sqlite(pool) = &store else {
-        unreachable!("a SQLite test database")
-    };
-    assert_queue_plans(pool).await;
-
-    // A plain ANALYZE of the empty queue replaces the statistics; the next
-    // start writes them again, and every connection open then reads them.
-    sqlx::query("ANALYZE").execute(pool).await.unwrap();
-    let ours: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM sqlite_stat1 WHERE idx = 'sqlite_autoindex_Jobs_1'",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    assert_eq!(ours, 0, "ANALYZE of the empty queue replaced them");
-    store.close().await;
-    let restarted = db.connect().await;
-    let Db::Sqlite(pool) = &restarted else {
-        unreachable!("a SQLite test database")
-    };
-    assert_queue_plans(pool).await;
-}
-
-/// apalis's lock and ack find jobs by id, and its fetch reads its index, on
-/// every connection of `pool`.
-async fn assert_queue_plans(pool: &sqlx::SqlitePool) {
-    // Several connections at once, opened before the statistics were written
-    // and after: each loads them when it sees the schema changed, which a
-    // statement that reads a table checks (EXPLAIN alone does not).
-    let mut conns = Vec::new();
-    for _ in 0..3 {
-        conns.push(pool.acquire().await.unwrap());
-    }
-    for conn in &mut conns {
-        sqlx::query("SELECT COUNT(*) FROM Jobs")
-            .execute(&mut **conn)
-            .await
-            .unwrap();
-        for (name, sql) in [("lock", APALIS_SQLITE_LOCK), ("ack", APALIS_SQLITE_ACK)] {
-            let plan = explain(conn, sql).await.join(" | ");
-            // Walking the status or worker index reads every pending job, or
-            // every job the worker ever held, while holding the write lock.
-            assert!(
-                plan.contains("sqlite_autoindex_Jobs_1 (id=?)"),
-                "apalis's {name} finds jobs by id: {plan}"
-            );
-            assert!(
-                !plan.contains("idx_jobs_status_run_at") && !plan.contains("LIdx"),
-                "apalis's {name} does not walk an index of status or worker: {plan}"
-            );
-        }
-        // The statistics leave the fetch on apalis's index of claimable jobs,
-        // which is already in the order it takes them.
-        let plan = explain(conn, APALIS_SQLITE_FETCH_PENDING).await.join(" | ");
-        assert!(
-            plan.contains("USING INDEX idx_jobs_pending") && !plan.contains("TEMP B-TREE"),
-            "apalis's fetch reads its pending jobs in order from their index: {plan}"
-        );
-    }
-}
-
-/// `EXPLAIN QUERY PLAN`'s details, top to bottom.
-async fn explain(conn: &mut sqlx::SqliteConnection, sql: &str) -> Vec<String> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
-        .fetch_all(conn)
-        .await
-        .unwrap();
-    rows.iter()
-        .map(|row| sqlx::Row::get::<String, _>(row, 3))
-        .collect()
-}
-
 /// A transaction start abandoned half-way (a request whose client went away,
 /// a timeout, a stopping worker) must not leave the pooled connection inside
 /// that transaction: the next borrower's writes would never commit, and the
@@ -282,3 +218,31 @@ async fn run_sql(db: &Db, sql: &str) {
     }
     .unwrap();
 }
+
+/// Runs one statement and says whether the database took it.
+async fn statement_is_taken(db: &Db, sql: &'static str) -> bool {
+    match db {
+        Db::Sqlite(pool) => sqlx::query(sql).execute(pool).await.is_ok(),
+        Db::Postgres(pool) => sqlx::query(sql).execute(pool).await.is_ok(),
+    }
+}
+
+async fn the_schema_takes_held_and_canceled_and_still_refuses_an_unknown_status(backend: Backend) {
+    let t = TestApp::new(backend, 6).await;
+    t.app.enqueue_otp(otp("+254711000011")).await.unwrap();
+    for status in ["held", "canceled"] {
+        let sql: &'static str = if status == "held" {
+            "UPDATE deliveries SET status = 'held'"
+        } else {
+            "UPDATE deliveries SET status = 'canceled'"
+        };
+        assert!(statement_is_taken(&t.app.db, sql).await, "{status}");
+    }
+    assert!(!statement_is_taken(&t.app.db, "UPDATE deliveries SET status = 'bogus'").await);
+    // The old app's views still read the table.
+    assert_eq!(
+        count(&t.app.db, "SELECT COUNT(*) FROM sms_delivery_log").await,
+        1
+    );
+}
+on_both_backends!(the_schema_takes_held_and_canceled_and_still_refuses_an_unknown_status);

@@ -13,6 +13,7 @@ use sqlx::Connection;
 use tuma::app::App;
 use tuma::clock::{Clock, ManualClock};
 use tuma::config::Config;
+use tuma::domain::otp::OtpCode;
 use tuma::providers::{
     Accepted, Content, OutgoingMessage, Provider, Providers, SendError, unlimited,
 };
@@ -142,6 +143,70 @@ impl TestDb {
     }
 }
 
+/// A `providers.toml` in `dir` whose SMS route tries `first` (the
+/// `[[provider]]` table of the provider named `first_name`) and fails over
+/// to a Twilio double at `twilio` (token from `TEST_TWILIO_AUTH_TOKEN`,
+/// priced 0.05 USD a segment to +254), with email to an outbox.
+pub fn failover_to_twilio_config(
+    dir: &Path,
+    first_name: &str,
+    first: &str,
+    twilio: &str,
+) -> PathBuf {
+    let text = format!(
+        r#"
+[[provider]]
+{first}
+
+[[provider]]
+name = "twilio"
+kind = "twilio"
+account_sid = "AC0123456789abcdef0123456789abcdef"
+auth_token_env = "TEST_TWILIO_AUTH_TOKEN"
+from = "+15005550006"
+base_url = "{twilio}"
+timeout = "2s"
+
+[[provider]]
+name = "mail"
+kind = "outbox"
+dir = "outbox"
+
+[[route]]
+channel = "sms"
+providers = ["{first_name}", "twilio"]
+
+[[route]]
+channel = "email"
+providers = ["mail"]
+
+[[price]]
+provider = "twilio"
+prefix = "+254"
+per_segment = "0.0500"
+currency = "USD"
+
+[retry]
+initial_delay = "1s"
+jitter = false
+
+[otp]
+key_env = "TUMA_TEST_OTP_KEY"
+
+[templates]
+dir = "{templates}"
+vars = {{ app_name = "tuma" }}
+
+[worker]
+poll_interval = "100ms"
+"#,
+        templates = templates_dir().display()
+    );
+    let file = dir.join("providers.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
 /// The repository's templates folder.
 pub fn templates_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("templates")
@@ -191,6 +256,7 @@ cooldown = "1m"
 [otp]
 ttl = "5m"
 default_region = "KE"
+key_env = "TUMA_TEST_OTP_KEY"
 
 [templates]
 dir = "{templates}"
@@ -198,7 +264,6 @@ vars = {{ app_name = "tuma" }}
 
 [worker]
 poll_interval = "100ms"
-heartbeat = "1s"
 sweep_interval = "1s"
 rate_limit_wait = "1s"
 "#,
@@ -254,6 +319,7 @@ pub fn accepted(id: &str) -> Result<Accepted, SendError> {
         provider_status: Some("queued".into()),
         cost: None,
         segments: None,
+        part_ids: Vec::new(),
     })
 }
 
@@ -290,6 +356,17 @@ impl Provider for Scripted {
         let next = self.script.lock().unwrap().pop_front();
         next.unwrap_or_else(|| accepted(&format!("msg-{}", message.delivery_id)))
     }
+}
+
+/// The keys of the test configuration (`[otp] key_env = "TUMA_TEST_OTP_KEY"`,
+/// which `.cargo/config.toml` sets), for rows written without an app.
+pub fn test_otp_keys() -> tuma::secrets::OtpKeys {
+    use base64::Engine;
+    let text = std::env::var("TUMA_TEST_OTP_KEY").expect("TUMA_TEST_OTP_KEY is set");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("base64");
+    tuma::secrets::OtpKeys::from_bytes(&bytes.try_into().expect("32 bytes"), None)
 }
 
 /// A manual clock at the current time.
@@ -339,25 +416,12 @@ impl TestApp {
             .expect("drain");
     }
 
-    /// Moves time forward for tuma's clock and for the queue's schedule alike.
+    /// Moves time forward for tuma's clock, which is the queue's schedule
+    /// too (`next_attempt_at`, leases), and wakes the workers to look.
     pub async fn advance(&self, by: Duration) {
         self.clock.advance(by);
-        let secs = i64::try_from(by.as_secs()).unwrap() + 1;
-        match &self.app.db {
-            Db::Sqlite(pool) => {
-                sqlx::query("UPDATE Jobs SET run_at = run_at - $1")
-                    .bind(secs)
-                    .execute(pool)
-                    .await
-                    .unwrap();
-            }
-            Db::Postgres(pool) => {
-                sqlx::query("UPDATE apalis.jobs SET run_at = run_at - make_interval(secs => $1)")
-                    .bind(secs as f64)
-                    .execute(pool)
-                    .await
-                    .unwrap();
-            }
+        for lane in tuma::queue::Lane::ALL {
+            self.app.wakers.wake(lane);
         }
     }
 
@@ -371,7 +435,7 @@ impl TestApp {
     }
 }
 
-/// Every text in every table of the database (tuma's and the queue's), for
+/// Every text in every table of the database, for
 /// searching for secrets.
 pub async fn all_database_text(db: &Db) -> String {
     let mut all = String::new();
@@ -407,7 +471,7 @@ pub async fn all_database_text(db: &Db) -> String {
             let tables: Vec<String> = sqlx::query_scalar(
                 "SELECT quote_ident(table_schema) || '.' || quote_ident(table_name) \
                  FROM information_schema.tables \
-                 WHERE table_schema IN ('public', 'apalis') AND table_type = 'BASE TABLE'",
+                 WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
             )
             .fetch_all(pool)
             .await
@@ -429,12 +493,14 @@ pub async fn all_database_text(db: &Db) -> String {
     all
 }
 
-/// The queue's job rows (for checking that history is not kept there).
-pub async fn job_rows(db: &Db) -> i64 {
-    match db {
-        Db::Sqlite(_) => count(db, "SELECT COUNT(*) FROM Jobs").await,
-        Db::Postgres(_) => count(db, "SELECT COUNT(*) FROM apalis.jobs").await,
-    }
+/// Deliveries holding a claim's lease (none once everything is settled:
+/// the queue keeps nothing of finished deliveries).
+pub async fn leased_rows(db: &Db) -> i64 {
+    count(
+        db,
+        "SELECT COUNT(*) FROM deliveries WHERE lease_until IS NOT NULL",
+    )
+    .await
 }
 
 /// The one number a `SELECT COUNT(*) …` answers.
@@ -445,17 +511,16 @@ pub async fn count(db: &Db, sql: &'static str) -> i64 {
     }
 }
 
-/// Deletes every queue job: what a lost job looks like.
-pub async fn delete_all_jobs(db: &Db) {
+/// Ends every claim's lease now: what a worker that died (or outlived its
+/// time limit) leaves behind once its leases run out.
+pub async fn expire_leases(db: &Db) {
+    let sql = "UPDATE deliveries SET lease_until = updated_at WHERE lease_until IS NOT NULL";
     match db {
         Db::Sqlite(pool) => {
-            sqlx::query("DELETE FROM Jobs").execute(pool).await.unwrap();
+            sqlx::query(sql).execute(pool).await.unwrap();
         }
         Db::Postgres(pool) => {
-            sqlx::query("DELETE FROM apalis.jobs")
-                .execute(pool)
-                .await
-                .unwrap();
+            sqlx::query(sql).execute(pool).await.unwrap();
         }
     }
 }
@@ -519,7 +584,7 @@ pub fn cost(
 /// and closed one second after creation, then any receipt status. Returns its id.
 pub async fn seed(db: &Db, s: Seed) -> String {
     use tuma::domain::{Channel, DeliveryKind, DeliveryStatus};
-    use tuma::store::{AttemptResult, NewDelivery, NextStep, Outcome};
+    use tuma::store::{AttemptEnd, AttemptResult, AttemptStart, NewDelivery, NextStep, Outcome};
     let id = uuid::Uuid::now_v7().to_string();
     let channel = if s.to.contains('@') {
         Channel::Email
@@ -542,13 +607,15 @@ pub async fn seed(db: &Db, s: Seed) -> String {
         subject: (channel == Channel::Email).then(|| "Welcome".to_owned()),
         body: "Karibu Amina".into(),
         body_html: None,
-        otp_code: otp.then(|| "123456".to_owned()),
+        otp_code: otp.then(|| test_otp_keys().seal(&id, &OtpCode::parse("123456").unwrap())),
         max_attempts: 1,
         expires_at: otp.then(|| s.created_at + chrono::Duration::minutes(5)),
         created_at: s.created_at,
         send_at: s.created_at,
         segments: (channel == Channel::Sms).then_some(s.segments),
         encoding: (channel == Channel::Sms).then(|| "gsm7".to_owned()),
+        api_key_name: None,
+        purpose: None,
     };
     let job = db.insert_delivery(&new).await.expect("insert");
     let finished_at = s.created_at + chrono::Duration::seconds(1);
@@ -561,9 +628,12 @@ pub async fn seed(db: &Db, s: Seed) -> String {
         assert!(closed);
         return id;
     }
-    db.begin_attempt(&job, s.provider, "primary", s.created_at)
+    let start = AttemptStart::new(&job, s.provider, "primary", s.created_at);
+    db.begin_attempts(&[start])
         .await
         .unwrap()
+        .pop()
+        .flatten()
         .expect("attempt opened");
     let segments = (channel == Channel::Sms).then_some(s.segments);
     let (result, next, receipt) = match s.end {
@@ -584,6 +654,7 @@ pub async fn seed(db: &Db, s: Seed) -> String {
                 segments,
                 provider_segments: None,
                 latency_ms: Some(5),
+                part_ids: Vec::new(),
             };
             (result, NextStep::Sent, receipt)
         }
@@ -595,10 +666,14 @@ pub async fn seed(db: &Db, s: Seed) -> String {
         SeedEnd::Expired => unreachable!("handled above"),
     };
     let lane = tuma::queue::Lane::for_kind(s.kind);
-    let recorded = db
-        .finish_attempt(&id, &job.job_id, &result, &next, lane)
-        .await
-        .unwrap();
+    let end = AttemptEnd {
+        delivery_id: id.clone(),
+        job_id: job.job_id.clone(),
+        result,
+        next,
+        lane,
+    };
+    let recorded = db.finish_attempts(&[end]).await.unwrap() == [true];
     assert!(recorded);
     if let Some(status) = receipt {
         let sql = "UPDATE deliveries SET status = $1 WHERE id = $2 AND status = 'sent'";
@@ -647,6 +722,12 @@ pub async fn spawn_app_with(backend: Backend, extra: &str) -> TestServer {
 
 /// Spawns the API over `db`, reached at `url` (through a proxy, say).
 pub async fn spawn_app_at(db: TestDb, url: &str, extra: &str) -> TestServer {
+    let text = format!("{}\n{extra}", config_text(db.path(), 6));
+    spawn_app_with_text(db, url, &text).await
+}
+
+/// Spawns the API over `db` with this whole configuration text.
+pub async fn spawn_app_with_text(db: TestDb, url: &str, text: &str) -> TestServer {
     // Every API server in this test binary logs into the capture from its
     // first request on, so a request span is never created before the
     // subscriber exists (which would log its lines without the request id).
@@ -654,24 +735,24 @@ pub async fn spawn_app_at(db: TestDb, url: &str, extra: &str) -> TestServer {
     let _ = rustls::crypto::ring::default_provider().install_default();
     db.connect().await.close().await;
     let path = db.path().join("providers.toml");
-    std::fs::write(&path, format!("{}\n{extra}", config_text(db.path(), 6))).unwrap();
+    std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).expect("valid test config");
     let clock = new_clock();
     let store = Db::connect(url, 10).await.expect("connect");
     let providers = Providers::from_config(&config).expect("providers");
     let app = Arc::new(App::with_parts(config, store, providers, clock.clone()).expect("app"));
     let state = tuma::api::ApiState::new(app.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // tuma serve's own listener: its backlog takes a burst of connections.
+    let listener = tuma::api::server::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let router = tuma::api::router(state.clone());
+    let served = state.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
+        tuma::api::server::serve_state(served, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
     });
     TestServer {
         t: TestApp { app, clock, db },
@@ -834,4 +915,27 @@ impl DbProxy {
         let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
         self.serve(listener);
     }
+}
+
+/// `tuma` as a child process on `config` and `database_url` (killed if the
+/// test drops it), logging tuma's own info lines.
+pub fn tuma_command(config: &Path, database_url: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tuma"));
+    cmd.env("TUMA_CONFIG", config)
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn,tuma=info")
+        .env_remove("TUMA_LISTEN")
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs `cmd`, fails the test unless it succeeded, and returns its stdout.
+pub async fn tuma_ok(cmd: &mut tokio::process::Command) -> String {
+    let out = cmd.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "tuma failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }

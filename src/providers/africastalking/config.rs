@@ -63,18 +63,18 @@ impl AfricasTalkingConfig {
         table: toml::Table,
         base: &Path,
     ) -> Result<AfricasTalkingConfig, (String, String)> {
-        Self::from_table_with(table, base, crate::config::secret_from_env)
+        Self::from_table_with(table, base, crate::settings::secret_from_env)
     }
 
     /// [`Self::from_table`] with the environment lookup passed in, so tests
     /// need not change the process environment.
-    pub(super) fn from_table_with(
+    pub(crate) fn from_table_with(
         table: toml::Table,
         _base: &Path,
         read_secret: impl Fn(&str) -> Result<SecretString, String>,
     ) -> Result<AfricasTalkingConfig, (String, String)> {
         let raw =
-            RawAfricasTalking::deserialize(table).map_err(|e| crate::config::table_error(&e))?;
+            RawAfricasTalking::deserialize(table).map_err(|e| crate::settings::table_error(&e))?;
         let refuse = |key: &str, reason: String| (key.to_owned(), reason);
 
         if raw.username.trim().is_empty() {

@@ -24,9 +24,12 @@
 //! database.
 
 mod config;
+mod kind;
+pub mod receipt;
 mod service;
 #[cfg(test)]
 mod tests;
 
 pub use config::{AfricasTalkingConfig, DEFAULT_BASE_URL, SANDBOX_BASE_URL};
-pub use service::{AfricasTalking, classify};
+pub use kind::KIND;
+pub use service::{AfricasTalking, classify, recipient_gone};

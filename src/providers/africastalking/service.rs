@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::config::AfricasTalkingConfig;
 use crate::domain::money::Money;
+use crate::domain::provider_text::scrub;
 use crate::providers::{Accepted, Content, OutgoingMessage, Provider, SendError};
 
 /// The header that carries the API key.
@@ -125,6 +126,10 @@ impl AfricasTalking {
 
 #[async_trait]
 impl Provider for AfricasTalking {
+    fn recipient_gone(&self, code: Option<&str>, message: &str) -> Option<&'static str> {
+        recipient_gone(code, message)
+    }
+
     async fn send(&self, message: &OutgoingMessage) -> Result<Accepted, SendError> {
         let request = self.request(message)?;
         let response = self
@@ -134,7 +139,12 @@ impl Provider for AfricasTalking {
             .map_err(|e| self.network_error(&e))?;
         let status = response.status();
         let body = response.bytes().await.map_err(|e| self.network_error(&e))?;
-        classify(status, &self.mask(&String::from_utf8_lossy(&body)))
+        // Untrusted text: the code and the message text go before anything reads it.
+        let body = scrub(
+            &self.mask(&String::from_utf8_lossy(&body)),
+            &message.secrets(),
+        );
+        classify(status, &body)
     }
 
     fn dry_run(&self, message: &OutgoingMessage) -> String {
@@ -197,6 +207,25 @@ const RECIPIENT_STATUS: [(u64, &str, Class, Alert); 14] = [
     (501, "GatewayError", Class::Transient, Alert::No),
     (502, "RejectedByGateway", Class::Permanent, Alert::No),
 ];
+
+/// The recipient statuses that say the number is not worth paying for again
+/// (the recipient is suppressed): it does not exist, or blacklisted the sender.
+const RECIPIENT_GONE: [(u64, &str); 2] = [
+    (403, "the number does not exist (InvalidPhoneNumber)"),
+    (
+        406,
+        "the recipient blacklisted the sender (UserInBlacklist)",
+    ),
+];
+
+/// Whether a permanent error's code is one of [`RECIPIENT_GONE`]; its reason.
+pub fn recipient_gone(code: Option<&str>, _message: &str) -> Option<&'static str> {
+    let code: u64 = code?.trim().parse().ok()?;
+    RECIPIENT_GONE
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, reason)| *reason)
+}
 
 /// Maps Africa's Talking's answer (HTTP status and body) to the outcome.
 ///
@@ -280,7 +309,15 @@ fn classify_recipient(status: StatusCode, body: &str) -> Result<Accepted, SendEr
         Some(_) => return Err(malformed("Recipients is not a list")),
     };
     let Some(recipient) = recipients.first() else {
+        // With no recipient, `Message` carries the reason (`InvalidSenderId`,
+        // `InsufficientBalance`, …): read it against the same table.
         let said = data.get("Message").and_then(Value::as_str).unwrap_or("");
+        if let Some(&(code, name, class, alert)) = RECIPIENT_STATUS
+            .iter()
+            .find(|row| row.2 != Class::Accepted && same_name(row.1, said))
+        {
+            return refused(code, name, class, alert);
+        }
         return Err(SendError::transient(format!(
             "Africa's Talking sent to no recipient: {}",
             truncate(if said.is_empty() { body } else { said })
@@ -300,29 +337,13 @@ fn classify_recipient(status: StatusCode, body: &str) -> Result<Accepted, SendEr
             code: Some(code.to_string()),
             message: format!(
                 "{} ({code}): a status code not in tuma's table, treated as transient",
-                word.unwrap_or("unknown status")
+                truncate(word.unwrap_or("unknown status"))
             ),
         });
     };
     let word = word.unwrap_or(name);
-    let message = format!("{word} ({code})");
-    if alert == Alert::Yes {
-        tracing::error!(
-            status_code = code,
-            status = word,
-            "Africa's Talking: {}",
-            advice(code)
-        );
-    }
     match class {
-        Class::Permanent => Err(SendError::Permanent {
-            code: Some(code.to_string()),
-            message,
-        }),
-        Class::Transient => Err(SendError::Transient {
-            code: Some(code.to_string()),
-            message,
-        }),
+        Class::Permanent | Class::Transient => refused(code, word, class, alert),
         Class::Accepted => {
             let id = recipient
                 .get("messageId")
@@ -339,9 +360,43 @@ fn classify_recipient(status: StatusCode, body: &str) -> Result<Accepted, SendEr
                     .and_then(parse_cost),
                 // Africa's Talking does not count segments per recipient.
                 segments: None,
+                part_ids: Vec::new(),
             })
         }
     }
+}
+
+/// The error of a refusing row of the table (`word` as Africa's Talking
+/// said it), logged as an error when the row alerts.
+fn refused(code: u64, word: &str, class: Class, alert: Alert) -> Result<Accepted, SendError> {
+    let word = truncate(word);
+    if alert == Alert::Yes {
+        tracing::error!(
+            status_code = code,
+            status = %word,
+            "Africa's Talking: {}",
+            advice(code)
+        );
+    }
+    let message = format!("{word} ({code})");
+    let code = Some(code.to_string());
+    if class == Class::Permanent {
+        Err(SendError::Permanent { code, message })
+    } else {
+        Err(SendError::Transient { code, message })
+    }
+}
+
+/// Whether `said` is the table's `name`, ignoring case, spaces and punctuation
+/// (`InvalidSenderId`, `Invalid Sender Id`).
+fn same_name(name: &str, said: &str) -> bool {
+    let letters = |s: &str| {
+        s.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect::<String>()
+    };
+    !said.trim().is_empty() && letters(name) == letters(said)
 }
 
 /// What a person should do about an alerting status code.
@@ -360,9 +415,16 @@ fn advice(code: u64) -> &'static str {
 fn parse_cost(text: &str) -> Option<Money> {
     let (currency, amount) = text.trim().split_once(char::is_whitespace)?;
     match Money::parse(amount.trim(), currency) {
+        Ok(money) if money.micros < 0 => {
+            tracing::warn!(
+                cost = %truncate(text),
+                "Africa's Talking reported a negative cost, which makes no sense: the cost is recorded as unknown"
+            );
+            None
+        }
         Ok(money) => Some(money),
         Err(e) => {
-            tracing::warn!(cost = text, "cannot read Africa's Talking's cost: {e}");
+            tracing::warn!(cost = %truncate(text), "cannot read Africa's Talking's cost: {e}");
             None
         }
     }

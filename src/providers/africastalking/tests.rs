@@ -68,6 +68,8 @@ fn sms(text: &str) -> OutgoingMessage {
             to: PhoneNumber::parse_e164(TO).expect("valid number"),
             text: text.into(),
         },
+        code: None,
+        valid_for: None,
     }
 }
 
@@ -81,6 +83,8 @@ fn email() -> OutgoingMessage {
             text: "Hello".into(),
             html: None,
         },
+        code: None,
+        valid_for: None,
     }
 }
 
@@ -480,6 +484,7 @@ async fn an_accepted_sms_returns_the_message_id_status_and_cost() {
             provider_status: Some("Success".into()),
             cost: Some(kes("0.80")),
             segments: None,
+            part_ids: Vec::new(),
         }
     );
     assert_eq!(accepted.cost.map(|c| c.micros), Some(800_000));
@@ -1041,4 +1046,108 @@ fn the_callback_secret_comes_from_its_variable_and_must_be_long() {
             .callback_secret
             .is_none()
     );
+}
+
+/// Africa's Talking's answer when it refuses the whole request: no
+/// recipient, the reason in `Message`.
+fn refused_whole(message: &str) -> String {
+    serde_json::json!({"SMSMessageData": {"Message": message, "Recipients": []}}).to_string()
+}
+
+#[test]
+fn an_invalid_sender_id_with_no_recipients_is_a_permanent_configuration_error_and_alerted() {
+    let (result, logs) =
+        logs_of(|| classify(StatusCode::CREATED, &refused_whole("InvalidSenderId")));
+    assert_permanent(result, "402", "InvalidSenderId (402)");
+    assert!(logs.contains("ERROR"), "{logs}");
+    assert!(logs.contains("the sender ID is refused"), "{logs}");
+}
+
+#[test]
+fn the_reasons_an_empty_recipient_list_comes_with_are_read_from_the_one_table() {
+    let (result, logs) =
+        logs_of(|| classify(StatusCode::CREATED, &refused_whole("InsufficientBalance")));
+    assert_transient(result, Some("405"), "InsufficientBalance (405)");
+    assert!(logs.contains("top it up"), "{logs}");
+    for (said, code) in [
+        ("Invalid Sender Id", "402"),
+        ("RiskHold", "401"),
+        ("InvalidPhoneNumber", "403"),
+        ("UserInBlacklist", "406"),
+        ("DoNotDisturbRejection", "409"),
+    ] {
+        assert_permanent(
+            classify(StatusCode::CREATED, &refused_whole(said)),
+            code,
+            "",
+        );
+    }
+    // A success word with nobody sent to is still no send.
+    assert_transient(
+        classify(StatusCode::CREATED, &refused_whole("Success")),
+        None,
+        "sent to no recipient",
+    );
+}
+
+#[test]
+fn a_negative_cost_makes_no_sense_and_is_recorded_as_unknown() {
+    let accepted = classify(
+        StatusCode::CREATED,
+        &answer(101, "Success", "KES -5", "ATXid_1"),
+    )
+    .expect("accepted");
+    assert_eq!(accepted.cost, None);
+    assert_eq!(accepted.provider_message_id, "ATXid_1");
+}
+
+#[tokio::test]
+async fn a_code_echoed_by_africas_talking_reaches_neither_its_log_lines_nor_its_errors() {
+    let message = OutgoingMessage {
+        code: Some(crate::domain::otp::OtpCode::parse("482913").expect("code")),
+        valid_for: Some(Duration::from_secs(120)),
+        ..sms(TEXT)
+    };
+    let server = MockServer::start().await;
+    // A 401 is logged with its body; this one repeats the request.
+    the_send_request()
+        .respond_with(ResponseTemplate::new(401).set_body_string(
+            "The supplied authentication is invalid for message=Your+code+is+482913: Your code is 482913\u{7}",
+        ))
+        .mount(&server)
+        .await;
+    let capture = CaptureGuard::start();
+    let result = provider(&server).send(&message).await;
+    let logs = capture.finish();
+    assert!(logs.contains("refused the API key"), "{logs}");
+    assert!(!logs.contains("482913"), "{logs}");
+    let error = result.expect_err("refused").to_string();
+    assert!(!error.contains("482913"), "{error}");
+    assert!(!error.contains('\u{7}'), "{error}");
+}
+
+#[tokio::test]
+async fn a_number_that_does_not_exist_or_blacklisted_the_sender_is_marked_for_suppression() {
+    for (code, word, gone) in [
+        (403, "InvalidPhoneNumber", true),
+        (406, "UserInBlacklist", true),
+        (409, "DoNotDisturbRejection", false),
+        (401, "RiskHold", false),
+    ] {
+        let server = MockServer::start().await;
+        the_send_request()
+            .respond_with(created(rejected(code, word)))
+            .mount(&server)
+            .await;
+        let p = provider(&server);
+        let Err(SendError::Permanent { code: got, message }) = p.send(&sms(TEXT)).await else {
+            panic!("{word}: expected a permanent error");
+        };
+        assert_eq!(
+            p.recipient_gone(got.as_deref(), &message).is_some(),
+            gone,
+            "{word}"
+        );
+    }
+    assert_eq!(super::recipient_gone(Some("HTTP 403"), ""), None);
 }

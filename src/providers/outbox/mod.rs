@@ -7,12 +7,16 @@
 //! retried send replaces the same file.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use lettre::message::Mailbox;
 use serde::Deserialize;
 
+use super::registry::{Adapter, Kind, KindConfig};
 use super::{Accepted, Content, OutgoingMessage, Provider, SendError};
+use crate::domain::Channel;
 use crate::domain::segments::count_segments;
 
 /// Outbox settings.
@@ -37,10 +41,34 @@ struct RawOutbox {
     latency: Option<String>,
 }
 
+/// `kind = "outbox"`.
+pub const KIND: Kind = Kind {
+    name: "outbox",
+    parse: |table, base, _read_secret| Ok(Arc::new(OutboxConfig::from_table(table, base)?)),
+};
+
+impl KindConfig for OutboxConfig {
+    fn kind(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn channels(&self) -> &'static [Channel] {
+        &[Channel::Sms, Channel::Email]
+    }
+
+    fn describe(&self) -> String {
+        format!("writes to {}", self.dir.display())
+    }
+
+    fn build(&self, _timeout: Duration) -> Result<Adapter, String> {
+        Ok(Adapter::sends(Arc::new(Outbox::new(self.clone())?)))
+    }
+}
+
 impl OutboxConfig {
     /// Reads the outbox keys of a `[[provider]]` table; errors name the key.
     pub fn from_table(table: toml::Table, base: &Path) -> Result<OutboxConfig, (String, String)> {
-        let raw = RawOutbox::deserialize(table).map_err(|e| crate::config::table_error(&e))?;
+        let raw = RawOutbox::deserialize(table).map_err(|e| crate::settings::table_error(&e))?;
         let from_text = raw.from.as_deref().unwrap_or("tuma <no-reply@localhost>");
         let from = from_text.parse::<Mailbox>().map_err(|e| {
             (
@@ -53,7 +81,7 @@ impl OutboxConfig {
         let latency = raw
             .latency
             .as_deref()
-            .map(crate::config::parse_duration)
+            .map(|t| crate::settings::parse_duration_in(t, Duration::ZERO, Duration::from_secs(60)))
             .transpose()
             .map_err(|e| ("latency".to_owned(), e))?;
         if raw.dir.trim().is_empty() {
@@ -153,6 +181,7 @@ impl Provider for Outbox {
             provider_status: Some("written".into()),
             cost: None,
             segments,
+            part_ids: Vec::new(),
         })
     }
 }

@@ -2,9 +2,11 @@
 
 use std::fmt;
 use std::net::Ipv6Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use lettre::message::Mailbox;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -70,11 +72,38 @@ pub struct SmtpConfig {
     pub auth: Option<SmtpAuth>,
     /// The `From` of every email, with display name; its domain also names the Message-IDs.
     pub from: Mailbox,
-    /// The name sent with EHLO; this machine's host name when absent.
+    /// The name sent with EHLO; the domain of `from` when absent (a fully
+    /// qualified name, as RFC 5321 asks, where a bare host name is not).
     pub hello_name: Option<String>,
     /// Connections open to the server at most; sends beyond them wait for
     /// one. Many servers refuse a client that opens too many.
     pub max_connections: u32,
+    /// The trust roots from `ca_file`, for a relay whose certificate a
+    /// private CA signed; when set, only they are trusted. Mozilla's roots
+    /// (built in) otherwise.
+    pub ca: Option<CaFile>,
+    /// `allow_plaintext_login = true`: the owner accepts that with
+    /// `tls = "none"` the password crosses the network unencrypted. Without
+    /// it such a login is refused at load.
+    pub allow_plaintext_login: bool,
+}
+
+/// The certificates of a `ca_file`, read and parsed at load.
+#[derive(Clone)]
+pub struct CaFile {
+    /// The file, as resolved from the configuration's folder (for messages).
+    pub path: PathBuf,
+    /// Its certificates (DER), at least one.
+    pub certificates: Vec<CertificateDer<'static>>,
+}
+
+impl fmt::Debug for CaFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaFile")
+            .field("path", &self.path)
+            .field("certificates", &self.certificates.len())
+            .finish()
+    }
 }
 
 /// [`SmtpConfig::max_connections`] unless set.
@@ -92,6 +121,8 @@ struct RawSmtp {
     from: String,
     hello_name: Option<String>,
     max_connections: Option<u32>,
+    ca_file: Option<String>,
+    allow_plaintext_login: Option<bool>,
 }
 
 impl SmtpConfig {
@@ -99,17 +130,17 @@ impl SmtpConfig {
     /// `rate_limit` and `timeout`) and the password from the environment;
     /// errors name the key and the reason.
     pub fn from_table(table: toml::Table, base: &Path) -> Result<SmtpConfig, (String, String)> {
-        Self::from_table_with(table, base, crate::config::secret_from_env)
+        Self::from_table_with(table, base, crate::settings::secret_from_env)
     }
 
     /// [`Self::from_table`] with the environment lookup passed in, so tests
     /// need not change the process environment.
-    pub(super) fn from_table_with(
+    pub(crate) fn from_table_with(
         table: toml::Table,
-        _base: &Path,
+        base: &Path,
         read_secret: impl Fn(&str) -> Result<SecretString, String>,
     ) -> Result<SmtpConfig, (String, String)> {
-        let raw = RawSmtp::deserialize(table).map_err(|e| crate::config::table_error(&e))?;
+        let raw = RawSmtp::deserialize(table).map_err(|e| crate::settings::table_error(&e))?;
         let refuse = |key: &str, reason: String| (key.to_owned(), reason);
 
         let host = check_host(&raw.host).map_err(|reason| refuse("host", reason))?;
@@ -157,6 +188,12 @@ impl SmtpConfig {
                         "must be the account name, without spaces around it".into(),
                     ));
                 }
+                if tls == SmtpTls::None && raw.allow_plaintext_login != Some(true) {
+                    return Err(refuse(
+                        "username",
+                        "with tls = \"none\" the password would cross the network unencrypted; use tls = \"starttls\" or \"tls\", or set allow_plaintext_login = true for a trusted local relay".into(),
+                    ));
+                }
                 let var = var.trim().to_owned();
                 if var.is_empty() {
                     return Err(refuse(
@@ -202,6 +239,18 @@ impl SmtpConfig {
             }
             Some(n) => n,
         };
+        let ca = match raw.ca_file {
+            None => None,
+            Some(_) if tls == SmtpTls::None => {
+                return Err(refuse(
+                    "ca_file",
+                    "is set but tls = \"none\" checks no certificate; use tls = \"starttls\" or \"tls\", or remove ca_file".into(),
+                ));
+            }
+            Some(file) => {
+                Some(read_ca_file(&base.join(file.trim())).map_err(|r| refuse("ca_file", r))?)
+            }
+        };
         Ok(SmtpConfig {
             host,
             port,
@@ -210,8 +259,37 @@ impl SmtpConfig {
             from,
             hello_name,
             max_connections,
+            ca,
+            allow_plaintext_login: raw.allow_plaintext_login.unwrap_or(false),
         })
     }
+}
+
+/// The certificates of a PEM file: at least one, every block readable.
+fn read_ca_file(path: &Path) -> Result<CaFile, String> {
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{shown} is not a PEM file of certificates: {e}"))?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "{shown} holds no certificate (a PEM file with \"-----BEGIN CERTIFICATE-----\" blocks)"
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, der) in certificates.iter().enumerate() {
+        roots.add(der.clone()).map_err(|e| {
+            format!(
+                "certificate {} of {shown} cannot be a trust root: {e}",
+                i + 1
+            )
+        })?;
+    }
+    Ok(CaFile {
+        path: path.to_path_buf(),
+        certificates,
+    })
 }
 
 /// A bare host name or IP address: no scheme, no port, no spaces.

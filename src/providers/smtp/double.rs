@@ -4,17 +4,36 @@
 //! Every step (greeting, EHLO, AUTH, MAIL, RCPT, DATA, the end of the
 //! message, NOOP, RSET, QUIT) has a default reply; a test queues other
 //! answers for a step, used in order, one per time the step comes up. It
-//! records every command line and every message received.
+//! records every command line and every message received. It can speak
+//! TLS from the first byte, or offer STARTTLS, with a certificate a test
+//! gives it.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+
+/// How the double protects its connections.
+#[derive(Clone)]
+pub(super) enum DoubleTls {
+    /// Plain text; STARTTLS not offered.
+    None,
+    /// TLS from the first byte (port 465 style).
+    Implicit(TlsAcceptor),
+    /// Plain text, STARTTLS offered in the EHLO reply.
+    StartTls(TlsAcceptor),
+}
+
+/// A connection, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A point in the SMTP conversation where the server answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,6 +89,8 @@ pub(super) struct Received {
     pub rcpt_to: Vec<String>,
     /// The message, dot-unstuffed, lines joined by CRLF.
     pub data: String,
+    /// Whether it came over TLS.
+    pub tls: bool,
 }
 
 #[derive(Default)]
@@ -98,8 +119,13 @@ pub(super) struct SmtpDouble {
 }
 
 impl SmtpDouble {
-    /// Starts a server on a free port of 127.0.0.1.
+    /// Starts a plain-text server on a free port of 127.0.0.1.
     pub async fn start() -> SmtpDouble {
+        SmtpDouble::start_with(DoubleTls::None).await
+    }
+
+    /// Starts a server on a free port of 127.0.0.1, with TLS as given.
+    pub async fn start_with(tls: DoubleTls) -> SmtpDouble {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -110,7 +136,21 @@ impl SmtpDouble {
             let mut sessions = JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
                 shared.lock().unwrap().connections += 1;
-                sessions.spawn(serve(stream, Arc::clone(&shared)));
+                let state = Arc::clone(&shared);
+                match tls.clone() {
+                    DoubleTls::None => {
+                        sessions.spawn(serve(Box::new(stream), state, None, false, true))
+                    }
+                    DoubleTls::StartTls(acceptor) => {
+                        sessions.spawn(serve(Box::new(stream), state, Some(acceptor), false, true))
+                    }
+                    DoubleTls::Implicit(acceptor) => sessions.spawn(async move {
+                        // A client that refuses our certificate ends here.
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            serve(Box::new(stream), state, None, true, true).await;
+                        }
+                    }),
+                };
             }
         });
         SmtpDouble { addr, state, task }
@@ -156,7 +196,7 @@ impl Drop for SmtpDouble {
 }
 
 /// Sends an answer; false when the connection is to end.
-async fn say(out: &mut OwnedWriteHalf, answer: Answer) -> bool {
+async fn say(out: &mut (impl AsyncWrite + Unpin), answer: Answer) -> bool {
     let text = match answer {
         Answer::Say(text) => text,
         Answer::Later(pause, text) => {
@@ -172,75 +212,102 @@ async fn say(out: &mut OwnedWriteHalf, answer: Answer) -> bool {
         && out.flush().await.is_ok()
 }
 
-async fn serve(stream: TcpStream, state: Arc<Mutex<State>>) {
-    let next = |step: Step| state.lock().unwrap().answer(step);
-    let (read, mut out) = stream.into_split();
-    let mut input = BufReader::new(read);
-    if !say(&mut out, next(Step::Greeting)).await {
-        return;
-    }
-    let mut mail_from = String::new();
-    let mut rcpt_to = Vec::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        match input.read_line(&mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let command = line.trim_end_matches(['\r', '\n']).to_owned();
-        state.lock().unwrap().commands.push(command.clone());
-        let verb = command
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_ascii_uppercase();
-        let answer = match verb.as_str() {
-            "EHLO" => next(Step::Ehlo),
-            "HELO" => Answer::Say("250 double.test".into()),
-            "AUTH" => next(Step::Auth),
-            "MAIL" => {
-                mail_from = command.clone();
-                rcpt_to.clear();
-                next(Step::Mail)
-            }
-            "RCPT" => {
-                rcpt_to.push(command.clone());
-                next(Step::Rcpt)
-            }
-            "DATA" => next(Step::Data),
-            "NOOP" => next(Step::Noop),
-            "RSET" => next(Step::Rset),
-            "QUIT" => next(Step::Quit),
-            _ => Answer::Say("502 5.5.2 Error: command not recognized".into()),
-        };
-        let takes_data =
-            verb == "DATA" && matches!(&answer, Answer::Say(t) if t.starts_with("354"));
-        if !say(&mut out, answer).await || verb == "QUIT" {
+/// One connection: the greeting (`greet`: not after STARTTLS), then
+/// commands until QUIT or the end. `starttls` is offered while it is `Some`;
+/// `tls` says whether the stream is already encrypted.
+fn serve(
+    stream: Box<dyn Io>,
+    state: Arc<Mutex<State>>,
+    starttls: Option<TlsAcceptor>,
+    tls: bool,
+    greet: bool,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let next = |step: Step| state.lock().unwrap().answer(step);
+        let mut io = BufReader::new(stream);
+        if greet && !say(&mut io, next(Step::Greeting)).await {
             return;
         }
-        if takes_data {
-            let mut data = Vec::new();
-            loop {
-                line.clear();
-                match input.read_line(&mut line).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-                let text = line.trim_end_matches(['\r', '\n']);
-                if text == "." {
-                    break;
-                }
-                data.push(text.strip_prefix('.').unwrap_or(text).to_owned());
+        let mut mail_from = String::new();
+        let mut rcpt_to = Vec::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match io.read_line(&mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
             }
-            state.lock().unwrap().messages.push(Received {
-                mail_from: mail_from.clone(),
-                rcpt_to: rcpt_to.clone(),
-                data: data.join("\r\n"),
-            });
-            if !say(&mut out, next(Step::EndOfData)).await {
+            let command = line.trim_end_matches(['\r', '\n']).to_owned();
+            state.lock().unwrap().commands.push(command.clone());
+            let verb = command
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_ascii_uppercase();
+            let answer = match verb.as_str() {
+                "EHLO" => match (next(Step::Ehlo), &starttls) {
+                    (Answer::Say(text), Some(_)) if text == Step::Ehlo.default_reply() => {
+                        Answer::Say(text.replacen("\r\n", "\r\n250-STARTTLS\r\n", 1))
+                    }
+                    (answer, _) => answer,
+                },
+                "HELO" => Answer::Say("250 double.test".into()),
+                "STARTTLS" if starttls.is_some() => {
+                    Answer::Say("220 2.0.0 Ready to start TLS".into())
+                }
+                "AUTH" => next(Step::Auth),
+                "MAIL" => {
+                    mail_from = command.clone();
+                    rcpt_to.clear();
+                    next(Step::Mail)
+                }
+                "RCPT" => {
+                    rcpt_to.push(command.clone());
+                    next(Step::Rcpt)
+                }
+                "DATA" => next(Step::Data),
+                "NOOP" => next(Step::Noop),
+                "RSET" => next(Step::Rset),
+                "QUIT" => next(Step::Quit),
+                _ => Answer::Say("502 5.5.2 Error: command not recognized".into()),
+            };
+            let takes_data =
+                verb == "DATA" && matches!(&answer, Answer::Say(t) if t.starts_with("354"));
+            if !say(&mut io, answer).await || verb == "QUIT" {
                 return;
             }
+            if verb == "STARTTLS"
+                && let Some(acceptor) = &starttls
+            {
+                if let Ok(stream) = acceptor.accept(io.into_inner()).await {
+                    serve(Box::new(stream), Arc::clone(&state), None, true, false).await;
+                }
+                return;
+            }
+            if takes_data {
+                let mut data = Vec::new();
+                loop {
+                    line.clear();
+                    match io.read_line(&mut line).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    let text = line.trim_end_matches(['\r', '\n']);
+                    if text == "." {
+                        break;
+                    }
+                    data.push(text.strip_prefix('.').unwrap_or(text).to_owned());
+                }
+                state.lock().unwrap().messages.push(Received {
+                    mail_from: mail_from.clone(),
+                    rcpt_to: rcpt_to.clone(),
+                    data: data.join("\r\n"),
+                    tls,
+                });
+                if !say(&mut io, next(Step::EndOfData)).await {
+                    return;
+                }
+            }
         }
-    }
+    })
 }

@@ -3,18 +3,18 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lettre::transport::smtp::authentication::Credentials;
+use lettre::Message;
+use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
-use lettre::transport::smtp::{AsyncSmtpTransportBuilder, Error as SmtpError};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
+use tokio::sync::SemaphorePermit;
 
 use super::config::{SmtpConfig, SmtpTls};
+use super::connection::{ConnectError, Pool};
 use crate::providers::{Accepted, OutgoingMessage, Provider, SendError};
 
 use crate::providers::MAX_CONNECT_TIMEOUT;
@@ -27,17 +27,14 @@ const MAX_MESSAGE_CHARS: usize = 500;
 /// weak, 535 credentials invalid, 538 encryption required).
 const AUTH_FAILURE_CODES: [&str; 4] = ["530", "534", "535", "538"];
 
-/// The SMTP provider: one pooled lettre transport per configured server.
+/// The SMTP provider: one pool of connections per configured server.
 pub struct Smtp {
     /// Where and how to send.
     config: SmtpConfig,
     /// The most one `send` may take, connection included.
     timeout: Duration,
-    /// The pool, built on first use and rebuilt after a send is cut short.
+    /// At most `max_connections` connections, reused from send to send.
     pool: Pool,
-    /// One permit per connection the server may see (`max_connections`):
-    /// lettre's pool opens a new connection whenever none is idle.
-    connections: tokio::sync::Semaphore,
 }
 
 impl fmt::Debug for Smtp {
@@ -62,38 +59,37 @@ impl Smtp {
     /// connected until the first send.
     pub fn new(config: SmtpConfig, timeout: Duration) -> Result<Smtp, String> {
         crate::providers::install_crypto();
-        let host = config.host.as_str();
-        let builder = match config.tls {
-            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
-            SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
-                .map_err(|e| format!("cannot set up STARTTLS for {host}: {e}"))?,
-            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host)
-                .map_err(|e| format!("cannot set up TLS for {host}: {e}"))?,
-        };
-        // lettre's own timeout bounds only the TCP connect in its async
-        // transport; the whole conversation is bounded in `send`.
-        let mut builder = builder
-            .port(config.port)
-            .timeout(Some(timeout.min(MAX_CONNECT_TIMEOUT)));
-        if let Some(name) = &config.hello_name {
-            builder = builder.hello_name(client_id(name));
-        }
-        if let Some(auth) = &config.auth {
-            builder = builder.credentials(Credentials::new(
-                auth.username.clone(),
-                auth.password.expose_secret().to_owned(),
-            ));
-        }
-        let builder = builder.pool_config(
-            lettre::transport::smtp::PoolConfig::new().max_size(config.max_connections),
-        );
-        let permits = usize::try_from(config.max_connections).unwrap_or(usize::MAX);
+        // The connect alone is bounded here; the whole conversation in `send`.
+        let pool = Pool::new(&config, timeout.min(MAX_CONNECT_TIMEOUT))?;
         Ok(Smtp {
             config,
             timeout,
-            pool: Pool::new(builder),
-            connections: tokio::sync::Semaphore::new(permits),
+            pool,
         })
+    }
+
+    /// The EHLO name: `hello_name`, else the domain of `from`.
+    fn hello_name(&self) -> &str {
+        self.config
+            .hello_name
+            .as_deref()
+            .unwrap_or_else(|| self.config.from.email.domain())
+    }
+
+    /// One conversation on a pooled connection; a connection that ends it
+    /// in good order goes back to the pool before the permit is released.
+    async fn attempt(&self, email: &Message, permit: SemaphorePermit<'_>) -> Outcome {
+        let mut conn = match self.pool.checkout(&permit).await {
+            Ok(conn) => conn,
+            Err(ConnectError::Network(reason)) => return Outcome::Unreachable(reason),
+            Err(ConnectError::Smtp(error)) => return Outcome::Failed(error),
+        };
+        let outcome = match conn.send(email.envelope(), &email.formatted()).await {
+            Ok(reply) => Outcome::Replied(reply),
+            Err(error) => Outcome::Failed(error),
+        };
+        self.pool.checkin(conn, permit);
+        outcome
     }
 
     /// The Message-ID for a delivery: the same on every attempt, so a
@@ -132,6 +128,10 @@ impl Smtp {
 
 #[async_trait]
 impl Provider for Smtp {
+    fn recipient_gone(&self, code: Option<&str>, message: &str) -> Option<&'static str> {
+        recipient_gone(code, message)
+    }
+
     fn dry_run(&self, message: &OutgoingMessage) -> String {
         let email = match self.email(message) {
             Ok(email) => email,
@@ -143,10 +143,7 @@ impl Provider for Smtp {
             SmtpTls::StartTls => "STARTTLS required",
             SmtpTls::Tls => "implicit TLS",
         };
-        let hello = c
-            .hello_name
-            .as_deref()
-            .unwrap_or("(this machine's host name)");
+        let hello = self.hello_name();
         let mut out = format!("connect {}:{} ({mode})\nEHLO {hello}\n", c.host, c.port);
         if let Some(auth) = &c.auth {
             out.push_str(&format!(
@@ -170,32 +167,33 @@ impl Provider for Smtp {
     async fn send(&self, message: &OutgoingMessage) -> Result<Accepted, SendError> {
         let email = self.email(message)?;
         let message_id = self.message_id(&message.delivery_id);
-        // Waiting for a connection counts against the send's timeout.
+        // Waiting for a connection counts against the send's timeout; a send
+        // cut short drops its connection (see `connection.rs`).
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let _connection = match tokio::time::timeout_at(deadline, self.connections.acquire()).await
-        {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) | Err(_) => {
-                return Err(SendError::transient(format!(
-                    "all {} connections to {} stayed busy for {}",
-                    self.config.max_connections,
-                    self.config.host,
-                    humantime::format_duration(self.timeout)
-                )));
-            }
+        let Ok(Some(permit)) = tokio::time::timeout_at(deadline, self.pool.permit()).await else {
+            return Err(SendError::transient(format!(
+                "all {} connections to {} stayed busy for {}",
+                self.config.max_connections,
+                self.config.host,
+                humantime::format_duration(self.timeout)
+            )));
         };
-        let (transport, mut guard) = self.pool.checkout();
-        let outcome = match tokio::time::timeout_at(deadline, transport.send(email)).await {
-            Ok(Ok(reply)) => Outcome::Replied(reply),
-            Ok(Err(error)) => Outcome::Failed(error),
+        let outcome = match tokio::time::timeout_at(deadline, self.attempt(&email, permit)).await {
+            Ok(outcome) => outcome,
             Err(_) => Outcome::TimedOut(self.timeout),
         };
-        if !matches!(outcome, Outcome::TimedOut(_)) {
-            // The conversation ran to its end: the connection is fit for reuse
-            // (lettre closes it itself after an error).
-            guard.finished();
+        if let Outcome::Failed(error) = &outcome
+            && error.is_client()
+        {
+            let c = &self.config;
+            tracing::error!(
+                host = %c.host,
+                port = c.port,
+                tls = %c.tls,
+                error = %error,
+                "the SMTP server cannot do what the send needs (STARTTLS, an AUTH mechanism, SMTPUTF8): check tls and the server"
+            );
         }
-        drop(guard);
         classify(outcome, &message_id).map_err(|e| {
             let e = self.scrub(e);
             if let SendError::Permanent {
@@ -228,8 +226,22 @@ pub enum Outcome {
     /// lettre gave up: a 4yz or 5yz reply at any step, or a connection, TLS
     /// or protocol failure.
     Failed(SmtpError),
-    /// No final answer within the provider's timeout.
+    /// No final answer within the provider's timeout (waiting for a free
+    /// connection included).
     TimedOut(Duration),
+    /// No connection: TCP connect or TLS handshake failed.
+    Unreachable(String),
+}
+
+/// Whether a permanent error says the mailbox does not exist: a 550 reply
+/// with the enhanced status 5.1.1 (RFC 3463, "bad destination mailbox
+/// address"); the recipient is then suppressed. Other 5xx replies (policy,
+/// a full mailbox) may pass.
+pub fn recipient_gone(code: Option<&str>, message: &str) -> Option<&'static str> {
+    let mailbox_unknown = message
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .any(|word| word == "5.1.1");
+    (code? == "550" && mailbox_unknown).then_some("the mailbox does not exist (SMTP 550 5.1.1)")
 }
 
 /// The one table that turns a send's outcome into accepted, permanent or
@@ -241,6 +253,7 @@ pub enum Outcome {
 /// | any other positive reply (3yz)            | transient, with the code                 |
 /// | 5yz at any step                           | permanent, with the code (530, 534, 535, 538: the login; `send` alerts) |
 /// | 4yz at any step                           | transient, with the code                 |
+/// | a step the server cannot do (STARTTLS not offered, no AUTH mechanism, SMTPUTF8 needed) | permanent, no code; `send` alerts |
 /// | timeout                                   | transient                                |
 /// | connection, TLS, protocol, anything else  | transient                                |
 pub fn classify(outcome: Outcome, message_id: &str) -> Result<Accepted, SendError> {
@@ -261,8 +274,21 @@ pub fn classify(outcome: Outcome, message_id: &str) -> Result<Accepted, SendErro
                 provider_status: Some(code),
                 cost: None,
                 segments: None,
+                part_ids: Vec::new(),
             })
         }
+        // lettre refusing a step the server cannot do: STARTTLS not offered,
+        // no common AUTH mechanism, an address needing SMTPUTF8. The same
+        // will happen on every retry.
+        Outcome::Failed(error) if error.is_client() => Err(SendError::Permanent {
+            code: None,
+            message: truncate(&format!(
+                "the server cannot do what is asked: {}",
+                std::error::Error::source(&error)
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| error.to_string())
+            )),
+        }),
         Outcome::Failed(error) => {
             let code = error.status().map(|c| c.to_string());
             let server_text = std::error::Error::source(&error)
@@ -291,6 +317,7 @@ pub fn classify(outcome: Outcome, message_id: &str) -> Result<Accepted, SendErro
             "no answer from the SMTP server within {}",
             humantime::format_duration(after)
         ))),
+        Outcome::Unreachable(reason) => Err(SendError::transient(truncate(&reason))),
     }
 }
 
@@ -323,91 +350,10 @@ fn truncate(text: &str) -> String {
     }
 }
 
-fn client_id(name: &str) -> ClientId {
+pub(super) fn client_id(name: &str) -> ClientId {
     match name.parse::<IpAddr>() {
         Ok(IpAddr::V4(ip)) => ClientId::Ipv4(ip),
         Ok(IpAddr::V6(ip)) => ClientId::Ipv6(ip),
         Err(_) => ClientId::Domain(name.to_owned()),
-    }
-}
-
-/// lettre's pooled transport, replaced whenever a send is cut short.
-///
-/// A send dropped mid-conversation (our timeout, or the caller's) hands its
-/// connection back to lettre's pool as if it were idle, with the server's
-/// answer still to come. lettre checks a pooled connection with NOOP before
-/// reuse, but a late "250" would pass for the NOOP's reply, and every later
-/// reply on that connection would then answer the command before it: a
-/// rejection could be read as an acceptance. So a cut-short send discards
-/// the whole pool (its idle connections are closed with QUIT) and the next
-/// send starts a fresh one.
-struct Pool {
-    /// How to build a transport (server, TLS, login, timeouts).
-    builder: AsyncSmtpTransportBuilder,
-    /// The current transport and its generation.
-    slot: Arc<Mutex<Slot>>,
-}
-
-#[derive(Default)]
-struct Slot {
-    /// Counts replacements, so a late guard does not discard a newer pool.
-    generation: u64,
-    /// Built on first use (lettre's pool needs a running tokio runtime).
-    transport: Option<AsyncSmtpTransport<Tokio1Executor>>,
-}
-
-impl Pool {
-    fn new(builder: AsyncSmtpTransportBuilder) -> Pool {
-        Pool {
-            builder,
-            slot: Arc::new(Mutex::new(Slot::default())),
-        }
-    }
-
-    /// The current transport, and a guard that discards it unless the send
-    /// using it reaches its end.
-    fn checkout(&self) -> (AsyncSmtpTransport<Tokio1Executor>, InFlight) {
-        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-        let transport = slot
-            .transport
-            .get_or_insert_with(|| self.builder.clone().build())
-            .clone();
-        let guard = InFlight {
-            slot: Arc::clone(&self.slot),
-            generation: slot.generation,
-            finished: false,
-        };
-        (transport, guard)
-    }
-}
-
-/// Discards the pool when dropped before [`InFlight::finished`].
-struct InFlight {
-    slot: Arc<Mutex<Slot>>,
-    generation: u64,
-    finished: bool,
-}
-
-impl InFlight {
-    fn finished(&mut self) {
-        self.finished = true;
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        let old = {
-            let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-            if slot.generation != self.generation {
-                return;
-            }
-            slot.generation += 1;
-            slot.transport.take()
-        };
-        tracing::debug!("SMTP send cut short: discarding the connection pool");
-        drop(old);
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::double::{Answer, SmtpDouble, Step};
+use super::double::{Answer, DoubleTls, SmtpDouble, Step};
 use super::{DEFAULT_MAX_CONNECTIONS, Outcome, Smtp, SmtpAuth, SmtpConfig, SmtpTls, classify};
 use crate::domain::DeliveryKind;
 use crate::domain::email::EmailAddress;
@@ -60,6 +60,8 @@ fn config(addr: SocketAddr) -> SmtpConfig {
             .expect("valid mailbox"),
         hello_name: Some("tuma.test".into()),
         max_connections: 2,
+        ca: None,
+        allow_plaintext_login: false,
     }
 }
 
@@ -86,6 +88,8 @@ fn email_to(delivery_id: &str, html: Option<&str>) -> OutgoingMessage {
             text: "Hello Wanjiku, your statement is ready.".into(),
             html: html.map(str::to_owned),
         },
+        code: None,
+        valid_for: None,
     }
 }
 
@@ -104,6 +108,8 @@ fn sms() -> OutgoingMessage {
             to: PhoneNumber::parse_e164("+254711000001").expect("valid number"),
             text: "Your code is 482913".into(),
         },
+        code: None,
+        valid_for: None,
     }
 }
 
@@ -128,6 +134,52 @@ fn header<'a>(data: &'a str, name: &str) -> Option<&'a str> {
         .take_while(|line| !line.is_empty())
         .find(|line| line.to_ascii_lowercase().starts_with(&prefix))
         .map(|line| line[prefix.len()..].trim())
+}
+
+/// A certificate authority made for one test, and a server certificate it
+/// signed for 127.0.0.1.
+struct TestCa {
+    /// The CA's certificate, as a `ca_file` holds it.
+    pem: String,
+    /// TLS for the double, with the server certificate.
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+fn test_ca() -> TestCa {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tuma test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().expect("server key");
+    let server_cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("server params")
+        .signed_by(&server_key, &issuer)
+        .expect("server certificate");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![server_cert.der().clone()], key)
+    .expect("server TLS config");
+    TestCa {
+        pem: ca_cert.pem(),
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+    }
+}
+
+/// Settings read from `text` with `ca.pem` (the test CA) in the folder.
+fn parse_with_ca_file(text: &str, ca: &TestCa) -> (tempfile::TempDir, SmtpConfig) {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    std::fs::write(dir.path().join("ca.pem"), &ca.pem).expect("write ca.pem");
+    let config = SmtpConfig::from_table_with(table(text), dir.path(), env).expect("parses");
+    (dir, config)
 }
 
 // ---------------------------------------------------------------- config
@@ -283,6 +335,70 @@ fn bad_values_are_refused_naming_their_key() {
 }
 
 #[test]
+fn a_login_without_tls_is_refused_unless_allow_plaintext_login_says_so() {
+    let base = "host = \"mx.local\"\ntls = \"none\"\nusername = \"mailer\"\npassword_env = \"SMTP_PASSWORD\"\nfrom = \"a@mtaadao.org\"\n";
+    for text in [
+        base.to_owned(),
+        format!("{base}allow_plaintext_login = false\n"),
+    ] {
+        let (key, reason) = refused_key(&text);
+        assert_eq!(key, "username", "{reason}");
+        assert!(reason.contains("unencrypted"), "{reason}");
+        assert!(reason.contains("allow_plaintext_login = true"), "{reason}");
+        assert!(!reason.contains(PASSWORD), "{reason}");
+    }
+    let config = parse(&format!("{base}allow_plaintext_login = true\n")).expect("parses");
+    assert!(config.allow_plaintext_login);
+    assert_eq!(config.auth.expect("a login").username, "mailer");
+    for mode in ["starttls", "tls"] {
+        let text = base.replace("\"none\"", &format!("\"{mode}\""));
+        parse(&text).unwrap_or_else(|e| panic!("tls = {mode}: {e:?}"));
+    }
+}
+
+#[test]
+fn ca_file_is_read_from_the_configurations_folder() {
+    let ca = test_ca();
+    let (dir, config) = parse_with_ca_file(
+        "host = \"relay.internal\"\nca_file = \"ca.pem\"\nfrom = \"a@mtaadao.org\"\n",
+        &ca,
+    );
+    let file = config.ca.expect("a CA file");
+    assert_eq!(file.path, dir.path().join("ca.pem"));
+    assert_eq!(file.certificates.len(), 1);
+}
+
+#[test]
+fn a_bad_ca_file_is_refused_naming_the_key_and_the_file() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    std::fs::write(dir.path().join("empty.pem"), "no certificate here\n").unwrap();
+    std::fs::write(
+        dir.path().join("broken.pem"),
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("good.pem"), test_ca().pem).unwrap();
+    let cases = [
+        ("missing.pem", "starttls", "missing.pem"),
+        ("empty.pem", "starttls", "no certificate"),
+        ("broken.pem", "tls", "broken.pem"),
+        ("good.pem", "none", "tls = \"none\""),
+    ];
+    for (file, mode, expected) in cases {
+        let text = format!(
+            "host = \"relay.internal\"\ntls = \"{mode}\"\nca_file = \"{file}\"\nfrom = \"a@mtaadao.org\"\n"
+        );
+        match SmtpConfig::from_table_with(table(&text), dir.path(), env) {
+            Ok(config) => panic!("{file}: expected an error, got {config:?}"),
+            Err((key, reason)) => {
+                assert_eq!(key, "ca_file", "{file}: {reason}");
+                assert!(reason.contains(expected), "{file}: {reason}");
+            }
+        }
+    }
+}
+
+#[test]
 fn an_ipv6_literal_host_is_accepted() {
     let config =
         parse("host = \"::1\"\ntls = \"none\"\nfrom = \"a@mtaadao.org\"\n").expect("parses");
@@ -322,6 +438,14 @@ fn dry_run_shows_the_conversation_with_the_password_masked() {
     ] {
         assert!(shown.contains(expected), "missing {expected:?} in\n{shown}");
     }
+}
+
+#[test]
+fn dry_run_without_hello_name_shows_the_from_domain_in_ehlo() {
+    let mut config = config("127.0.0.1:2525".parse().unwrap());
+    config.hello_name = None;
+    let shown = provider(config).dry_run(&email());
+    assert!(shown.contains("EHLO mtaadao.org\n"), "{shown}");
 }
 
 #[test]
@@ -386,6 +510,98 @@ async fn an_email_without_html_goes_out_as_plain_text() {
 }
 
 #[tokio::test]
+async fn a_text_only_email_says_mime_version_1_0() {
+    let server = SmtpDouble::start().await;
+    let smtp = provider(config(server.addr));
+    smtp.send(&email_to(DELIVERY, None))
+        .await
+        .expect("accepted");
+    smtp.send(&email()).await.expect("accepted");
+    for got in server.messages() {
+        assert_eq!(
+            header(&got.data, "MIME-Version"),
+            Some("1.0"),
+            "{}",
+            got.data
+        );
+    }
+}
+
+/// The header lines of a message, up to the blank line.
+fn header_lines(data: &str) -> Vec<&str> {
+    data.split("\r\n")
+        .take_while(|line| !line.is_empty())
+        .collect()
+}
+
+/// A header's value with its folded lines joined, RFC 2047 words decoded
+/// (base64, UTF-8: what tuma writes).
+fn decoded_header(data: &str, name: &str) -> String {
+    use base64::Engine;
+    let lines = header_lines(data);
+    let prefix = format!("{}:", name.to_ascii_lowercase());
+    let at = lines
+        .iter()
+        .position(|line| line.to_ascii_lowercase().starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in\n{data}"));
+    let mut value = lines[at][prefix.len()..].to_owned();
+    for line in &lines[at + 1..] {
+        if !line.starts_with([' ', '\t']) {
+            break;
+        }
+        value.push_str(line);
+    }
+    let words: Vec<&str> = value.split_whitespace().collect();
+    if !words.iter().all(|w| w.starts_with("=?utf-8?b?")) {
+        return value.trim().to_owned();
+    }
+    let bytes: Vec<u8> = words
+        .iter()
+        .flat_map(|word| {
+            let inner = &word["=?utf-8?b?".len()..word.len() - "?=".len()];
+            base64::engine::general_purpose::STANDARD
+                .decode(inner)
+                .expect("base64")
+        })
+        .collect();
+    String::from_utf8(bytes).expect("UTF-8")
+}
+
+#[tokio::test]
+async fn a_1200_character_subject_without_spaces_goes_out_in_header_lines_of_at_most_78_octets() {
+    let server = SmtpDouble::start().await;
+    let subject: String = (0..1200)
+        .map(|i| char::from(b'a' + u8::try_from(i % 26).unwrap()))
+        .collect();
+    let mut message = email_to(DELIVERY, None);
+    if let Content::Email { subject: s, .. } = &mut message.content {
+        s.clone_from(&subject);
+    }
+    provider(config(server.addr))
+        .send(&message)
+        .await
+        .expect("accepted");
+    let data = server.messages()[0].data.clone();
+    for line in header_lines(&data) {
+        assert!(line.len() <= 78, "{} octets: {line}", line.len());
+    }
+    assert_eq!(decoded_header(&data, "Subject"), subject);
+}
+
+#[tokio::test]
+async fn without_hello_name_ehlo_names_the_from_domain() {
+    let server = SmtpDouble::start().await;
+    let mut config = config(server.addr);
+    config.hello_name = None;
+    provider(config).send(&email()).await.expect("accepted");
+    let commands = server.commands();
+    assert!(
+        commands.contains(&"EHLO mtaadao.org".to_owned()),
+        "{commands:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_sms_is_a_permanent_error_and_opens_no_connection() {
     let server = SmtpDouble::start().await;
     let (code, message) = permanent(provider(config(server.addr)).send(&sms()).await);
@@ -440,6 +656,7 @@ async fn a_250_with_queued_as_gives_the_servers_queue_id() {
             provider_status: Some("250".into()),
             cost: None,
             segments: None,
+            part_ids: Vec::new(),
         }
     );
 }
@@ -654,11 +871,11 @@ async fn implicit_tls_to_a_plain_text_server_is_transient() {
 }
 
 #[tokio::test]
-async fn starttls_to_a_server_without_starttls_is_transient_and_sends_nothing() {
+async fn starttls_to_a_server_without_starttls_is_permanent_and_sends_nothing() {
     let server = SmtpDouble::start().await;
     let mut config = with_login(config(server.addr));
     config.tls = SmtpTls::StartTls;
-    let (code, message) = transient(provider(config).send(&email()).await);
+    let (code, message) = permanent(provider(config).send(&email()).await);
     assert_eq!(code, None);
     assert!(message.contains("STARTTLS"), "{message}");
     assert!(server.messages().is_empty());
@@ -668,7 +885,86 @@ async fn starttls_to_a_server_without_starttls_is_transient_and_sends_nothing() 
     );
 }
 
+// ---------------------------------------------------------------- TLS
+
+#[tokio::test]
+async fn a_relay_whose_certificate_a_private_ca_signed_is_trusted_through_ca_file() {
+    let ca = test_ca();
+    let server = SmtpDouble::start_with(DoubleTls::Implicit(ca.acceptor.clone())).await;
+    let (_dir, config) = parse_with_ca_file(
+        &format!(
+            "host = \"127.0.0.1\"\nport = {}\ntls = \"tls\"\nca_file = \"ca.pem\"\nfrom = \"MtaaDAO <no-reply@mtaadao.org>\"\n",
+            server.addr.port()
+        ),
+        &ca,
+    );
+    let accepted = provider(config).send(&email()).await.expect("accepted");
+    assert_eq!(accepted.provider_message_id, "ABC123");
+    let messages = server.messages();
+    assert_eq!(messages.len(), 1);
+    assert!(messages[0].tls, "the message came over TLS");
+}
+
+#[tokio::test]
+async fn starttls_to_a_relay_of_a_private_ca_logs_in_only_after_the_upgrade() {
+    let ca = test_ca();
+    let server = SmtpDouble::start_with(DoubleTls::StartTls(ca.acceptor.clone())).await;
+    let (_dir, config) = parse_with_ca_file(
+        &format!(
+            "host = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\nca_file = \"ca.pem\"\nusername = \"mailer\"\npassword_env = \"SMTP_PASSWORD\"\nfrom = \"MtaaDAO <no-reply@mtaadao.org>\"\n",
+            server.addr.port()
+        ),
+        &ca,
+    );
+    provider(config).send(&email()).await.expect("accepted");
+    let commands = server.commands();
+    let starttls = commands.iter().position(|c| c == "STARTTLS");
+    let auth = commands.iter().position(|c| c.starts_with("AUTH"));
+    assert!(
+        matches!((starttls, auth), (Some(s), Some(a)) if s < a),
+        "{commands:?}"
+    );
+    assert!(server.messages()[0].tls, "the message came over TLS");
+}
+
+#[tokio::test]
+async fn without_ca_file_a_certificate_from_a_private_ca_is_refused_and_nothing_is_sent() {
+    let ca = test_ca();
+    let server = SmtpDouble::start_with(DoubleTls::Implicit(ca.acceptor.clone())).await;
+    let mut config = with_login(config(server.addr));
+    config.tls = SmtpTls::Tls;
+    let (code, message) = transient(provider(config).send(&email()).await);
+    assert_eq!(code, None);
+    assert!(message.contains("TLS"), "{message}");
+    assert!(server.commands().is_empty(), "{:?}", server.commands());
+    assert!(server.messages().is_empty());
+}
+
 // ---------------------------------------------------------------- the pool
+
+#[tokio::test]
+async fn forty_concurrent_sends_with_max_connections_4_open_at_most_4_connections() {
+    let server = SmtpDouble::start().await;
+    let mut config = config(server.addr);
+    config.max_connections = 4;
+    let smtp = provider(config);
+    for round in 0..3 {
+        let sends = (0..40).map(|i| {
+            let message = email_to(&format!("01JDELIVERY00000000000{round}{i:04}"), None);
+            let smtp = &smtp;
+            async move { smtp.send(&message).await }
+        });
+        for result in futures::future::join_all(sends).await {
+            result.expect("accepted");
+        }
+    }
+    assert_eq!(server.messages().len(), 120);
+    let opened = server.connections();
+    assert!(
+        (1..=4).contains(&opened),
+        "{opened} connections for 120 sends with max_connections = 4"
+    );
+}
 
 /// lettre puts a used connection back in its pool from a spawned task: give
 /// it a moment, as the time between two real sends would.
@@ -885,6 +1181,50 @@ async fn an_email_through_a_real_smtp_server_arrives_whole() {
     assert!(saved.contains("Content-Type: text/plain"), "{saved}");
     assert!(saved.contains("Content-Type: text/html"), "{saved}");
     assert!(saved.contains("<b>statement</b>"), "{saved}");
+    assert_eq!(header(&saved, "MIME-Version"), Some("1.0"));
+
+    // A subject of 1,200 characters without a space: a real server refuses
+    // a header line that long; folded, it takes it whole.
+    let subject = "0123456789".repeat(120);
+    let mut long = email_to("01JDELIVERY0000000000000002", None);
+    if let Content::Email { subject: s, .. } = &mut long.content {
+        s.clone_from(&subject);
+    }
+    let accepted = provider(config(addr))
+        .send(&long)
+        .await
+        .unwrap_or_else(|e| panic!("not accepted: {e}\n{}", server_log()));
+    let saved =
+        std::fs::read_to_string(inbox.join(format!("{}.eml", accepted.provider_message_id)))
+            .expect("saved message");
+    let saved = saved.replace("\r\n", "\n").replace('\n', "\r\n");
+    for line in header_lines(&saved) {
+        assert!(line.len() <= 78, "{} octets: {line}", line.len());
+    }
+    assert_eq!(decoded_header(&saved, "Subject"), subject);
+    assert_eq!(header(&saved, "MIME-Version"), Some("1.0"));
 
     server.kill().await.expect("stop aiosmtpd");
+}
+
+#[tokio::test]
+async fn an_unknown_mailbox_is_marked_for_suppression_and_spam_refusals_are_not() {
+    for (reply, gone) in [
+        (
+            "550 5.1.1 <wanjiku@example.com>: Recipient address rejected: User unknown",
+            true,
+        ),
+        ("550 5.7.1 Message rejected as spam", false),
+        ("553 5.1.1 mailbox name not allowed", false),
+    ] {
+        let server = SmtpDouble::start().await;
+        server.reply(Step::Rcpt, reply);
+        let p = provider(config(server.addr));
+        let (code, message) = permanent(p.send(&email()).await);
+        assert_eq!(
+            p.recipient_gone(code.as_deref(), &message).is_some(),
+            gone,
+            "{reply}"
+        );
+    }
 }

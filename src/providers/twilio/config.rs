@@ -101,7 +101,7 @@ impl TwilioConfig {
     ///
     /// Keys ending in `_env` name environment variables that are read now.
     pub fn from_table(table: toml::Table, base: &Path) -> Result<TwilioConfig, (String, String)> {
-        Self::from_table_with_env(table, base, crate::config::secret_from_env)
+        Self::from_table_with_env(table, base, crate::settings::secret_from_env)
     }
 
     /// [`TwilioConfig::from_table`] with the environment given, so tests need not change it.
@@ -110,7 +110,7 @@ impl TwilioConfig {
         _base: &Path,
         env: impl Fn(&str) -> Result<SecretString, String>,
     ) -> Result<TwilioConfig, (String, String)> {
-        let raw = RawTwilio::deserialize(table).map_err(|e| crate::config::table_error(&e))?;
+        let raw = RawTwilio::deserialize(table).map_err(|e| crate::settings::table_error(&e))?;
 
         let account_sid = sid("account_sid", &raw.account_sid, "AC")?;
         let read = |key: &str, var: &str| env(var.trim()).map_err(|reason| refuse(key, reason));
@@ -193,15 +193,21 @@ impl TwilioConfig {
     }
 }
 
-/// A Twilio sid: its two-letter prefix then letters and digits (it goes into URLs).
+/// How many hexadecimal digits follow a Twilio sid's two-letter prefix.
+const SID_HEX_DIGITS: usize = 32;
+
+/// A Twilio sid: its two-letter prefix then exactly 32 hexadecimal digits
+/// (`^AC[0-9a-fA-F]{32}$`), as Twilio issues them; anything else would pass
+/// `tuma check` and then fail every send.
 fn sid(key: &str, value: &str, prefix: &str) -> Result<String, KeyError> {
     let value = value.trim();
     let rest = value.strip_prefix(prefix).unwrap_or_default();
-    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if rest.len() != SID_HEX_DIGITS || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let shown: String = value.chars().take(40).collect();
         return Err(refuse(
             key,
             format!(
-                "`{value}` is not a Twilio sid: expected {prefix} followed by letters and digits"
+                "`{shown}` is not a Twilio sid: expected {prefix} followed by exactly {SID_HEX_DIGITS} hexadecimal digits"
             ),
         ));
     }
@@ -244,8 +250,13 @@ fn http_url(key: &str, value: &str) -> Result<Url, KeyError> {
 }
 
 fn validity(text: &str) -> Result<Duration, KeyError> {
-    let period = crate::config::parse_duration(text).map_err(|e| refuse("validity_period", e))?;
-    if period.subsec_nanos() != 0 || !(1..=MAX_VALIDITY_SECS).contains(&period.as_secs()) {
+    let period = crate::settings::parse_duration_in(
+        text,
+        Duration::from_secs(1),
+        Duration::from_secs(MAX_VALIDITY_SECS),
+    )
+    .map_err(|e| refuse("validity_period", e))?;
+    if period.subsec_nanos() != 0 {
         return Err(refuse(
             "validity_period",
             format!("`{text}` must be a whole number of seconds from 1s to 10h (36000 s)"),

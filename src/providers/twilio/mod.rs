@@ -11,6 +11,7 @@
 //! Email is not a Twilio channel here: an email content is a permanent error.
 
 mod config;
+mod kind;
 pub mod receipt;
 mod service;
 
@@ -18,4 +19,5 @@ mod service;
 mod tests;
 
 pub use config::{TwilioAuth, TwilioConfig, TwilioSender};
-pub use service::{FetchedMessage, Twilio, classify, classify_fetched};
+pub use kind::KIND;
+pub use service::{FetchedMessage, Twilio, classify, classify_fetched, recipient_gone};

@@ -1,9 +1,19 @@
 //! Twilio's status callbacks: the `X-Twilio-Signature` check and the table of
-//! asynchronous error codes (docs/providers.md, "Status callback").
+//! asynchronous error codes (docs/providers.md, "Status callback"), and
+//! what a `MessageStatus` means: `delivered` → delivered; `undelivered` /
+//! `failed` → undelivered, with `ErrorCode` described from the asynchronous
+//! code table; `canceled` (final in Twilio's specification) → undelivered;
+//! anything else (`sent`, `sending`, `queued`, …) leaves it sent.
 
 use base64::Engine;
+use chrono::{DateTime, Utc};
 use hmac::{KeyInit, Mac};
 use reqwest::Url;
+
+use crate::domain::provider_text::{MAX_ID_CHARS, MAX_STATUS_CHARS};
+use crate::domain::receipt::ReceiptVerdict;
+use crate::receipts::{MissingField, field, fields_json};
+use crate::store::NewReceipt;
 
 type HmacSha1 = hmac::Hmac<sha1::Sha1>;
 
@@ -90,6 +100,49 @@ pub fn describe_async_error(code: &str) -> String {
         }
         Err(_) => format!("Twilio error `{}`", code.trim()),
     }
+}
+
+/// The verdict of a Twilio `MessageStatus`.
+pub fn twilio_verdict(status: &str) -> ReceiptVerdict {
+    match status {
+        "delivered" => ReceiptVerdict::Delivered,
+        "undelivered" | "failed" | "canceled" => ReceiptVerdict::Undelivered,
+        _ => ReceiptVerdict::InProgress,
+    }
+}
+
+/// A Twilio status callback (or a fetched message's status and error) for `provider`.
+pub fn from_twilio(
+    provider: &str,
+    fields: &[(String, String)],
+    received_at: DateTime<Utc>,
+) -> Result<NewReceipt, MissingField> {
+    let sid = field(fields, "MessageSid", MAX_ID_CHARS)
+        .or_else(|| field(fields, "SmsSid", MAX_ID_CHARS))
+        .ok_or(MissingField("MessageSid"))?;
+    let status = field(fields, "MessageStatus", MAX_STATUS_CHARS)
+        .or_else(|| field(fields, "SmsStatus", MAX_STATUS_CHARS))
+        .ok_or(MissingField("MessageStatus"))?
+        .to_ascii_lowercase();
+    let verdict = twilio_verdict(&status);
+    let error_code = field(fields, "ErrorCode", MAX_STATUS_CHARS);
+    let error = match verdict {
+        ReceiptVerdict::Undelivered => Some(match &error_code {
+            Some(code) => describe_async_error(code),
+            None => format!("Twilio reported the message {status}"),
+        }),
+        _ => None,
+    };
+    Ok(NewReceipt {
+        provider: provider.to_owned(),
+        provider_message_id: sid,
+        status,
+        verdict,
+        error_code,
+        error,
+        fields: fields_json(fields),
+        received_at,
+    })
 }
 
 #[cfg(test)]
@@ -201,5 +254,66 @@ mod tests {
             describe_async_error("30003"),
             "30003 unreachable handset (transient)"
         );
+    }
+
+    #[test]
+    fn twilio_statuses_map_to_verdicts() {
+        for (status, verdict) in [
+            ("delivered", ReceiptVerdict::Delivered),
+            ("undelivered", ReceiptVerdict::Undelivered),
+            ("failed", ReceiptVerdict::Undelivered),
+            ("canceled", ReceiptVerdict::Undelivered),
+            ("sent", ReceiptVerdict::InProgress),
+            ("sending", ReceiptVerdict::InProgress),
+            ("queued", ReceiptVerdict::InProgress),
+        ] {
+            assert_eq!(twilio_verdict(status), verdict, "{status}");
+        }
+    }
+
+    #[test]
+    fn an_undelivered_twilio_callback_carries_its_async_error() {
+        let r = from_twilio(
+            "twilio",
+            &pairs(&[
+                ("MessageSid", "SM1"),
+                ("MessageStatus", "undelivered"),
+                ("ErrorCode", "30007"),
+            ]),
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(r.verdict, ReceiptVerdict::Undelivered);
+        assert_eq!(
+            r.error.as_deref(),
+            Some("30007 filtered as spam (permanent)")
+        );
+        assert_eq!(r.fields["ErrorCode"], "30007");
+        assert_eq!(
+            from_twilio("twilio", &pairs(&[("MessageStatus", "sent")]), Utc::now()),
+            Err(MissingField("MessageSid"))
+        );
+    }
+
+    #[test]
+    fn a_canceled_twilio_message_is_final_and_receipt_text_is_cleaned_and_capped() {
+        let long_sid = format!("SM{}", "a".repeat(200_000));
+        let r = from_twilio(
+            "twilio",
+            &pairs(&[
+                ("MessageSid", long_sid.as_str()),
+                ("MessageStatus", "canceled"),
+                ("Body", "Your code is 482913"),
+            ]),
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(r.verdict, ReceiptVerdict::Undelivered);
+        assert_eq!(
+            r.error.as_deref(),
+            Some("Twilio reported the message canceled")
+        );
+        assert!(r.provider_message_id.chars().count() <= MAX_ID_CHARS + 1);
+        assert!(r.fields.get("Body").is_none());
     }
 }

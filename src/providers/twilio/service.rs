@@ -11,10 +11,14 @@ use serde_json::Value;
 
 use super::config::{TwilioConfig, TwilioSender};
 use crate::domain::money::{Currency, Money, parse_decimal_micros};
+use crate::domain::provider_text::{self, MAX_STATUS_CHARS, Secrets, scrub};
 use crate::providers::{Accepted, Content, OutgoingMessage, Provider, SendError, install_crypto};
 
 /// The longest `Body` Twilio takes, in characters.
 pub const MAX_BODY_CHARS: usize = 1600;
+
+/// The longest `ValidityPeriod` Twilio takes, in seconds (10 hours).
+const MAX_VALIDITY_SECS: u64 = 36_000;
 
 /// How much of an unexpected body goes into an error message.
 const SHOWN_BODY_CHARS: usize = 500;
@@ -71,7 +75,9 @@ impl Twilio {
         let url = self.account_url(&format!("Messages/{sid}.json"));
         let request = self.build(self.authorized(self.client.get(url)))?;
         let (status, body) = self.call(request).await?;
-        classify_fetched(status, &body)
+        // The code was wiped once the message was sent, and the answer holds
+        // the message body: errors are cleaned of anything shaped like a code.
+        classify_fetched(status, &body).map_err(|e| e.cleaned(&Secrets::unknown_code()))
     }
 
     /// `{base_url}/2010-04-01/Accounts/{AccountSid}/{tail}`.
@@ -121,8 +127,21 @@ impl Twilio {
         if let Some(url) = &self.config.status_callback_url {
             form.push(("StatusCallback", url.to_string()));
         }
-        if let Some(period) = self.config.validity_period {
-            form.push(("ValidityPeriod", period.as_secs().to_string()));
+        // An OTP goes with the whole seconds it has left (never more than the
+        // configured period), so the carrier drops it rather than deliver a
+        // dead code; with under a second left it is not sent at all.
+        let period = match (self.config.validity_period, message.valid_for) {
+            (_, Some(left)) if left.as_secs() < 1 => {
+                return Err(SendError::permanent(
+                    "the OTP has under a second left before it expires: not sent (Twilio's ValidityPeriod is at least 1 s)",
+                ));
+            }
+            (Some(configured), Some(left)) => Some(configured.as_secs().min(left.as_secs())),
+            (None, Some(left)) => Some(left.as_secs().min(MAX_VALIDITY_SECS)),
+            (configured, None) => configured.map(|p| p.as_secs()),
+        };
+        if let Some(period) = period {
+            form.push(("ValidityPeriod", period.to_string()));
         }
         Ok(form)
     }
@@ -174,10 +193,15 @@ impl Twilio {
 
 #[async_trait]
 impl Provider for Twilio {
+    fn recipient_gone(&self, code: Option<&str>, message: &str) -> Option<&'static str> {
+        recipient_gone(code, message)
+    }
+
     async fn send(&self, message: &OutgoingMessage) -> Result<Accepted, SendError> {
         let request = self.send_request(message)?;
         let (status, body) = self.call(request).await?;
-        classify(status, &body)
+        // Untrusted text: the code and the message text go before anything reads it.
+        classify(status, &scrub(&body, &message.secrets()))
     }
 
     fn dry_run(&self, message: &OutgoingMessage) -> String {
@@ -264,6 +288,26 @@ fn rule(status: StatusCode, code: Option<i64>) -> Rule {
     }
 }
 
+/// The error codes that say the number is not worth paying for again (the
+/// recipient is suppressed).
+const RECIPIENT_GONE: [(&str, &str); 3] = [
+    (
+        "21211",
+        "the number is not a valid phone number (Twilio 21211)",
+    ),
+    ("21610", "the recipient replied STOP (Twilio 21610)"),
+    ("21614", "the number is not a mobile number (Twilio 21614)"),
+];
+
+/// Whether a permanent error's code is one of [`RECIPIENT_GONE`]; its reason.
+pub fn recipient_gone(code: Option<&str>, _message: &str) -> Option<&'static str> {
+    let code = code?.trim();
+    RECIPIENT_GONE
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, reason)| *reason)
+}
+
 /// Maps Twilio's answer to a send: `2xx` with a message `sid` is accepted;
 /// anything else goes through the table. Never panics, whatever the body.
 pub fn classify(status: StatusCode, body: &str) -> Result<Accepted, SendError> {
@@ -280,6 +324,7 @@ pub fn classify(status: StatusCode, body: &str) -> Result<Accepted, SendError> {
             .map(str::to_owned),
         cost: price(&value),
         segments: count(value.get("num_segments")),
+        part_ids: Vec::new(),
     })
 }
 
@@ -289,9 +334,19 @@ pub fn classify_fetched(status: StatusCode, body: &str) -> Result<FetchedMessage
         return Err(classify_error(status, body));
     }
     let value = success_json(status, body)?;
+    // Quoted without the message body it carries.
+    let mut shown = value.clone();
+    if let Some(map) = shown.as_object_mut() {
+        map.remove("body");
+    }
+    let shown = shown.to_string();
+    let status_word = required_str(&value, "status", status, &shown)?;
     Ok(FetchedMessage {
-        sid: required_str(&value, "sid", status, body)?,
-        status: required_str(&value, "status", status, body)?,
+        sid: provider_text::clean_id(
+            &required_str(&value, "sid", status, &shown)?,
+            &Secrets::none(),
+        ),
+        status: provider_text::clean_to(&status_word, &Secrets::none(), MAX_STATUS_CHARS),
         price: price(&value),
         num_segments: count(value.get("num_segments")),
         error_code: integer(value.get("error_code")),
@@ -372,8 +427,8 @@ fn price(value: &Value) -> Option<Money> {
         Some((micros, currency)) => Some(Money::new(micros, currency)),
         None => {
             tracing::warn!(
-                price = amount,
-                price_unit = unit,
+                price = %truncate(amount),
+                price_unit = unit.map(truncate),
                 "Twilio sent a price that cannot be read; the cost stays unknown"
             );
             None
@@ -388,6 +443,7 @@ fn count(value: Option<&Value>) -> Option<u32> {
         Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
         _ => None,
     }
+    .filter(|n| (1..=255).contains(n))
 }
 
 /// An integer Twilio writes as a number (`code`, `error_code`), or as a string.

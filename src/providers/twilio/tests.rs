@@ -103,6 +103,8 @@ fn sms(text: &str) -> OutgoingMessage {
             to: PhoneNumber::parse_e164(TO).expect("number"),
             text: text.into(),
         },
+        code: None,
+        valid_for: None,
     }
 }
 
@@ -116,6 +118,8 @@ fn email() -> OutgoingMessage {
             text: "Hello".into(),
             html: None,
         },
+        code: None,
+        valid_for: None,
     }
 }
 
@@ -1230,6 +1234,147 @@ async fn fetching_a_sid_that_is_not_letters_and_digits_is_refused_without_a_call
         assert!(
             matches!(result, Err(SendError::Permanent { .. })),
             "{sid:?}: {result:?}"
+        );
+    }
+}
+
+#[test]
+fn sids_must_be_their_prefix_and_exactly_32_hexadecimal_digits() {
+    let hex = "0123456789abcdef0123456789ABCDEF";
+    for bad in [
+        "AC123".to_owned(),
+        format!("AC{hex}0"),
+        format!("AC{}", &hex[1..]),
+        format!("AC{}g", &hex[1..]),
+        format!("MG{hex}"),
+    ] {
+        let (key, reason) = load_err(&format!(
+            "account_sid = \"{bad}\"\nauth_token_env = \"TWILIO_AUTH_TOKEN\"\nfrom = \"{FROM}\""
+        ));
+        assert_eq!(key, "account_sid", "{bad}");
+        assert!(reason.contains("32 hexadecimal digits"), "{reason}");
+    }
+    let (key, _) = load_err(&format!(
+        "account_sid = \"AC{hex}\"\nauth_token_env = \"TWILIO_AUTH_TOKEN\"\nmessaging_service_sid = \"MG123\""
+    ));
+    assert_eq!(key, "messaging_service_sid");
+    let (key, _) = load_err(&format!(
+        "account_sid = \"AC{hex}\"\napi_key_sid = \"SK123\"\napi_key_secret_env = \"TWILIO_AUTH_TOKEN\"\nfrom = \"{FROM}\""
+    ));
+    assert_eq!(key, "api_key_sid");
+    let config = load_keys(&format!(
+        "account_sid = \"AC{hex}\"\napi_key_sid = \"SK{hex}\"\napi_key_secret_env = \"TWILIO_AUTH_TOKEN\"\nmessaging_service_sid = \"MG{hex}\""
+    ))
+    .expect("well-formed sids");
+    assert_eq!(config.account_sid, format!("AC{hex}"));
+}
+
+fn otp_with(left: Option<Duration>) -> OutgoingMessage {
+    OutgoingMessage {
+        valid_for: left,
+        ..sms(TEXT)
+    }
+}
+
+fn validity_sent(configured: Option<u64>, left: Option<Duration>) -> Option<String> {
+    let config = TwilioConfig {
+        validity_period: configured.map(Duration::from_secs),
+        ..config("https://api.twilio.com")
+    };
+    let twilio = Twilio::new(config, Duration::from_secs(5)).expect("client");
+    let shown = twilio.dry_run(&otp_with(left));
+    shown
+        .split(['&', '\n'])
+        .find_map(|f| f.strip_prefix("ValidityPeriod="))
+        .map(str::to_owned)
+}
+
+#[test]
+fn an_otp_goes_with_the_whole_seconds_it_has_left_never_more_than_configured() {
+    let left = |ms: u64| Some(Duration::from_millis(ms));
+    assert_eq!(
+        validity_sent(Some(600), left(90_700)).as_deref(),
+        Some("90")
+    );
+    assert_eq!(
+        validity_sent(Some(600), left(1_000_000)).as_deref(),
+        Some("600")
+    );
+    assert_eq!(validity_sent(None, left(300_000)).as_deref(), Some("300"));
+    assert_eq!(
+        validity_sent(None, left(90_000_000)).as_deref(),
+        Some("36000")
+    );
+    assert_eq!(validity_sent(Some(600), None).as_deref(), Some("600"));
+    assert_eq!(validity_sent(None, None), None);
+}
+
+#[tokio::test]
+async fn an_otp_with_under_a_second_left_is_not_sent() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let result = provider(&server)
+        .send(&otp_with(Some(Duration::from_millis(999))))
+        .await;
+    match result {
+        Err(SendError::Permanent { message, .. }) => {
+            assert!(message.contains("under a second left"), "{message}")
+        }
+        other => panic!("expected a permanent refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_fetched_message_s_body_is_never_quoted_in_an_error() {
+    let body = serde_json::json!({
+        "status": "delivered",
+        "body": "Your MtaaDAO code is 493817. It expires in 5 minutes.",
+        "price": "-0.00750",
+        "price_unit": "USD"
+    })
+    .to_string();
+    let error = classify_fetched(StatusCode::OK, &body).expect_err("no sid");
+    let shown = error.to_string();
+    assert!(shown.contains("no message `sid`"), "{shown}");
+    assert!(
+        !shown.contains("493817") && !shown.contains("MtaaDAO code"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_fetched_price_stays_the_positive_charge_and_nonsense_segment_counts_are_dropped() {
+    let body = serde_json::json!({
+        "sid": MESSAGE_SID,
+        "status": "delivered",
+        "price": "-0.00750",
+        "price_unit": "USD",
+        "num_segments": "100000"
+    })
+    .to_string();
+    let fetched = classify_fetched(StatusCode::OK, &body).expect("fetched");
+    assert_eq!(fetched.price.map(|p| p.micros), Some(7_500));
+    assert_eq!(fetched.num_segments, None);
+}
+
+#[tokio::test]
+async fn invalid_unsubscribed_and_landline_numbers_are_marked_for_suppression() {
+    for (code, gone) in [(21211, true), (21610, true), (21614, true), (21408, false)] {
+        let body = error_body(code, "refused", 400);
+        let server = MockServer::start().await;
+        expect_default_send(&server, json_answer(400, &body)).await;
+        let p = provider(&server);
+        let Err(SendError::Permanent { code: got, message }) = p.send(&sms(TEXT)).await else {
+            panic!("{code}: expected a permanent error");
+        };
+        assert_eq!(
+            p.recipient_gone(got.as_deref(), &message).is_some(),
+            gone,
+            "{code}"
         );
     }
 }

@@ -1,0 +1,114 @@
+//! `tuma check`: validate the configuration and templates and describe them.
+
+use std::collections::BTreeMap;
+
+use anyhow::bail;
+use serde_json::{Map, json};
+
+use crate::config::Config;
+use crate::domain::Channel;
+use crate::domain::segments::count_segments;
+
+pub(super) fn run(config: Config) -> anyhow::Result<()> {
+    let templates = crate::templates::Templates::load(&config.templates)?;
+    crate::providers::Providers::from_config(&config)?;
+    let otp_key = match crate::secrets::OtpKeys::from_env(&config.otp)? {
+        Some(keys) => keys.describe(),
+        None => "a key file beside the SQLite database (made on first run); \
+                 Postgres needs otp.key_env"
+            .to_owned(),
+    };
+    println!("configuration {} is valid", config.file.display());
+    println!();
+    println!("providers:");
+    for p in &config.providers {
+        let detail = p.kind.describe();
+        println!(
+            "  {:<16} {:<15} {}/s (burst {}), timeout {}  {detail}",
+            p.name,
+            p.kind.as_str(),
+            p.rate_limit.per_second,
+            p.rate_limit.burst,
+            humantime::format_duration(p.timeout)
+        );
+    }
+    println!();
+    println!("routes (longest prefix wins; then failover in order):");
+    for r in &config.routes {
+        println!(
+            "  {:<6} {:<10} {}",
+            r.channel,
+            r.prefix.as_deref().unwrap_or("(default)"),
+            r.providers.join(" -> ")
+        );
+    }
+    if !config.prices.is_empty() {
+        println!();
+        println!("prices (estimates where a provider does not say its cost):");
+        for p in &config.prices {
+            println!(
+                "  {:<16} {:<8} {} per segment",
+                p.provider, p.prefix, p.per_segment
+            );
+        }
+    }
+    println!();
+    println!(
+        "circuit breaker: {} transient failures in a row skip a provider for {}",
+        config.circuit_breaker.failures,
+        humantime::format_duration(config.circuit_breaker.cooldown)
+    );
+    println!(
+        "retry: for {} (an OTP: its TTL), at most {} attempts, {} doubling to {}{}",
+        humantime::format_duration(config.retry.give_up_after),
+        config.retry.max_attempts,
+        humantime::format_duration(config.retry.initial_delay),
+        humantime::format_duration(config.retry.max_delay),
+        if config.retry.jitter {
+            ", with jitter"
+        } else {
+            ""
+        }
+    );
+    println!("OTP codes sealed at rest with {otp_key}");
+    println!();
+    println!("SMS templates (with a 6-digit code and sample values):");
+    let mut problems = Vec::new();
+    for (name, locale, parts) in templates.catalogue() {
+        if !parts.contains("sms.txt") {
+            continue;
+        }
+        let mut vars = Map::new();
+        vars.insert("code".into(), json!("123456"));
+        vars.insert("ttl_minutes".into(), json!(5));
+        vars.insert("name".into(), json!("Amina Wanjiru"));
+        match templates.render(name, locale, Channel::Sms, &vars) {
+            Ok(r) => {
+                let info = count_segments(&r.text);
+                println!(
+                    "  {name:<12} {locale:<4} {} {:>3} units, {} segment{}",
+                    info.encoding,
+                    info.units,
+                    info.segments,
+                    if info.segments == 1 { "" } else { "s" }
+                );
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    let mut email = BTreeMap::new();
+    for (name, locale, parts) in templates.catalogue() {
+        if parts.contains("email.txt") {
+            email.entry(name).or_insert_with(Vec::new).push(locale);
+        }
+    }
+    println!();
+    println!("email templates:");
+    for (name, locales) in email {
+        println!("  {name:<12} {}", locales.join(", "));
+    }
+    if !problems.is_empty() {
+        bail!("templates with problems:\n  {}", problems.join("\n  "));
+    }
+    Ok(())
+}

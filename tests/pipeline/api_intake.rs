@@ -1,0 +1,493 @@
+//! What intake must refuse, through the HTTP API (and the library calls the
+//! CLI makes), on SQLite and Postgres: recipients counted whatever their
+//! letter case, non-mobile numbers for OTPs, request variables that would
+//! replace configured ones or are not plain values, and control characters in
+//! any text a request carries.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::on_both_backends;
+use crate::support::*;
+use tuma::intake::{IntakeError, NotificationRequest, OtpRequest};
+
+/// A problem response's status and body.
+async fn problem(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+async fn an_email_otp_limit_counts_the_address_in_any_letter_case(backend: Backend) {
+    let s = spawn_app_with(
+        backend,
+        "[api]\notp_per_recipient = { max = 2, per = \"15m\" }\n",
+    )
+    .await;
+    let key = s.key("auth-service", &["send"]).await;
+    let otp = |to: &str| json!({"to": to, "code": "1234"});
+    let first = s.post("/v1/otp", &key, &otp("Victim@Example.org")).await;
+    assert_eq!(first.status(), 202);
+    let id = first.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        s.post("/v1/otp", &key, &otp("victim@example.org"))
+            .await
+            .status(),
+        202
+    );
+    for to in [
+        "VICTIM@EXAMPLE.ORG",
+        "vIcTiM@example.ORG",
+        "victim@example.org",
+    ] {
+        assert_eq!(
+            s.post("/v1/otp", &key, &otp(to)).await.status(),
+            429,
+            "{to} is the same mailbox"
+        );
+    }
+    assert_eq!(s.delivery_count().await, 2);
+    // What is stored and handed to the provider is one spelling of it.
+    assert_eq!(s.t.delivery(&id).await.row.recipient, "victim@example.org");
+
+    // Requests that differ only by case, fired together, share one limit.
+    s.t.clock.advance(Duration::from_secs(16 * 60));
+    let spellings = [
+        "Amina@example.org",
+        "AMINA@example.org",
+        "amina@EXAMPLE.org",
+        "aMINA@example.org",
+        "AmInA@Example.Org",
+        "amina@example.org",
+    ];
+    let bodies: Vec<Value> = spellings.iter().map(|to| otp(to)).collect();
+    let answers =
+        futures::future::join_all(bodies.iter().map(|body| s.post("/v1/otp", &key, body))).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [202, 202, 429, 429, 429, 429]);
+    assert_eq!(s.delivery_count().await, 4);
+    s.stop().await;
+}
+on_both_backends!(an_email_otp_limit_counts_the_address_in_any_letter_case);
+
+async fn otps_to_premium_rate_and_other_non_mobile_numbers_are_refused_naming_the_rule(
+    backend: Backend,
+) {
+    let s = spawn_app(backend).await;
+    let key = s.key("auth-service", &["send"]).await;
+    let otp = |to: &str| json!({"to": to, "code": "1234"});
+    for (to, kind) in [
+        ("+254900000000", "premium-rate"),
+        ("+254900223456", "premium-rate"),
+        ("+254800223456", "toll-free"),
+        ("+254202012345", "fixed-line"),
+        ("+80012345678", "toll-free"),
+    ] {
+        let (status, body) = problem(s.post("/v1/otp", &key, &otp(to)).await).await;
+        assert_eq!(status, 422, "{to}: {body}");
+        assert_eq!(body["type"], "https://tuma.dev/problems/refused", "{to}");
+        assert_eq!(body["field"], "to", "{to}");
+        assert_eq!(body["rule"], "otp.number_type", "{to}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(kind), "{to}: {detail}");
+    }
+    assert_eq!(s.delivery_count().await, 0);
+    // Mobile numbers, and numbers that may be mobile (North America), pass.
+    for to in [
+        "+254711000001",
+        "0722 000 000",
+        "+14155552671",
+        "+447400123456",
+    ] {
+        assert_eq!(
+            s.post("/v1/otp", &key, &otp(to)).await.status(),
+            202,
+            "{to}"
+        );
+    }
+    // The operator's CLI send is held to the same rule.
+    let cli =
+        s.t.app
+            .enqueue_otp(OtpRequest {
+                to: "+254900000000".into(),
+                code: "1234".into(),
+                channel: None,
+                locale: None,
+                ttl: None,
+            })
+            .await;
+    assert!(
+        matches!(
+            &cli,
+            Err(IntakeError::Refused {
+                rule: "otp.number_type",
+                field: "to",
+                ..
+            })
+        ),
+        "{cli:?}"
+    );
+    assert_eq!(s.delivery_count().await, 4);
+    assert_eq!(s.state.metrics.refusals().get("otp.number_type"), Some(&5));
+    s.stop().await;
+}
+on_both_backends!(otps_to_premium_rate_and_other_non_mobile_numbers_are_refused_naming_the_rule);
+
+async fn fixed_lines_get_otps_only_when_the_configuration_allows_them(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let url = db.url.clone();
+    // The test configuration's `[otp]` table, with the switch on.
+    let text = config_text(db.path(), 6).replace(
+        "default_region = \"KE\"",
+        "default_region = \"KE\"\nallow_fixed_line = true",
+    );
+    assert!(text.contains("allow_fixed_line"));
+    let s = spawn_app_with_text(db, &url, &text).await;
+    let key = s.key("auth-service", &["send"]).await;
+    let otp = |to: &str| json!({"to": to, "code": "1234"});
+    assert_eq!(
+        s.post("/v1/otp", &key, &otp("+254202012345"))
+            .await
+            .status(),
+        202
+    );
+    let (status, body) = problem(s.post("/v1/otp", &key, &otp("+254900000000")).await).await;
+    assert_eq!(
+        (status, body["rule"].as_str()),
+        (422, Some("otp.number_type"))
+    );
+    assert_eq!(s.delivery_count().await, 1);
+    s.stop().await;
+}
+on_both_backends!(fixed_lines_get_otps_only_when_the_configuration_allows_them);
+
+async fn request_variables_never_replace_configured_ones_and_must_be_plain_values(
+    backend: Backend,
+) {
+    let s = spawn_app(backend).await;
+    let key = s.key("app", &["send"]).await;
+    let welcome =
+        |vars: Value| json!({"to": "amina@example.org", "template": "welcome", "vars": vars});
+    for (vars, field) in [
+        (
+            json!({"name": "A", "app_name": "EVIL BANK"}),
+            "vars.app_name",
+        ),
+        (json!({"name": null}), "vars.name"),
+        (json!({"name": {"first": "A"}}), "vars.name"),
+        (json!({"name": ["A"]}), "vars.name"),
+        (json!({"name": "A", "code": "1234"}), "vars.code"),
+    ] {
+        let (status, body) = problem(
+            s.post("/v1/notifications", &key, &welcome(vars.clone()))
+                .await,
+        )
+        .await;
+        assert_eq!(status, 422, "{vars}: {body}");
+        assert_eq!(body["field"], field, "{vars}: {body}");
+    }
+    assert_eq!(s.delivery_count().await, 0);
+    // Strings, numbers and booleans are plain values.
+    for name in [json!("Amina"), json!(7), json!(true)] {
+        let sent = s
+            .post("/v1/notifications", &key, &welcome(json!({ "name": name })))
+            .await;
+        assert_eq!(sent.status(), 202, "{name}");
+    }
+    s.t.drain().await;
+    let page =
+        s.t.app
+            .db
+            .delivery_page(&tuma::store::PageFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    for d in &page {
+        assert!(d.row.body.contains("tuma"), "{}", d.row.body);
+        assert!(!d.row.body.contains("None"), "{}", d.row.body);
+    }
+    // The CLI's `--var` goes through the same intake.
+    let mut vars = Map::new();
+    vars.insert("name".into(), json!("A"));
+    vars.insert("app_name".into(), json!("EVIL BANK"));
+    let cli =
+        s.t.app
+            .enqueue_notification(NotificationRequest {
+                to: "amina@example.org".into(),
+                template: "welcome".into(),
+                locale: None,
+                vars,
+                send_at: None,
+            })
+            .await;
+    assert!(
+        matches!(&cli, Err(IntakeError::Invalid { field, .. }) if &**field == "vars.app_name"),
+        "{cli:?}"
+    );
+    assert_eq!(s.delivery_count().await, 3);
+    s.stop().await;
+}
+on_both_backends!(request_variables_never_replace_configured_ones_and_must_be_plain_values);
+
+async fn control_characters_are_refused_in_every_field_and_parameter_naming_it(backend: Backend) {
+    let s = spawn_app(backend).await;
+    let key = s.key("app", &["send", "read", "ops", "reports"]).await;
+    let welcome = json!({"to": "amina@example.org", "template": "welcome", "vars": {"name": "A"}});
+    let with = |mut body: Value, path: &[&str], value: Value| {
+        let mut at = &mut body;
+        for p in &path[..path.len() - 1] {
+            at = &mut at[*p];
+        }
+        at[path[path.len() - 1]] = value;
+        body
+    };
+    let otp = json!({"to": "+254711000001", "code": "1234"});
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "/v1/notifications",
+            with(welcome.clone(), &["vars", "name"], json!("\u{0}")),
+            "vars.name",
+        ),
+        (
+            "/v1/notifications",
+            with(welcome.clone(), &["vars", "name"], json!("A\u{7}")),
+            "vars.name",
+        ),
+        (
+            "/v1/notifications",
+            with(welcome.clone(), &["vars", "name"], json!("A\u{1b}[2J")),
+            "vars.name",
+        ),
+        (
+            "/v1/notifications",
+            with(welcome.clone(), &["vars", "name"], json!("A\u{85}")),
+            "vars.name",
+        ),
+        (
+            "/v1/notifications",
+            with(welcome.clone(), &["to"], json!("amina@example.org\n")),
+            "to",
+        ),
+        (
+            "/v1/notifications",
+            with(welcome.clone(), &["template"], json!("welcome\u{0}")),
+            "template",
+        ),
+        (
+            "/v1/notifications",
+            with(welcome.clone(), &["locale"], json!("en\u{0}")),
+            "locale",
+        ),
+        (
+            "/v1/notifications",
+            with(
+                welcome.clone(),
+                &["send_at"],
+                json!("2026-12-01T00:00:00Z\u{0}"),
+            ),
+            "send_at",
+        ),
+        (
+            "/v1/otp",
+            with(otp.clone(), &["to"], json!("+254711000001\u{0}")),
+            "to",
+        ),
+        (
+            "/v1/otp",
+            with(otp.clone(), &["code"], json!("1234\u{0}")),
+            "code",
+        ),
+        (
+            "/v1/otp",
+            with(otp.clone(), &["locale"], json!("en\t")),
+            "locale",
+        ),
+        (
+            "/v1/otp",
+            with(otp.clone(), &["channel"], json!("sms\u{0}")),
+            "channel",
+        ),
+        (
+            "/v1/otp",
+            with(otp.clone(), &["purpose"], json!("login\u{0}")),
+            "purpose",
+        ),
+        (
+            "/v1/replays",
+            json!({"filter": {"provider": "primary\u{0}"}, "dry_run": true}),
+            "filter.provider",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let (status, problem) = problem(s.post(path, &key, &body).await).await;
+        assert_eq!(status, 422, "{path} {body}: {problem}");
+        assert_eq!(problem["field"], field, "{path} {body}: {problem}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains("control character"), "{detail}");
+        assert!(!problem.to_string().contains("\\u0000"), "{problem}");
+    }
+    // A variable name with one is refused without repeating it.
+    let (status, problem_body) = problem(
+        s.post(
+            "/v1/notifications",
+            &key,
+            &json!({"to": "amina@example.org", "template": "welcome", "vars": {"name": "A", "x\u{0}": "y"}}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        (status, problem_body["field"].as_str()),
+        (422, Some("vars"))
+    );
+    assert!(
+        !problem_body.to_string().contains("\\u0000"),
+        "{problem_body}"
+    );
+    assert_eq!(s.delivery_count().await, 0);
+
+    // Line breaks and tabs are kept where a multi-line value makes sense.
+    let multi = with(
+        welcome.clone(),
+        &["vars", "name"],
+        json!("Amina\nWanjiru\tK\r\n"),
+    );
+    assert_eq!(
+        s.post("/v1/notifications", &key, &multi).await.status(),
+        202
+    );
+
+    // Every query parameter, name or value.
+    for query in [
+        "provider=%00",
+        "provider=primary%0A",
+        "status=%00",
+        "channel=sms%00",
+        "since=%00",
+        "cursor=%00",
+        "limit=1%00",
+        "%00=1",
+    ] {
+        let (status, problem) =
+            problem(s.get(&format!("/v1/deliveries?{query}"), &key).await).await;
+        assert_eq!(status, 422, "{query}: {problem}");
+        assert!(!problem.to_string().contains("\\u0000"), "{problem}");
+    }
+    let (status, body) = problem(s.get("/v1/deliveries?provider=%00", &key).await).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("provider")));
+    let (status, body) = problem(s.get("/v1/reports/costs?by=%00", &key).await).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("by")));
+    let (status, body) = problem(s.get("/v1/reports/costs?since=1d%00", &key).await).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("since")));
+
+    // A path id with one is no delivery: 404, not 500.
+    for path in [
+        "/v1/deliveries/%00",
+        "/v1/deliveries/a%0Ab",
+        "/v1/deliveries/%00/replay",
+    ] {
+        let response = if path.ends_with("/replay") {
+            s.client
+                .post(s.url(path))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+        } else {
+            s.get(path, &key).await
+        };
+        let (status, problem) = problem(response).await;
+        assert_eq!(status, 404, "{path}: {problem}");
+        assert!(!problem.to_string().contains("\\u0000"), "{problem}");
+    }
+
+    // The Idempotency-Key header: a tab inside it is refused too.
+    let response = s
+        .client
+        .post(s.url("/v1/notifications"))
+        .bearer_auth(&key)
+        .header("idempotency-key", "abc\tdef")
+        .json(&welcome)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = problem(response).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (422, Some("Idempotency-Key"))
+    );
+
+    // The CLI's sends go through the same intake.
+    let mut vars = Map::new();
+    vars.insert("name".into(), json!("A\u{0}"));
+    let cli =
+        s.t.app
+            .enqueue_notification(NotificationRequest {
+                to: "amina@example.org".into(),
+                template: "welcome".into(),
+                locale: None,
+                vars,
+                send_at: None,
+            })
+            .await;
+    assert!(
+        matches!(&cli, Err(IntakeError::Invalid { field, .. }) if &**field == "vars.name"),
+        "{cli:?}"
+    );
+    for (template, locale, field) in [
+        ("welcome\u{0}", None, "template"),
+        ("welcome", Some("en\u{0}"), "locale"),
+    ] {
+        let mut vars = Map::new();
+        vars.insert("name".into(), json!("A"));
+        let cli =
+            s.t.app
+                .enqueue_notification(NotificationRequest {
+                    to: "amina@example.org".into(),
+                    template: template.into(),
+                    locale: locale.map(str::to_owned),
+                    vars,
+                    send_at: None,
+                })
+                .await;
+        match &cli {
+            Err(IntakeError::Invalid { field: f, reason }) => {
+                assert_eq!(&**f, field);
+                assert!(!reason.contains('\u{0}'), "{reason:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(s.delivery_count().await, 1);
+    s.stop().await;
+}
+on_both_backends!(control_characters_are_refused_in_every_field_and_parameter_naming_it);
+
+async fn an_unknown_field_with_an_empty_name_is_named_readably(backend: Backend) {
+    let s = spawn_app(backend).await;
+    let key = s.key("app", &["send", "read"]).await;
+    let (status, body) = problem(
+        s.post(
+            "/v1/otp",
+            &key,
+            &json!({"to": "+254711000001", "code": "1234", "": 1}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["field"], "\"\"", "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("\"\""), "{body}");
+    let (status, body) = problem(s.get("/v1/deliveries?=1", &key).await).await;
+    assert_eq!((status, body["field"].as_str()), (422, Some("\"\"")));
+    assert_eq!(s.delivery_count().await, 0);
+    s.stop().await;
+}
+on_both_backends!(an_unknown_field_with_an_empty_name_is_named_readably);
