@@ -126,7 +126,7 @@ pub async fn handle_job(app: &App, lane: Lane, job: &DeliveryJob) -> Result<(), 
     else {
         debug!("taken by another worker");
         if reserved {
-            crate::spend::after_send(app, id, None).await?;
+            crate::spend::after_send(app, lane, id, None).await?;
         }
         return Ok(());
     };
@@ -261,7 +261,8 @@ pub async fn handle_job(app: &App, lane: Lane, job: &DeliveryJob) -> Result<(), 
     }
     if reserved {
         let sent = matches!(next, NextStep::Sent).then_some(result.cost.map(|(m, _)| m));
-        if let Err(e) = crate::spend::after_send(app, id, sent).await {
+        if let Err(e) = crate::spend::after_send(app, Lane::for_kind(delivery.kind), id, sent).await
+        {
             // The reservation stays; the sweeper settles it from the delivery.
             warn!(error = %e, "settling the budget reservation failed; left to the sweeper");
         }

@@ -18,7 +18,9 @@ use crate::domain::budget::{BudgetPeriod, Crossing, used_ratio};
 use crate::domain::money::{Currency, Money};
 use crate::domain::{DeliveryKind, DeliveryStatus};
 use crate::queue::{DeliveryJob, Lane};
-use crate::store::{BudgetAsk, Db, Delivery, HeldFilter, Reserved, StoreError};
+use crate::store::{
+    BudgetAsk, Db, Delivery, HeldFilter, ReserveCall, Reserved, SettleCall, StoreError,
+};
 
 /// What the guard decided for one send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +62,16 @@ pub async fn before_send(
             estimate_micros: estimate.micros,
         })
         .collect();
-    match app.db.reserve_budget(&delivery.row.id, &asks, now).await? {
+    let call = ReserveCall {
+        delivery_id: delivery.row.id.clone(),
+        asks,
+        now,
+    };
+    match app
+        .batcher
+        .reserve_budget(Lane::for_kind(delivery.kind), call)
+        .await?
+    {
         Reserved::Yes(crossed) => {
             log_crossings(&crossed);
             Ok(Guard::Go { reserved: true })
@@ -90,23 +101,21 @@ pub async fn before_send(
 
 /// After the call: `Some(cost)` for a send the provider accepted (its actual
 /// cost where known, else the estimate), `None` for one that failed or did
-/// not happen.
+/// not happen. `lane`: the delivery's, whose batches carry the statement.
 pub async fn after_send(
     app: &App,
+    lane: Lane,
     delivery_id: &str,
     sent: Option<Option<Money>>,
 ) -> Result<(), StoreError> {
-    match sent {
-        Some(cost) => {
-            let terms = app.config.spend.terms();
-            let crossed = app
-                .db
-                .settle_budget(delivery_id, cost, &terms, app.clock.now())
-                .await?;
-            log_crossings(&crossed);
-        }
-        None => app.db.release_budget(delivery_id).await?,
-    }
+    let call = SettleCall {
+        delivery_id: delivery_id.to_owned(),
+        spend: sent,
+        terms: app.config.spend.terms(),
+        now: app.clock.now(),
+    };
+    let crossed = app.batcher.close_reservations(lane, call).await?;
+    log_crossings(&crossed);
     Ok(())
 }
 
@@ -172,7 +181,7 @@ pub async fn sweep(app: &App, now: DateTime<Utc>) -> Result<SpendSweep, StoreErr
             (Some(micros), Some(currency)) => Some(Money::new(micros, currency)),
             _ => None,
         };
-        after_send(app, &id, sent.then_some(cost)).await?;
+        after_send(app, Lane::Notifications, &id, sent.then_some(cost)).await?;
         report.settled += 1;
     }
     Ok(report)

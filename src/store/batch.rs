@@ -8,7 +8,10 @@
 //! one task that takes everything waiting and runs it as one batch
 //! ([`Db::deliveries_to_send`], [`Db::begin_attempts`],
 //! [`Db::finish_attempts`], [`Db::live_api_keys`],
-//! [`Db::insert_deliveries_guarded`]): a few round trips and one commit for
+//! [`Db::insert_deliveries_guarded`], and, for sends with a budget, the
+//! spend guard's [`Db::reserve_budgets`] and [`Db::close_reservations`],
+//! which take the budget's one counter row once per batch rather than once
+//! per send): a few round trips and one commit for
 //! the lot. Nothing waits on purpose: a lone call runs at once, and calls that
 //! come while a batch is running make up the next one.
 //!
@@ -32,8 +35,9 @@ use tokio::task::JoinHandle;
 
 use super::{
     ApiKeyRow, AttemptEnd, AttemptResult, AttemptStart, Db, Delivery, InsertGuards, Inserted,
-    NewDelivery, NextStep, StoreError,
+    NewDelivery, NextStep, ReserveCall, Reserved, SettleCall, StoreError,
 };
+use crate::domain::budget::Crossing;
 use crate::queue::{DeliveryJob, Lane};
 
 /// The most calls one batch carries.
@@ -60,6 +64,8 @@ struct Starts;
 struct Ends;
 struct Keys;
 struct Inserts;
+struct Reserves;
+struct Settles;
 
 impl Statement for Reads {
     type Call = String;
@@ -135,6 +141,36 @@ impl Statement for Inserts {
             let items: Vec<_> = calls.iter().map(|(d, g)| (d, g)).collect();
             db.insert_deliveries_guarded(&items).await
         })
+    }
+}
+
+impl Statement for Reserves {
+    type Call = ReserveCall;
+    type Answer = Reserved;
+    fn key(call: &ReserveCall) -> Option<String> {
+        Some(call.delivery_id.clone())
+    }
+    fn run<'a>(
+        db: &'a Db,
+        calls: &'a [ReserveCall],
+    ) -> BoxFuture<'a, Result<Vec<Reserved>, StoreError>> {
+        Box::pin(db.reserve_budgets(calls))
+    }
+}
+
+impl Statement for Settles {
+    type Call = SettleCall;
+    type Answer = Vec<Crossing>;
+    // A send that happened is counted even if its worker stopped waiting.
+    const RUNS_UNWATCHED: bool = true;
+    fn key(call: &SettleCall) -> Option<String> {
+        Some(call.delivery_id.clone())
+    }
+    fn run<'a>(
+        db: &'a Db,
+        calls: &'a [SettleCall],
+    ) -> BoxFuture<'a, Result<Vec<Vec<Crossing>>, StoreError>> {
+        Box::pin(db.close_reservations(calls))
     }
 }
 
@@ -386,6 +422,9 @@ pub struct Batcher {
     reads: [Line<Reads>; 2],
     starts: [Line<Starts>; 2],
     ends: [Line<Ends>; 2],
+    // The spend guard's, one of each per lane (sends with a budget only).
+    reserves: [Line<Reserves>; 2],
+    settles: [Line<Settles>; 2],
     keys: Line<Keys>,
     inserts: Line<Inserts>,
     /// Turned true by [`Batcher::stop`]: the tasks finish and end.
@@ -422,6 +461,14 @@ impl Batcher {
             Line::start(&db, None, &stopped, t),
             Line::start(&db, Some(gate.clone()), &stopped, t),
         ];
+        let reserves = [
+            Line::start(&db, None, &stopped, t),
+            Line::start(&db, Some(gate.clone()), &stopped, t),
+        ];
+        let settles = [
+            Line::start(&db, None, &stopped, t),
+            Line::start(&db, Some(gate.clone()), &stopped, t),
+        ];
         let keys = Line::start(&db, None, &stopped, t);
         let inserts = Line::start(&db, None, &stopped, t);
         Batcher {
@@ -430,6 +477,8 @@ impl Batcher {
             reads,
             starts,
             ends,
+            reserves,
+            settles,
             keys,
             inserts,
             stop,
@@ -523,6 +572,28 @@ impl Batcher {
             lane,
         };
         self.ends[lane.index()].call(&self.db, end).await
+    }
+
+    /// The spend guard's first statement, for a worker of `lane`: room for
+    /// the send in each of its budgets, or the budget that is reached
+    /// ([`Db::reserve_budgets`]).
+    pub async fn reserve_budget(
+        &self,
+        lane: Lane,
+        call: ReserveCall,
+    ) -> Result<Reserved, StoreError> {
+        self.reserves[lane.index()].call(&self.db, call).await
+    }
+
+    /// The spend guard's second statement, for a worker of `lane`: the
+    /// send's reservations spent or given back; the thresholds crossed
+    /// ([`Db::close_reservations`]).
+    pub async fn close_reservations(
+        &self,
+        lane: Lane,
+        call: SettleCall,
+    ) -> Result<Vec<Crossing>, StoreError> {
+        self.settles[lane.index()].call(&self.db, call).await
     }
 }
 

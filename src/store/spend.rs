@@ -1,12 +1,16 @@
 //! The spend guard's rows: budget counters, reservations, held deliveries.
 //!
 //! A budget's counter row (`budget_usage`, one per currency, period and
-//! period start) is the one place a send's estimate is admitted: a guarded
-//! `UPDATE … WHERE spent + reserved < limit`. On Postgres the row lock makes
-//! a second process's `UPDATE` wait and then re-check the condition against
-//! the first's result; SQLite has one writer. So concurrent workers never
-//! admit past the limit by more than the one send that found room. The rule
-//! itself is `domain::budget::admits`; these statements only keep it.
+//! period start) is the one place a send's estimate is admitted. A batch of
+//! sends (see `store/batch.rs`) locks the counters it needs in key order
+//! (`SELECT … FOR UPDATE` on Postgres; SQLite has one writer), admits each
+//! send in turn against what the ones before it reserved, and writes each
+//! counter once. A second process's batch waits for the lock and reads the
+//! first's result, so concurrent workers never admit past the limit by more
+//! than the one send that found room. The rule itself is
+//! `domain::budget::admits`; these statements only keep it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
@@ -15,7 +19,7 @@ use sqlx::{PgConnection, SqliteConnection};
 
 use super::{Db, Doing, StoreError, on_pool};
 use crate::domain::DeliveryKind;
-use crate::domain::budget::{BudgetPeriod, BudgetTerms, Crossing};
+use crate::domain::budget::{BudgetPeriod, BudgetTerms, Crossing, admits};
 use crate::domain::money::Money;
 use crate::queue::DeliveryJob;
 use crate::webhooks::{EventType, budget_payload, new_event_id};
@@ -79,177 +83,234 @@ struct ReservationRow {
     micros: i64,
 }
 
+/// A send asking room in its budgets ([`Db::reserve_budgets`]).
+#[derive(Debug, Clone)]
+pub struct ReserveCall {
+    /// The delivery about to be sent.
+    pub delivery_id: String,
+    /// Each budget it counts against, with its estimate.
+    pub asks: Vec<BudgetAsk>,
+    /// When (threshold events are stamped with it).
+    pub now: DateTime<Utc>,
+}
+
+/// A send's reservations to close ([`Db::close_reservations`]).
+#[derive(Debug, Clone)]
+pub struct SettleCall {
+    /// The delivery whose reservations close.
+    pub delivery_id: String,
+    /// `None` gives them back (the send failed or did not happen);
+    /// `Some(cost)` spends the cost where it is in the budget's currency,
+    /// else the estimate reserved (a price already learned wins over both).
+    pub spend: Option<Option<Money>>,
+    /// The configured budgets (for the thresholds a spend crosses).
+    pub terms: Vec<BudgetTerms>,
+    /// When (threshold events are stamped with it).
+    pub now: DateTime<Utc>,
+}
+
+/// A budget counter's key: currency, period and period start.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct CounterKey {
+    currency: String,
+    period: String,
+    period_start: DateTime<Utc>,
+}
+
+impl CounterKey {
+    fn of_ask(a: &BudgetAsk) -> Self {
+        CounterKey {
+            currency: a.terms.currency.as_str().to_owned(),
+            period: a.terms.period.as_str().to_owned(),
+            period_start: a.period_start,
+        }
+    }
+}
+
+/// A reservation or a charge to write: delivery, counter and micro-units.
+#[derive(Debug, Clone)]
+struct CounterEntry {
+    delivery_id: String,
+    key: CounterKey,
+    micros: i64,
+}
+
 impl Db {
-    /// Reserves `asks` (each budget's room for this send) for delivery
-    /// `delivery_id`, all or none, in one transaction. A delivery ops
-    /// released past its budget reserves without the limit (its cost still
-    /// counts). A reservation the delivery still held (a lost attempt) is
-    /// given back first, so a delivery holds at most one per budget.
-    pub async fn reserve_budget(
+    /// Reserves each call's asks (each budget's room for that send), all or
+    /// none per call, for many sends in one transaction; the answers are in
+    /// the order of `calls` (run through
+    /// [`Batcher::reserve_budget`](super::Batcher::reserve_budget)).
+    ///
+    /// The counters are locked in key order (`FOR UPDATE` on Postgres; SQLite
+    /// has one writer) and each call is admitted in turn against what the
+    /// calls before it reserved, by `domain::budget::admits`: the same rule,
+    /// and the same overshoot (at most the one send that found room), as
+    /// one guarded `UPDATE` per send. A delivery ops released past its budget
+    /// reserves without the limit (its cost still counts). A reservation a
+    /// delivery still held (a lost attempt) is given back first, so a
+    /// delivery holds at most one per budget.
+    pub async fn reserve_budgets(
         &self,
-        delivery_id: &str,
-        asks: &[BudgetAsk],
-        now: DateTime<Utc>,
-    ) -> Result<Reserved, StoreError> {
+        calls: &[ReserveCall],
+    ) -> Result<Vec<Reserved>, StoreError> {
         let doing = "reserving budget";
+        let ids: Vec<String> = calls.iter().map(|c| c.delivery_id.clone()).collect();
+        let lock = self.counter_lock();
         on_pool!(self, pool => {
             let mut tx = pool.begin().await.doing("starting a transaction")?;
             // A write first: SQLite then holds the write lock for the whole
             // transaction, so its reads never go stale.
-            for a in asks {
-                sqlx::query(
-                    "INSERT INTO budget_usage (currency, period, period_start) VALUES ($1, $2, $3) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(a.terms.currency.as_str())
-                .bind(a.terms.period.as_str())
-                .bind(a.period_start)
-                .execute(&mut *tx)
-                .await
-                .doing(doing)?;
+            let old = tx.take_reservations(&ids).await?;
+            let mut keys: BTreeSet<CounterKey> = calls
+                .iter()
+                .flat_map(|c| c.asks.iter().map(CounterKey::of_ask))
+                .collect();
+            keys.extend(old.iter().map(|r| r.key.clone()));
+            let mut counters = BTreeMap::new();
+            for k in &keys {
+                counters.insert(k.clone(), tx.lock_counter(k, lock).await?);
             }
-            let old: Vec<ReservationRow> = sqlx::query_as(
-                "DELETE FROM budget_reservations WHERE delivery_id = $1 \
-                 RETURNING currency, period, period_start, micros",
-            )
-            .bind(delivery_id)
-            .fetch_all(&mut *tx)
-            .await
-            .doing(doing)?;
+            let read = counters.clone();
             for r in &old {
+                if let Some(c) = counters.get_mut(&r.key) {
+                    c.reserved_micros = c.reserved_micros.saturating_sub(r.micros);
+                }
+            }
+            let exempt = tx.released_past_budget(&ids).await?;
+            let mut answers = Vec::with_capacity(calls.len());
+            let mut reservations = Vec::new();
+            let mut crossed_all = Vec::new();
+            for call in calls {
+                let exempt = exempt.contains(&call.delivery_id);
+                let full = call.asks.iter().find(|a| {
+                    counters.get(&CounterKey::of_ask(a)).is_some_and(|c| {
+                        !exempt
+                            && !admits(
+                                c.spent_micros.saturating_add(c.reserved_micros),
+                                a.terms.limit_micros,
+                            )
+                    })
+                });
+                if let Some(a) = full {
+                    answers.push(Reserved::Full(a.terms.name()));
+                    continue;
+                }
+                let mut crossed = Vec::new();
+                for a in &call.asks {
+                    let key = CounterKey::of_ask(a);
+                    let Some(c) = counters.get_mut(&key) else {
+                        return Err(StoreError::Corrupt(format!("budget {} has no counter", a.terms.name())));
+                    };
+                    c.reserved_micros = c.reserved_micros.saturating_add(a.estimate_micros);
+                    let now_crossed = a.terms.crossings(
+                        c.period_start,
+                        c.spent_micros,
+                        c.reserved_micros,
+                        c.alerts_logged,
+                    );
+                    if let Some(last) = now_crossed.last() {
+                        c.alerts_logged = i64::try_from(last.ordinal).unwrap_or(i64::MAX);
+                    }
+                    crossed.extend(now_crossed);
+                    reservations.push(CounterEntry {
+                        delivery_id: call.delivery_id.clone(),
+                        key,
+                        micros: a.estimate_micros,
+                    });
+                }
+                crossed_all.extend(crossed.iter().cloned().map(|c| (c, call.now)));
+                answers.push(Reserved::Yes(crossed));
+            }
+            for (k, c) in &counters {
+                if read.get(k) == Some(c) {
+                    continue;
+                }
                 sqlx::query(
-                    "UPDATE budget_usage SET reserved_micros = reserved_micros - $4 \
+                    "UPDATE budget_usage SET reserved_micros = $4, alerts_logged = $5 \
                      WHERE currency = $1 AND period = $2 AND period_start = $3",
                 )
-                .bind(&r.currency)
-                .bind(&r.period)
-                .bind(r.period_start)
-                .bind(r.micros)
+                .bind(&k.currency)
+                .bind(&k.period)
+                .bind(k.period_start)
+                .bind(c.reserved_micros)
+                .bind(c.alerts_logged)
                 .execute(&mut *tx)
                 .await
                 .doing(doing)?;
             }
-            let exempt: Option<bool> = sqlx::query_scalar(
-                "SELECT budget_released_at IS NOT NULL FROM deliveries WHERE id = $1",
-            )
-            .bind(delivery_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .doing(doing)?;
-            let exempt = exempt.unwrap_or(false);
-            let mut crossed = Vec::new();
-            for a in asks {
-                let sql = format!(
-                    "UPDATE budget_usage SET reserved_micros = reserved_micros + $4 \
-                     WHERE currency = $1 AND period = $2 AND period_start = $3 \
-                     AND ($6 OR spent_micros + reserved_micros < $5) RETURNING {USAGE_COLUMNS}"
-                );
-                let row: Option<BudgetUsage> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(a.terms.currency.as_str())
-                    .bind(a.terms.period.as_str())
-                    .bind(a.period_start)
-                    .bind(a.estimate_micros)
-                    .bind(a.terms.limit_micros)
-                    .bind(exempt)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .doing(doing)?;
-                let Some(row) = row else {
-                    // Dropping the transaction rolls every reservation back;
-                    // a lost attempt's old one is given back all the same.
-                    drop(tx);
-                    if !old.is_empty() {
-                        self.release_budget(delivery_id).await?;
-                    }
-                    return Ok(Reserved::Full(a.terms.name()));
-                };
-                crossed.extend(tx.cross_thresholds(&row, &a.terms, now).await?);
-                sqlx::query(
-                    "INSERT INTO budget_reservations \
-                     (delivery_id, currency, period, period_start, micros, reserved_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(delivery_id)
-                .bind(a.terms.currency.as_str())
-                .bind(a.terms.period.as_str())
-                .bind(a.period_start)
-                .bind(a.estimate_micros)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .doing(doing)?;
+            let reserved_at = calls.iter().map(|c| c.now).max().unwrap_or_else(Utc::now);
+            tx.insert_reservations(&reservations, reserved_at).await?;
+            for (crossing, now) in &crossed_all {
+                tx.raise_threshold_events(crossing, *now).await?;
             }
             tx.commit().await.doing(doing)?;
-            Ok(Reserved::Yes(crossed))
+            Ok(answers)
         })
     }
 
-    /// Turns delivery `delivery_id`'s reservations into spend: its `cost`
-    /// where it is in the budget's currency, else the estimate reserved (a
-    /// price already learned for it wins over both). Each becomes the
-    /// delivery's charge in that budget's period, which a price learned
-    /// later corrects. Returns the thresholds crossed (`terms`: the
-    /// configured budgets).
-    pub async fn settle_budget(
+    /// Closes each call's reservations, for many sends in one transaction:
+    /// spends them (each becomes the delivery's charge in that budget's
+    /// period, which a price learned later corrects) or gives them back.
+    /// Returns, per call, the thresholds crossed (run through
+    /// [`Batcher::close_reservations`](super::Batcher::close_reservations)).
+    /// The counters move in key order, after the charges, as a learned
+    /// price moves them (`CounterTx::recharge`): the two never wait on each
+    /// other in a circle.
+    pub async fn close_reservations(
         &self,
-        delivery_id: &str,
-        cost: Option<Money>,
-        terms: &[BudgetTerms],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Crossing>, StoreError> {
-        self.close_reservations(delivery_id, Some(cost), terms, now)
-            .await
-    }
-
-    /// Gives delivery `delivery_id`'s reservations back (its send failed or
-    /// did not happen).
-    pub async fn release_budget(&self, delivery_id: &str) -> Result<(), StoreError> {
-        self.close_reservations(delivery_id, None, &[], Utc::now())
-            .await
-            .map(|_| ())
-    }
-
-    /// `spend`: `None` releases; `Some(cost)` spends the cost (or the estimate).
-    async fn close_reservations(
-        &self,
-        delivery_id: &str,
-        spend: Option<Option<Money>>,
-        terms: &[BudgetTerms],
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Crossing>, StoreError> {
-        let doing = "settling a budget reservation";
+        calls: &[SettleCall],
+    ) -> Result<Vec<Vec<Crossing>>, StoreError> {
+        let doing = "settling budget reservations";
+        let ids: Vec<String> = calls.iter().map(|c| c.delivery_id.clone()).collect();
+        let call_of: HashMap<&str, usize> = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.delivery_id.as_str(), i))
+            .collect();
         on_pool!(self, pool => {
             let mut tx = pool.begin().await.doing("starting a transaction")?;
-            let rows: Vec<ReservationRow> = sqlx::query_as(
-                "DELETE FROM budget_reservations WHERE delivery_id = $1 \
-                 RETURNING currency, period, period_start, micros",
-            )
-            .bind(delivery_id)
-            .fetch_all(&mut *tx)
-            .await
-            .doing(doing)?;
+            let taken = tx.take_reservations(&ids).await?;
             // A price learned before the reservation was settled (a quick
             // receipt) is the delivery's actual cost.
-            let learned: Option<(i64, String)> = match spend {
-                Some(_) if !rows.is_empty() => sqlx::query_as(
-                    "SELECT cost_micros, currency FROM deliveries WHERE id = $1 \
-                     AND reconciled_at IS NOT NULL AND cost_is_estimate = FALSE \
-                     AND cost_micros IS NOT NULL AND currency IS NOT NULL",
-                )
-                .bind(delivery_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .doing(doing)?,
-                _ => None,
+            let spending: Vec<String> = calls
+                .iter()
+                .filter(|c| c.spend.is_some())
+                .map(|c| c.delivery_id.clone())
+                .collect();
+            let learned = if spending.is_empty() || taken.is_empty() {
+                HashMap::new()
+            } else {
+                tx.learned_prices(&spending).await?
             };
-            let mut crossed = Vec::new();
-            for r in &rows {
-                let spent = match (spend, &learned) {
+            // Per counter: reserved given back, spent added, the last call.
+            let mut moves: BTreeMap<CounterKey, (i64, i64, usize)> = BTreeMap::new();
+            let mut charges = Vec::new();
+            for r in &taken {
+                let Some(&i) = call_of.get(r.delivery_id.as_str()) else {
+                    continue;
+                };
+                let spend = calls[i].spend;
+                let spent = match (spend, learned.get(&r.delivery_id)) {
                     (None, _) => 0,
-                    (Some(_), Some((micros, currency))) if *currency == r.currency => *micros,
-                    (Some(Some(cost)), _) if cost.currency.as_str() == r.currency => cost.micros,
+                    (Some(_), Some((micros, currency))) if *currency == r.key.currency => *micros,
+                    (Some(Some(cost)), _) if cost.currency.as_str() == r.key.currency => cost.micros,
                     (Some(_), _) => r.micros,
                 };
+                let m = moves.entry(r.key.clone()).or_insert((0, 0, i));
+                m.0 = m.0.saturating_add(r.micros);
+                m.1 = m.1.saturating_add(spent);
+                m.2 = i;
+                if spend.is_some() {
+                    charges.push(CounterEntry {
+                        delivery_id: r.delivery_id.clone(),
+                        key: r.key.clone(),
+                        micros: spent,
+                    });
+                }
+            }
+            tx.add_charges(&charges).await?;
+            let mut answers = vec![Vec::new(); calls.len()];
+            for (k, (given_back, spent, i)) in &moves {
                 let sql = format!(
                     "UPDATE budget_usage SET reserved_micros = reserved_micros - $4, \
                      spent_micros = spent_micros + $5 \
@@ -257,37 +318,30 @@ impl Db {
                      RETURNING {USAGE_COLUMNS}"
                 );
                 let row: Option<BudgetUsage> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(&r.currency)
-                    .bind(&r.period)
-                    .bind(r.period_start)
-                    .bind(r.micros)
+                    .bind(&k.currency)
+                    .bind(&k.period)
+                    .bind(k.period_start)
+                    .bind(given_back)
                     .bind(spent)
                     .fetch_optional(&mut *tx)
                     .await
                     .doing(doing)?;
-                if spend.is_none() {
-                    continue;
-                }
-                sqlx::query(
-                    "INSERT INTO budget_charges (delivery_id, currency, period, period_start, micros) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (delivery_id, currency, period) \
-                     DO UPDATE SET micros = budget_charges.micros + excluded.micros",
-                )
-                .bind(delivery_id)
-                .bind(&r.currency)
-                .bind(&r.period)
-                .bind(r.period_start)
-                .bind(spent)
-                .execute(&mut *tx)
-                .await
-                .doing(doing)?;
-                if let (Some(row), Some(t)) = (row, terms_of(terms, &r.currency, &r.period)) {
-                    crossed.extend(tx.cross_thresholds(&row, t, now).await?);
+                let call = &calls[*i];
+                if let (Some(row), Some(t)) = (row, terms_of(&call.terms, &k.currency, &k.period)) {
+                    answers[*i].extend(tx.cross_thresholds(&row, t, call.now).await?);
                 }
             }
             tx.commit().await.doing(doing)?;
-            Ok(crossed)
+            Ok(answers)
         })
+    }
+
+    /// `FOR UPDATE` where the backend locks rows (Postgres).
+    fn counter_lock(&self) -> &'static str {
+        match self {
+            Db::Postgres(_) => " FOR UPDATE",
+            Db::Sqlite(_) => "",
+        }
     }
 
     /// Reservations made before `before` whose delivery is no longer being
@@ -476,6 +530,22 @@ pub(crate) trait CounterTx {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<Crossing>, StoreError>> + Send;
 
+    /// Writes one `budget.threshold` webhook event for `crossing` to each
+    /// endpoint that subscribed to it and whose key has the `ops` scope.
+    fn raise_threshold_events(
+        &mut self,
+        crossing: &Crossing,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Creates the counter `key` if it is new and reads it, locked with
+    /// `lock` (see [`Db::counter_lock`]).
+    fn lock_counter(
+        &mut self,
+        key: &CounterKey,
+        lock: &'static str,
+    ) -> impl Future<Output = Result<BudgetUsage, StoreError>> + Send;
+
     /// Replaces delivery `delivery_id`'s charges in `price`'s currency by
     /// `price` (a price learned after the send), moving the spend of the
     /// period each was counted in by the difference. Returns the
@@ -527,6 +597,18 @@ macro_rules! counter_tx {
                 if marked != 1 {
                     return Ok(Vec::new());
                 }
+                for c in &crossed {
+                    self.raise_threshold_events(c, now).await?;
+                }
+                Ok(crossed)
+            }
+
+            async fn raise_threshold_events(
+                &mut self,
+                crossing: &Crossing,
+                now: DateTime<Utc>,
+            ) -> Result<(), StoreError> {
+                let doing = "raising a budget.threshold event";
                 let pattern = format!("%,{},%", EventType::BudgetThreshold.as_str());
                 let endpoints: Vec<(String,)> = sqlx::query_as(
                     "SELECT e.id FROM webhook_endpoints e \
@@ -541,10 +623,9 @@ macro_rules! counter_tx {
                 .fetch_all(&mut *self)
                 .await
                 .doing(doing)?;
-                for c in &crossed {
-                    let body = budget_payload(c, now).to_string();
-                    let sequence = i64::try_from(c.ordinal).unwrap_or(i64::MAX);
-                    for (endpoint,) in &endpoints {
+                let body = budget_payload(crossing, now).to_string();
+                let sequence = i64::try_from(crossing.ordinal).unwrap_or(i64::MAX);
+                for (endpoint,) in &endpoints {
                         sqlx::query(
                             "INSERT INTO webhook_events (id, endpoint_id, delivery_id, type, \
                              sequence, payload, created_at, next_attempt_at, attempts, status) \
@@ -558,10 +639,38 @@ macro_rules! counter_tx {
                         .bind(now)
                         .execute(&mut *self)
                         .await
-                        .doing("raising a budget.threshold event")?;
-                    }
+                        .doing(doing)?;
                 }
-                Ok(crossed)
+                Ok(())
+            }
+
+            async fn lock_counter(
+                &mut self,
+                key: &CounterKey,
+                lock: &'static str,
+            ) -> Result<BudgetUsage, StoreError> {
+                let doing = "locking a budget counter";
+                sqlx::query(
+                    "INSERT INTO budget_usage (currency, period, period_start) VALUES ($1, $2, $3) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&key.currency)
+                .bind(&key.period)
+                .bind(key.period_start)
+                .execute(&mut *self)
+                .await
+                .doing(doing)?;
+                let sql = format!(
+                    "SELECT {USAGE_COLUMNS} FROM budget_usage \
+                     WHERE currency = $1 AND period = $2 AND period_start = $3{lock}"
+                );
+                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(&key.currency)
+                    .bind(&key.period)
+                    .bind(key.period_start)
+                    .fetch_one(&mut *self)
+                    .await
+                    .doing(doing)
             }
 
             async fn recharge(
@@ -623,3 +732,276 @@ macro_rules! counter_tx {
 
 counter_tx!(SqliteConnection);
 counter_tx!(PgConnection);
+
+/// The statements of a batch of reservations that take many deliveries at
+/// once: arrays on Postgres (one statement each), JSON lists and one
+/// statement per row on SQLite (in process, a row costs no round trip).
+trait BatchTx {
+    /// Deletes the deliveries' reservations and returns them.
+    fn take_reservations(
+        &mut self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<CounterEntry>, StoreError>> + Send;
+
+    /// Those of the deliveries ops released past their budget.
+    fn released_past_budget(
+        &mut self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<HashSet<String>, StoreError>> + Send;
+
+    /// The actual price already learned for those of the deliveries that
+    /// have one: micro-units and currency.
+    fn learned_prices(
+        &mut self,
+        ids: &[String],
+    ) -> impl Future<Output = Result<HashMap<String, (i64, String)>, StoreError>> + Send;
+
+    /// Writes reservations made at `reserved_at`.
+    fn insert_reservations(
+        &mut self,
+        rows: &[CounterEntry],
+        reserved_at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Adds to the deliveries' charges (a delivery's first charge in a
+    /// budget creates it).
+    fn add_charges(
+        &mut self,
+        rows: &[CounterEntry],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A reservation row with its delivery, as a batch reads it.
+#[derive(Debug, FromRow)]
+struct TakenRow {
+    delivery_id: String,
+    currency: String,
+    period: String,
+    period_start: DateTime<Utc>,
+    micros: i64,
+}
+
+impl From<TakenRow> for CounterEntry {
+    fn from(r: TakenRow) -> Self {
+        CounterEntry {
+            delivery_id: r.delivery_id,
+            key: CounterKey {
+                currency: r.currency,
+                period: r.period,
+                period_start: r.period_start,
+            },
+            micros: r.micros,
+        }
+    }
+}
+
+const LEARNED_PRICE: &str = "reconciled_at IS NOT NULL AND cost_is_estimate = FALSE \
+     AND cost_micros IS NOT NULL AND currency IS NOT NULL";
+
+const ADD_CHARGE: &str = "ON CONFLICT (delivery_id, currency, period) \
+     DO UPDATE SET micros = budget_charges.micros + excluded.micros";
+
+impl BatchTx for PgConnection {
+    async fn take_reservations(&mut self, ids: &[String]) -> Result<Vec<CounterEntry>, StoreError> {
+        let rows: Vec<TakenRow> = sqlx::query_as(
+            "DELETE FROM budget_reservations WHERE delivery_id = ANY($1) \
+             RETURNING delivery_id, currency, period, period_start, micros",
+        )
+        .bind(ids)
+        .fetch_all(&mut *self)
+        .await
+        .doing("taking budget reservations")?;
+        Ok(rows.into_iter().map(CounterEntry::from).collect())
+    }
+
+    async fn released_past_budget(
+        &mut self,
+        ids: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM deliveries WHERE id = ANY($1) AND budget_released_at IS NOT NULL",
+        )
+        .bind(ids)
+        .fetch_all(&mut *self)
+        .await
+        .doing("reading deliveries released past their budget")?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn learned_prices(
+        &mut self,
+        ids: &[String],
+    ) -> Result<HashMap<String, (i64, String)>, StoreError> {
+        let sql = format!(
+            "SELECT id, cost_micros, currency FROM deliveries WHERE id = ANY($1) AND {LEARNED_PRICE}"
+        );
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(ids)
+            .fetch_all(&mut *self)
+            .await
+            .doing("reading learned prices")?;
+        Ok(rows.into_iter().map(|(id, m, c)| (id, (m, c))).collect())
+    }
+
+    async fn insert_reservations(
+        &mut self,
+        rows: &[CounterEntry],
+        reserved_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let (ids, currencies, periods, starts, micros) = columns(rows);
+        sqlx::query(
+            "INSERT INTO budget_reservations \
+             (delivery_id, currency, period, period_start, micros, reserved_at) \
+             SELECT r.*, $6 FROM unnest($1::text[], $2::text[], $3::text[], \
+             $4::timestamptz[], $5::bigint[]) AS r",
+        )
+        .bind(ids)
+        .bind(currencies)
+        .bind(periods)
+        .bind(starts)
+        .bind(micros)
+        .bind(reserved_at)
+        .execute(&mut *self)
+        .await
+        .doing("writing budget reservations")?;
+        Ok(())
+    }
+
+    async fn add_charges(&mut self, rows: &[CounterEntry]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let (ids, currencies, periods, starts, micros) = columns(rows);
+        let sql = format!(
+            "INSERT INTO budget_charges (delivery_id, currency, period, period_start, micros) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], \
+             $5::bigint[]) {ADD_CHARGE}"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(ids)
+            .bind(currencies)
+            .bind(periods)
+            .bind(starts)
+            .bind(micros)
+            .execute(&mut *self)
+            .await
+            .doing("writing budget charges")?;
+        Ok(())
+    }
+}
+
+/// `rows` as one array per column (Postgres `unnest`).
+#[allow(clippy::type_complexity, reason = "the five columns, in order")]
+fn columns(
+    rows: &[CounterEntry],
+) -> (
+    Vec<&str>,
+    Vec<&str>,
+    Vec<&str>,
+    Vec<DateTime<Utc>>,
+    Vec<i64>,
+) {
+    (
+        rows.iter().map(|r| r.delivery_id.as_str()).collect(),
+        rows.iter().map(|r| r.key.currency.as_str()).collect(),
+        rows.iter().map(|r| r.key.period.as_str()).collect(),
+        rows.iter().map(|r| r.key.period_start).collect(),
+        rows.iter().map(|r| r.micros).collect(),
+    )
+}
+
+/// `ids` as the JSON list SQLite's `json_each` reads.
+fn json_list(ids: &[String]) -> Result<String, StoreError> {
+    serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl BatchTx for SqliteConnection {
+    async fn take_reservations(&mut self, ids: &[String]) -> Result<Vec<CounterEntry>, StoreError> {
+        let rows: Vec<TakenRow> = sqlx::query_as(
+            "DELETE FROM budget_reservations WHERE delivery_id IN (SELECT value FROM json_each($1)) \
+             RETURNING delivery_id, currency, period, period_start, micros",
+        )
+        .bind(json_list(ids)?)
+        .fetch_all(&mut *self)
+        .await
+        .doing("taking budget reservations")?;
+        Ok(rows.into_iter().map(CounterEntry::from).collect())
+    }
+
+    async fn released_past_budget(
+        &mut self,
+        ids: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM deliveries WHERE id IN (SELECT value FROM json_each($1)) \
+             AND budget_released_at IS NOT NULL",
+        )
+        .bind(json_list(ids)?)
+        .fetch_all(&mut *self)
+        .await
+        .doing("reading deliveries released past their budget")?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn learned_prices(
+        &mut self,
+        ids: &[String],
+    ) -> Result<HashMap<String, (i64, String)>, StoreError> {
+        let sql = format!(
+            "SELECT id, cost_micros, currency FROM deliveries \
+             WHERE id IN (SELECT value FROM json_each($1)) AND {LEARNED_PRICE}"
+        );
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(json_list(ids)?)
+            .fetch_all(&mut *self)
+            .await
+            .doing("reading learned prices")?;
+        Ok(rows.into_iter().map(|(id, m, c)| (id, (m, c))).collect())
+    }
+
+    async fn insert_reservations(
+        &mut self,
+        rows: &[CounterEntry],
+        reserved_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO budget_reservations \
+                 (delivery_id, currency, period, period_start, micros, reserved_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&r.delivery_id)
+            .bind(&r.key.currency)
+            .bind(&r.key.period)
+            .bind(r.key.period_start)
+            .bind(r.micros)
+            .bind(reserved_at)
+            .execute(&mut *self)
+            .await
+            .doing("writing budget reservations")?;
+        }
+        Ok(())
+    }
+
+    async fn add_charges(&mut self, rows: &[CounterEntry]) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO budget_charges (delivery_id, currency, period, period_start, micros) \
+             VALUES ($1, $2, $3, $4, $5) {ADD_CHARGE}"
+        );
+        for r in rows {
+            sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(&r.delivery_id)
+                .bind(&r.key.currency)
+                .bind(&r.key.period)
+                .bind(r.key.period_start)
+                .bind(r.micros)
+                .execute(&mut *self)
+                .await
+                .doing("writing budget charges")?;
+        }
+        Ok(())
+    }
+}

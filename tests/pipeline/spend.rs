@@ -275,6 +275,55 @@ async fn concurrent_sends_overshoot_by_at_most_one_estimate(backend: Backend) {
 }
 on_both_backends!(concurrent_sends_overshoot_by_at_most_one_estimate);
 
+async fn a_day_and_a_month_budget_are_kept_together_by_batches_of_two_processes(backend: Backend) {
+    // A day budget of 80.00 KES and a month budget of 200.00, both counting
+    // notifications at 0.8 a message: the day admits 100 (the 100th at
+    // 79.20 used), many batches of reservations taken by two processes of
+    // 64 slots each, every one locking both counters. Neither counter may
+    // drift from the other, and no batch may wait on another in a circle.
+    let day = "[[budget]]\ncurrency = \"KES\"\nperiod = \"day\"\nlimit = \"80.00\"\n\
+               alert_at = [0.5, 1.0]\nkinds = [\"notification\"]\n";
+    let (t, provider) = app_with(
+        backend,
+        &format!("{day}{}", budget("200.00", "[\"notification\"]")),
+        at("2026-12-10T12:00:00Z"),
+    )
+    .await;
+    let ids = enqueue_notes(&t, 160).await;
+    let config = Config::load(&t.db.path().join("providers.toml")).unwrap();
+    let second = build(&t.db, config, t.clock.clone(), &provider).await;
+    let (a, b) = tokio::join!(
+        tuma::worker::drain(t.app.clone(), Duration::from_secs(60)),
+        tuma::worker::drain(second.clone(), Duration::from_secs(60)),
+    );
+    a.unwrap();
+    b.unwrap();
+    let all = statuses(&t, &ids).await;
+    let sent = all.iter().filter(|s| **s == DeliveryStatus::Sent).count();
+    let held = all.iter().filter(|s| **s == DeliveryStatus::Held).count();
+    assert_eq!((sent, held), (100, 60), "{all:?}");
+    assert_eq!(provider.calls().len(), 100);
+    let status = tuma::spend::status(&t.app.db, &t.app.config, t.clock.now())
+        .await
+        .unwrap();
+    let by_name = |name: &str| status.iter().find(|b| b.budget == name).unwrap();
+    let (day, month) = (by_name("KES/day"), by_name("KES/month"));
+    assert_eq!((day.spent.micros, day.reserved.micros), (80_000_000, 0));
+    assert_eq!((month.spent.micros, month.reserved.micros), (80_000_000, 0));
+    assert_eq!((day.held, month.held), (60, 0));
+    // Every send is charged once in each budget.
+    assert_eq!(
+        count(&t.app.db, "SELECT COUNT(*) FROM budget_charges").await,
+        200
+    );
+    assert_eq!(
+        count(&t.app.db, "SELECT COUNT(*) FROM budget_reservations").await,
+        0
+    );
+    second.db.close().await;
+}
+on_both_backends!(a_day_and_a_month_budget_are_kept_together_by_batches_of_two_processes);
+
 async fn otps_are_held_only_when_the_budget_says_so_and_still_expire(backend: Backend) {
     let (t, provider) = app_with(
         backend,
