@@ -29,7 +29,22 @@ use crate::unsettled::Remembered;
 /// Handles one job. Errors are database errors only: every delivery outcome,
 /// good or bad, is recorded and returns `Ok`.
 pub async fn handle_job(app: &App, lane: Lane, job: &DeliveryJob) -> Result<(), StoreError> {
-    let Some((delivery, code)) = app.batcher.delivery_to_send(lane, &job.delivery_id).await? else {
+    handle_claimed(app, lane, job, None).await
+}
+
+/// [`handle_job`], given the delivery (and its code) as the claim read it,
+/// when it did; else it is read first.
+pub async fn handle_claimed(
+    app: &App,
+    lane: Lane,
+    job: &DeliveryJob,
+    claimed: Option<(Delivery, Option<String>)>,
+) -> Result<(), StoreError> {
+    let read = match claimed {
+        Some(row) => Some(row),
+        None => app.batcher.delivery_to_send(lane, &job.delivery_id).await?,
+    };
+    let Some((delivery, code)) = read else {
         warn!("job for a delivery that does not exist; dropped");
         return Ok(());
     };

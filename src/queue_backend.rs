@@ -34,7 +34,7 @@ use tracing::warn;
 use crate::app::App;
 use crate::config::Config;
 use crate::queue::{DeliveryJob, Lane};
-use crate::store::StoreError;
+use crate::store::{ClaimedDelivery, StoreError};
 
 /// How long a claim holds its delivery: the handler's own time limit (the
 /// longest send, see `worker.rs`) and a margin. A live worker settles every
@@ -73,7 +73,7 @@ impl InFlight {
 
 /// The result of one claim.
 struct Claimed {
-    jobs: Vec<DeliveryJob>,
+    jobs: Vec<ClaimedDelivery>,
     /// How many were asked for: a full claim is followed by another.
     asked: usize,
     /// When the lane's next delivery not yet due comes due (asked only after
@@ -101,7 +101,7 @@ pub struct LaneBackend {
     concurrency: usize,
     in_flight: InFlight,
     wakeups: mpsc::Receiver<()>,
-    claimed: VecDeque<DeliveryJob>,
+    claimed: VecDeque<ClaimedDelivery>,
     state: State,
     /// Claims failed in a row (the database is away): the pause grows.
     failures: u32,
@@ -154,7 +154,10 @@ impl LaneBackend {
             let now = app.clock.now();
             let until = now
                 + chrono::Duration::from_std(lease(&app.config)).unwrap_or(chrono::Duration::MAX);
-            let jobs = app.db.claim_due(lane, &owner, now, until, asked).await?;
+            let jobs = app
+                .db
+                .claim_due_rows(lane, &owner, now, until, asked)
+                .await?;
             let next_due = if jobs.len() < asked {
                 app.db.next_due(lane, now).await?
             } else {
@@ -183,7 +186,7 @@ impl LaneBackend {
 }
 
 impl Backend for LaneBackend {
-    type Task = Task<DeliveryJob>;
+    type Task = Task<ClaimedDelivery>;
     type Error = StoreError;
 
     fn poll_ready(
@@ -198,7 +201,7 @@ impl Backend for LaneBackend {
         &mut self,
         cx: &mut Context<'_>,
         _worker: &WorkerContext,
-    ) -> Poll<Option<Result<Task<DeliveryJob>, StoreError>>> {
+    ) -> Poll<Option<Result<Task<ClaimedDelivery>, StoreError>>> {
         loop {
             if let Some(job) = self.claimed.pop_front() {
                 // Counted here; the handler's guard ends the count.
@@ -261,7 +264,7 @@ impl Backend for LaneBackend {
                 },
                 State::Claim | State::Waiting(_) => {
                     // Claimed and never started: due again at once for any worker.
-                    let jobs: Vec<DeliveryJob> = self.claimed.drain(..).collect();
+                    let jobs: Vec<DeliveryJob> = self.claimed.drain(..).map(|c| c.job).collect();
                     let db = self.app.db.clone();
                     let lane = self.lane;
                     self.state = State::Closing(
@@ -287,7 +290,7 @@ impl Backend for LaneBackend {
 }
 
 impl BackendConfig for LaneBackend {
-    type Args = DeliveryJob;
+    type Args = ClaimedDelivery;
     type Id = RandomId;
     type Kind = Ephemeral;
     type Config = ();

@@ -15,10 +15,10 @@ use apalis::prelude::*;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::app::App;
-use crate::dispatch::handle_job;
-use crate::queue::{DeliveryJob, Lane};
+use crate::dispatch::handle_claimed;
+use crate::queue::Lane;
 use crate::queue_backend::{InFlight, LaneBackend};
-use crate::store::{Db, StoreError};
+use crate::store::{ClaimedDelivery, Db, StoreError};
 use crate::sweeper;
 
 /// Why the worker stopped with an error.
@@ -39,17 +39,18 @@ pub enum WorkerError {
 /// a span naming the delivery and the lane (so the lines logged while it runs
 /// need not repeat them).
 async fn handle(
-    job: DeliveryJob,
+    claimed: ClaimedDelivery,
     app: Data<Arc<App>>,
     lane: Data<Lane>,
     in_flight: Data<InFlight>,
 ) -> Result<(), BoxDynError> {
     let _handled = in_flight.ends_on_drop();
+    let ClaimedDelivery { job, row } = claimed;
     let span = info_span!("job", delivery = %job.delivery_id, lane = lane.queue_name());
     async move {
         let limit = app.config.longest_send() + Duration::from_secs(5);
         let _first = (*lane == Lane::Otp).then(|| app.batcher.otp_in_flight());
-        match tokio::time::timeout(limit, handle_job(&app, *lane, &job)).await {
+        match tokio::time::timeout(limit, handle_claimed(&app, *lane, &job, row)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 // Its lease runs out and whoever finds it first takes it on.

@@ -1,8 +1,8 @@
 //! Group commit for the statements every delivery and every API request runs.
 //!
-//! Every worker slot reads its delivery, opens an attempt and closes it: three
-//! statements per delivery, each a round trip (and, for the two writes, a
-//! commit). Every `POST` looks up its API key and records its delivery (a
+//! Every worker slot opens an attempt and closes it (the claim already read
+//! the delivery; a job handed over without its row reads it first): two
+//! statements per delivery, each a round trip and a commit. Every `POST` looks up its API key and records its delivery (a
 //! transaction of half a dozen statements). Under load many callers wait to
 //! run the same statement at the same moment, so each kind of statement has
 //! one task that takes everything waiting and runs it as one batch
@@ -525,7 +525,7 @@ impl Batcher {
         self.inserts.call(&self.db, (d, guards)).await
     }
 
-    /// The dispatcher's first statement, for a worker of `lane`: the
+    /// For a job handed over without its row (the claim returns it): the
     /// delivery about to be sent, with its OTP code while it is stored
     /// ([`Db::deliveries_to_send`]).
     pub async fn delivery_to_send(

@@ -34,6 +34,7 @@ pub use cancel::Canceled;
 pub use console::*;
 pub use deliveries::*;
 pub use pumping::{PumpingGuard, PumpingRefusal};
+pub use queue::ClaimedDelivery;
 pub use receipts::*;
 pub use replays::*;
 pub use reports::*;

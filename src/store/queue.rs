@@ -11,9 +11,38 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Db, Doing, StoreError};
+use super::deliveries::DELIVERY_COLUMNS;
+use super::{Db, Delivery, DeliveryRow, Doing, StoreError};
 use crate::domain::DeliveryKind;
 use crate::queue::{DeliveryJob, Lane};
+
+/// A claimed row: the delivery as the claim left it, and its OTP code
+/// while it is stored (sealed).
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    #[sqlx(flatten)]
+    row: DeliveryRow,
+    otp_code: Option<String>,
+}
+
+/// A delivery claimed for a worker: its job, and the row as the claim read
+/// it, so the dispatcher need not read it again. The code stays apart from
+/// [`Delivery`], which is shown and logged.
+pub struct ClaimedDelivery {
+    /// The claim.
+    pub job: DeliveryJob,
+    /// The delivery, with its OTP code while stored.
+    pub row: Option<(Delivery, Option<String>)>,
+}
+
+impl std::fmt::Debug for ClaimedDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the code, nor the message.
+        f.debug_struct("ClaimedDelivery")
+            .field("job", &self.job)
+            .finish_non_exhaustive()
+    }
+}
 
 /// The lane's kind as its literal, and its partial index.
 fn lane_sql(lane: Lane) -> (&'static str, &'static str) {
@@ -40,7 +69,7 @@ fn claim_sql(lane: Lane, token: &str, lock: &str, sqlite: bool) -> String {
          WHERE id IN (SELECT id FROM {from} WHERE status = 'pending' AND kind = '{kind}' \
          AND next_attempt_at <= $1 AND (lease_until IS NULL OR lease_until <= $1) \
          ORDER BY next_attempt_at LIMIT $4{lock}) \
-         RETURNING id, job_id, next_attempt_at"
+         RETURNING {DELIVERY_COLUMNS}, otp_code"
     )
 }
 
@@ -75,8 +104,27 @@ impl Db {
         lease_until: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<DeliveryJob>, StoreError> {
+        Ok(self
+            .claim_due_rows(lane, owner, now, lease_until, limit)
+            .await?
+            .into_iter()
+            .map(|c| c.job)
+            .collect())
+    }
+
+    /// [`Db::claim_due`], with each delivery as the claim left it (the
+    /// statement returns the rows it updates, so the dispatcher starts
+    /// without reading them again).
+    pub async fn claim_due_rows(
+        &self,
+        lane: Lane,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut rows: Vec<(String, String, DateTime<Utc>)> = match self {
+        let rows: Vec<ClaimedRow> = match self {
             Db::Postgres(pool) => {
                 let sql = claim_sql(
                     lane,
@@ -111,15 +159,24 @@ impl Db {
                 rows
             }
         };
+        let mut claimed = Vec::with_capacity(rows.len());
+        for r in rows {
+            let job = DeliveryJob {
+                delivery_id: r.row.id.clone(),
+                job_id: r.row.job_id.clone().unwrap_or_default(),
+            };
+            let due = r.row.next_attempt_at;
+            claimed.push((
+                due,
+                ClaimedDelivery {
+                    job,
+                    row: Some((Delivery::try_from(r.row)?, r.otp_code)),
+                },
+            ));
+        }
         // RETURNING keeps no order: the oldest due goes first.
-        rows.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
-        Ok(rows
-            .into_iter()
-            .map(|(delivery_id, job_id, _)| DeliveryJob {
-                delivery_id,
-                job_id,
-            })
-            .collect())
+        claimed.sort_by(|a, b| (a.0, &a.1.job.delivery_id).cmp(&(b.0, &b.1.job.delivery_id)));
+        Ok(claimed.into_iter().map(|(_, c)| c).collect())
     }
 
     /// When the next delivery of `lane` not yet due at `now` comes due (a
