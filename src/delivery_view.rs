@@ -1,6 +1,7 @@
-//! The one shape of a delivery that tuma shows anyone: `GET /v1/deliveries/{id}`,
-//! the items of `GET /v1/deliveries`, `tuma deliveries show|list --format json`,
-//! and whatever else shows a delivery (webhooks, the console). Built only from
+//! The one shape of a delivery in API responses and CLI JSON:
+//! `GET /v1/deliveries/{id}`, the items of `GET /v1/deliveries`, and
+//! `tuma deliveries show|list --format json` (a webhook carries its own
+//! smaller, masked payload; the console reads `store/console.rs`). Built only from
 //! the store, so it can hold nothing the store does not: no OTP code (bodies are
 //! stored with it as `******` and the code column is never read into a view).
 

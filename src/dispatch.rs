@@ -1,11 +1,12 @@
 //! The dispatcher: what a worker does with one claimed delivery.
 //!
-//! Load the delivery; do nothing if the claim is stale; expire a stale OTP
-//! instead of sending it; pick the provider for this attempt (failover after
-//! transient errors); wait for the provider's rate-limit slot; record the
-//! attempt as `sending`; call the provider under a timeout; record the outcome
-//! and, for a transient error, the time the delivery is due again, in the
-//! same statement.
+//! Take the delivery as the claim read it; do nothing if the claim is stale;
+//! expire a stale OTP instead of sending it; pick the provider for this
+//! attempt (failover after transient errors); wait for the provider's
+//! rate-limit slot; reserve the estimate in its budgets (or hold it); record
+//! the attempt as `sending`; call the provider under a timeout; record the
+//! outcome and, for a transient error, the time the delivery is due again,
+//! together; settle the reservation.
 
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,5 @@
 //! tuma's apalis backend: a lane's worker claims due deliveries from the
-//! `deliveries` table itself (`Db::claim_due`), so apalis's `WorkerBuilder`,
+//! `deliveries` table itself (`Db::claim_due_rows`), so apalis's `WorkerBuilder`,
 //! `Monitor`, concurrency, graceful shutdown and tower layers run over the
 //! one source of truth, with no second table to keep in step.
 //!

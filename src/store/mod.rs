@@ -231,7 +231,7 @@ impl Db {
             // Few connections: SQLite runs one writer at a time anyway, so
             // many only add waiting for the write lock; too few leave the
             // batch tasks and the lanes' claims waiting for a connection
-            // (four measured best; see ARCHITECTURE.md). Never one: a claim
+            // (four measured best; see benches/README.md). Never one: a claim
             // parked on a connection while a worker shuts down would starve
             // the in-flight sends it waits for.
             let pool = SqlitePoolOptions::new()

@@ -52,7 +52,7 @@ pub struct BudgetUsage {
     pub alerts_logged: i64,
 }
 
-/// What [`Db::reserve_budget`] did.
+/// What [`Db::reserve_budgets`] did for one send.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reserved {
     /// Room was reserved in every budget; the alert thresholds it crossed
@@ -345,8 +345,8 @@ impl Db {
     }
 
     /// Reservations made before `before` whose delivery is no longer being
-    /// sent (their process was lost): the ids, for [`Db::settle_budget`] or
-    /// [`Db::release_budget`] by the delivery's status and cost.
+    /// sent (their process was lost): the ids, for [`Db::close_reservations`]
+    /// by the delivery's status and cost.
     pub async fn stale_reservations(
         &self,
         before: DateTime<Utc>,
