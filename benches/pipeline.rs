@@ -90,7 +90,8 @@ struct Args {
     concurrency: usize,
     /// Phases to run: floor, e2e, http, otp, intake, mixed, smtp (default:
     /// all), console (the console's page times over `--console-rows`
-    /// deliveries) and budget (the spend guard's cost on the dispatcher).
+    /// deliveries), budget (the spend guard's cost on the dispatcher) and
+    /// procs (one worker process against two, Postgres only).
     #[arg(
         long,
         default_value = "floor,e2e,http,otp,intake,mixed,smtp",
@@ -104,6 +105,10 @@ struct Args {
     /// Rounds of the budget phase.
     #[arg(long, default_value_t = 2)]
     budget_rounds: usize,
+    /// Deliveries per run of the procs phase (Postgres only: drained by one
+    /// `tuma worker --drain` process, then by two, through the HTTP double).
+    #[arg(long, default_value_t = 20_000)]
+    procs_deliveries: usize,
     /// Deliveries (over 90 days) behind the console phase's pages.
     #[arg(long, default_value_t = 1_000_000)]
     console_rows: usize,
@@ -146,6 +151,51 @@ struct BackendResult {
     mixed_delivered: i64,
     console: Option<console_phase::ConsoleResult>,
     budget: Option<BudgetResult>,
+    /// Deliveries/s drained by one worker process, then by two.
+    procs_per_s: Option<(f64, f64)>,
+}
+
+/// `n` `tuma worker --drain` processes (this build's binary) drain
+/// `--procs-deliveries` through the Africa's Talking double on one
+/// database; deliveries/s from the first send to the last.
+async fn procs_phase(backend: &str, args: &Args, n: usize) -> anyhow::Result<f64> {
+    let fresh = fresh_database(backend, args).await?;
+    let a = app(&fresh.url, args.concurrency, Arc::new(Instant0::default())).await?;
+    enqueue(&a, args.procs_deliveries).await?;
+    let base_url = at_double().await?;
+    let dir = tempfile::tempdir()?;
+    let provider = format!(
+        "kind = \"africastalking\"\nusername = \"bench\"\napi_key_env = \"BENCH_AT_API_KEY\"\nbase_url = \"{base_url}\""
+    );
+    let path = config_file(dir.path(), args.concurrency, &provider, false, "")?;
+    let mut workers = Vec::with_capacity(n);
+    for _ in 0..n {
+        workers.push(
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_tuma"))
+                .arg("--config")
+                .arg(&path)
+                .args(["worker", "--drain", "--timeout", "30m"])
+                .env("DATABASE_URL", &fresh.url)
+                .env("BENCH_AT_API_KEY", "bench-key")
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .spawn()?,
+        );
+    }
+    for mut w in workers {
+        let status = w.wait().await?;
+        anyhow::ensure!(status.success(), "tuma worker --drain ended with {status}");
+    }
+    let sent = delivered(&a.db).await?;
+    anyhow::ensure!(
+        usize::try_from(sent)? == args.procs_deliveries,
+        "{sent} of {} deliveries sent",
+        args.procs_deliveries
+    );
+    let rate = throughput(&a.db).await?.0;
+    a.db.close().await;
+    fresh.remove().await;
+    Ok(rate)
 }
 
 /// The spend guard's cost: end to end (in-process provider, every send
@@ -312,22 +362,40 @@ fn config(dir: &Path, concurrency: usize) -> anyhow::Result<Config> {
 
 /// The bench configuration with `extra` tables (prices, budgets) appended.
 fn config_with(dir: &Path, concurrency: usize, extra: &str) -> anyhow::Result<Config> {
+    let provider = "kind = \"outbox\"\ndir = \"outbox\"";
+    let path = config_file(dir, concurrency, provider, true, extra)?;
+    Ok(Config::load(&path)?)
+}
+
+/// Writes the bench configuration, its provider `fast` being `provider`
+/// (the table's keys but its name and rate limit; it carries email too
+/// when `email`, else an outbox named `mail` does), and returns its path.
+fn config_file(
+    dir: &Path,
+    concurrency: usize,
+    provider: &str,
+    email: bool,
+    extra: &str,
+) -> anyhow::Result<std::path::PathBuf> {
     let templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("templates");
+    let email_route = if email {
+        "[[route]]\nchannel = \"email\"\nproviders = [\"fast\"]"
+    } else {
+        "[[provider]]\nname = \"mail\"\nkind = \"outbox\"\ndir = \"outbox\"\n\n\
+         [[route]]\nchannel = \"email\"\nproviders = [\"mail\"]"
+    };
     let text = format!(
         r#"
 [[provider]]
 name = "fast"
-kind = "outbox"
-dir = "outbox"
+{provider}
 rate_limit = {{ per_second = 1000000, burst = 1000000 }}
 
 [[route]]
 channel = "sms"
 providers = ["fast"]
 
-[[route]]
-channel = "email"
-providers = ["fast"]
+{email_route}
 
 [retry]
 jitter = false
@@ -357,7 +425,7 @@ poll_interval = "200ms"
     );
     let path = dir.join("providers.toml");
     std::fs::write(&path, text)?;
-    Ok(Config::load(&path)?)
+    Ok(path)
 }
 
 async fn app(
@@ -855,6 +923,17 @@ async fn run_backend(backend: &str, args: &Args) -> anyhow::Result<BackendResult
         fresh.remove().await;
     }
 
+    if run("procs") && backend != "sqlite" {
+        eprintln!(
+            "[{backend}] worker processes: {} deliveries through the HTTP double, drained by one `tuma worker --drain`, then by two",
+            args.procs_deliveries
+        );
+        r.procs_per_s = Some((
+            procs_phase(backend, args, 1).await?,
+            procs_phase(backend, args, 2).await?,
+        ));
+    }
+
     if run("budget") {
         eprintln!(
             "[{backend}] budget: {} deliveries end to end with the spend guard off, then on, {} rounds",
@@ -1179,10 +1258,11 @@ async fn main() -> anyhow::Result<()> {
     for phase in &args.phases {
         anyhow::ensure!(
             [
-                "floor", "e2e", "http", "otp", "intake", "mixed", "smtp", "console", "budget"
+                "floor", "e2e", "http", "otp", "intake", "mixed", "smtp", "console", "budget",
+                "procs"
             ]
             .contains(&phase.as_str()),
-            "--phases takes floor, e2e, http, otp, intake, mixed, smtp, console and budget, not `{phase}`"
+            "--phases takes floor, e2e, http, otp, intake, mixed, smtp, console, budget and procs, not `{phase}`"
         );
     }
     let mut smtp = None;
@@ -1194,7 +1274,7 @@ async fn main() -> anyhow::Result<()> {
         smtp = Some(smtp_phase(args.smtp_messages, args.smtp_connections, args.concurrency).await?);
     }
     let db_phases = [
-        "floor", "e2e", "http", "otp", "intake", "mixed", "console", "budget",
+        "floor", "e2e", "http", "otp", "intake", "mixed", "console", "budget", "procs",
     ];
     let mut results = Vec::new();
     for backend in args
@@ -1211,6 +1291,15 @@ async fn main() -> anyhow::Result<()> {
     let classic = ["floor", "e2e", "http", "otp", "intake", "mixed"];
     if !results.is_empty() && args.phases.iter().any(|p| classic.contains(&p.as_str())) {
         print(&results, &args);
+    }
+    for r in &results {
+        if let Some((one, two)) = r.procs_per_s {
+            println!(
+                "\nworker processes on {} (HTTP double, deliveries/s): one {one:.0}, two {two:.0} ({:.2}×)",
+                r.backend,
+                two / one.max(f64::MIN_POSITIVE)
+            );
+        }
     }
     for r in &results {
         if let Some(b) = &r.budget {
