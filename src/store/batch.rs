@@ -12,8 +12,10 @@
 //! spend guard's [`Db::reserve_budgets`] and [`Db::close_reservations`],
 //! which take the budget's one counter row once per batch rather than once
 //! per send): a few round trips and one commit for
-//! the lot. Nothing waits on purpose: a lone call runs at once, and calls that
-//! come while a batch is running make up the next one.
+//! the lot. The dispatcher's three take as many statements however many
+//! calls a batch holds (SQLite reads the rows from one JSON array with
+//! `json_each`). Nothing waits on purpose: a lone call runs at once, and
+//! calls that come while a batch is running make up the next one.
 //!
 //! A batch is all or none. When one fails, each of its calls is run again on
 //! its own, so one bad row fails only its own caller. A call whose caller has

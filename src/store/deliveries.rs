@@ -341,6 +341,18 @@ fn column<'a, T, V>(rows: &'a [T], field: impl Fn(&'a T) -> V) -> Vec<V> {
     rows.iter().map(field).collect()
 }
 
+/// A time as the text sqlx binds a `DateTime<Utc>` on SQLite (RFC 3339,
+/// `+00:00`, as many fraction digits as needed), for times passed inside a
+/// JSON parameter: other statements compare these columns as text.
+fn sqlite_time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+}
+
+/// Rows as one JSON array parameter, read on SQLite with `json_each`.
+fn json_rows(rows: &[serde_json::Value]) -> Result<String, StoreError> {
+    serde_json::to_string(rows).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
 /// Filters for listing deliveries.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -605,9 +617,11 @@ impl Db {
     /// attempt row (the dispatcher's second statement, run through
     /// [`Batcher::begin_attempt`](super::Batcher::begin_attempt)); each answer
     /// is the attempt number, or `None` when the delivery is no longer that
-    /// job's to send. All or none: one statement on Postgres, one transaction
-    /// on SQLite. A delivery may appear
-    /// only once. The answers are in the order of `starts`.
+    /// job's to send. All or none, and as many statements whatever the number
+    /// of deliveries: one on Postgres; on SQLite one transaction of two (the
+    /// deliveries' `UPDATE … FROM json_each`, then the attempts' `INSERT`). A
+    /// delivery may appear only once. The answers are in the order of
+    /// `starts`.
     pub async fn begin_attempts(
         &self,
         starts: &[AttemptStart],
@@ -639,42 +653,73 @@ impl Db {
                     .map(|s| started.get(&s.delivery_id).copied())
                     .collect())
             }
-            // SQLite is local: statements cost little, commits and the write lock more.
+            // SQLite: one transaction of two statements, whatever the batch
+            // size (each statement is a round trip through sqlx's worker
+            // thread). The rows are one JSON array; the attempts are opened
+            // for the deliveries the `UPDATE` moved, with the numbers it
+            // returned. `+status` keeps the planner on the primary key, one
+            // lookup per row, rather than walking every pending delivery
+            // through the status index.
             Db::Sqlite(pool) => {
+                let rows: Vec<serde_json::Value> = starts
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "id": s.delivery_id,
+                            "job_id": s.job_id,
+                            "provider": s.provider,
+                            "at": sqlite_time(s.at),
+                        })
+                    })
+                    .collect();
                 let mut tx = pool.begin().await.doing("starting a transaction")?;
-                let mut out = Vec::with_capacity(starts.len());
-                for s in starts {
-                    let attempt: Option<i64> = sqlx::query_scalar(
-                        "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, \
-                         provider = $3, updated_at = $4 \
-                         WHERE id = $1 AND job_id = $2 AND status = 'pending' RETURNING attempts",
+                let started: Vec<(String, i64)> = sqlx::query_as(
+                    "UPDATE deliveries SET status = 'sending', attempts = deliveries.attempts + 1, \
+                     provider = r.provider, updated_at = r.at \
+                     FROM (SELECT json_extract(value, '$.id') AS id, \
+                     json_extract(value, '$.job_id') AS job_id, \
+                     json_extract(value, '$.provider') AS provider, \
+                     json_extract(value, '$.at') AS at FROM json_each($1)) AS r \
+                     WHERE deliveries.id = r.id AND deliveries.job_id = r.job_id \
+                     AND +deliveries.status = 'pending' \
+                     RETURNING deliveries.id, deliveries.attempts",
+                )
+                .bind(json_rows(&rows)?)
+                .fetch_all(&mut *tx)
+                .await
+                .doing("starting attempts")?;
+                let started: HashMap<String, i64> = started.into_iter().collect();
+                let opened: Vec<serde_json::Value> = starts
+                    .iter()
+                    .filter_map(|s| {
+                        let attempt = started.get(&s.delivery_id)?;
+                        Some(serde_json::json!({
+                            "id": s.delivery_id,
+                            "attempt": attempt,
+                            "provider": s.provider,
+                            "reason": s.reason,
+                            "at": sqlite_time(s.at),
+                        }))
+                    })
+                    .collect();
+                if !opened.is_empty() {
+                    sqlx::query(
+                        "INSERT INTO delivery_attempts \
+                         (delivery_id, attempt, provider, reason, started_at) \
+                         SELECT json_extract(value, '$.id'), json_extract(value, '$.attempt'), \
+                         json_extract(value, '$.provider'), json_extract(value, '$.reason'), \
+                         json_extract(value, '$.at') FROM json_each($1)",
                     )
-                    .bind(&s.delivery_id)
-                    .bind(&s.job_id)
-                    .bind(&s.provider)
-                    .bind(s.at)
-                    .fetch_optional(&mut *tx)
+                    .bind(json_rows(&opened)?)
+                    .execute(&mut *tx)
                     .await
-                    .doing("starting an attempt")?;
-                    if let Some(attempt) = attempt {
-                        sqlx::query(
-                            "INSERT INTO delivery_attempts \
-                             (delivery_id, attempt, provider, reason, started_at) \
-                             VALUES ($1, $2, $3, $4, $5)",
-                        )
-                        .bind(&s.delivery_id)
-                        .bind(attempt)
-                        .bind(&s.provider)
-                        .bind(&s.reason)
-                        .bind(s.at)
-                        .execute(&mut *tx)
-                        .await
-                        .doing("recording an attempt")?;
-                    }
-                    out.push(attempt);
+                    .doing("recording attempts")?;
                 }
                 tx.commit().await.doing("committing attempts")?;
-                Ok(out)
+                Ok(starts
+                    .iter()
+                    .map(|s| started.get(&s.delivery_id).copied())
+                    .collect())
             }
         }
     }
@@ -683,8 +728,10 @@ impl Db {
     /// moves the delivery on, due again at its retry time when there is one (the
     /// dispatcher's third statement, run through
     /// [`Batcher::finish_attempt`](super::Batcher::finish_attempt)); an answer
-    /// is false when the delivery was no longer that job's. All or none: one
-    /// statement on Postgres, one transaction on SQLite; the lease ends. A
+    /// is false when the delivery was no longer that job's. All or none, and
+    /// as many statements whatever the number of deliveries: one on Postgres;
+    /// on SQLite one transaction of at most three (the deliveries, their
+    /// attempts, the parts of messages sent in several); the lease ends. A
     /// delivery may appear only once. The answers are in the order of `ends`.
     /// A result with several `part_ids` writes them to
     /// `provider_message_parts` in the same statement or transaction; one
@@ -773,87 +820,156 @@ impl Db {
                 .map(|e| closed.contains(e.delivery_id))
                 .collect());
         }
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await.doing("starting a transaction")?;
-            let mut out = Vec::with_capacity(ends.len());
-            for e in &ends {
-                let attempt: Option<i64> = sqlx::query_scalar(
-                    "UPDATE deliveries SET status = $3, job_id = $4, next_attempt_at = $5, \
-                     updated_at = $6, lease_until = NULL, leased_by = NULL, \
-                     otp_code = CASE WHEN $3 = 'pending' THEN otp_code ELSE NULL END, \
-                     sent_at = CASE WHEN $3 = 'sent' THEN $6 ELSE sent_at END, \
-                     provider_message_id = COALESCE($7, provider_message_id), \
-                     cost_micros = CASE WHEN $3 = 'sent' THEN $8 ELSE cost_micros END, \
-                     currency = CASE WHEN $3 = 'sent' THEN $9 ELSE currency END, \
-                     cost_is_estimate = CASE WHEN $3 = 'sent' THEN $10 ELSE cost_is_estimate END, \
-                     segments = COALESCE($13, $11, segments), \
-                     last_error = CASE WHEN $3 = 'sent' THEN NULL ELSE $12 END \
-                     WHERE id = $1 AND job_id = $2 AND status = 'sending' RETURNING attempts",
-                )
-                .bind(e.delivery_id)
-                .bind(e.job_id)
-                .bind(e.status.as_str())
-                .bind(e.retry.map(|(job, _)| job.job_id.as_str()))
-                .bind(e.retry.map(|(_, at)| at))
-                .bind(e.result.finished_at)
-                .bind(&e.result.provider_message_id)
-                .bind(e.cost_micros)
-                .bind(e.currency)
-                .bind(e.estimate)
-                .bind(e.segments)
-                .bind(&e.result.error)
-                .bind(e.provider_segments)
-                .fetch_optional(&mut *tx)
-                .await
-                .doing("recording an attempt's outcome")?;
-                let Some(attempt) = attempt else {
-                    out.push(false);
-                    continue;
-                };
-                sqlx::query(
-                    "UPDATE delivery_attempts SET finished_at = $3, outcome = $4, \
-                     provider_message_id = $5, provider_status = $6, error_code = $7, error = $8, \
-                     cost_micros = $9, currency = $10, cost_is_estimate = $11, segments = $12, \
-                     latency_ms = $13, provider_segments = $14 \
-                     WHERE delivery_id = $1 AND attempt = $2",
-                )
-                .bind(e.delivery_id)
-                .bind(attempt)
-                .bind(e.result.finished_at)
-                .bind(e.result.outcome.as_str())
-                .bind(&e.result.provider_message_id)
-                .bind(&e.result.provider_status)
-                .bind(&e.result.error_code)
-                .bind(&e.result.error)
-                .bind(e.cost_micros)
-                .bind(e.currency)
-                .bind(e.estimate)
-                .bind(e.segments)
-                .bind(e.result.latency_ms)
-                .bind(e.provider_segments)
-                .execute(&mut *tx)
-                .await
-                .doing("closing an attempt")?;
-                for (_, id, part) in parts.iter().filter(|p| p.0 == e.delivery_id) {
-                    sqlx::query(
-                        "INSERT INTO provider_message_parts \
-                         (provider, message_id, delivery_id, attempt, part) \
-                         SELECT provider, $3, delivery_id, attempt, $4 FROM delivery_attempts \
-                         WHERE delivery_id = $1 AND attempt = $2 ON CONFLICT DO NOTHING",
-                    )
-                    .bind(e.delivery_id)
-                    .bind(attempt)
-                    .bind(*id)
-                    .bind(*part)
-                    .execute(&mut *tx)
-                    .await
-                    .doing("recording a message's parts")?;
-                }
-                out.push(true);
-            }
-            tx.commit().await.doing("committing attempts' outcomes")?;
-            Ok(out)
-        })
+        let Db::Sqlite(pool) = self else {
+            unreachable!("Postgres returned above");
+        };
+        // SQLite: one transaction of at most three statements, whatever the
+        // batch size (each statement is a round trip through sqlx's worker
+        // thread). The rows are one JSON array; the attempts closed are
+        // those of the deliveries the `UPDATE` moved, by the numbers it
+        // returned. Flags are stored as sqlx binds a bool (0 or 1). `+status`
+        // keeps the planner on the primary key (see `begin_attempts`).
+        let rows: Vec<serde_json::Value> = ends
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "id": e.delivery_id,
+                    "job_id": e.job_id,
+                    "status": e.status.as_str(),
+                    "next_job_id": e.retry.map(|(job, _)| job.job_id.as_str()),
+                    "retry_at": e.retry.map(|(_, at)| sqlite_time(at)),
+                    "finished_at": sqlite_time(e.result.finished_at),
+                    "message_id": e.result.provider_message_id,
+                    "cost_micros": e.cost_micros,
+                    "currency": e.currency,
+                    "estimate": e.estimate.map(i64::from),
+                    "segments": e.segments,
+                    "error": e.result.error,
+                    "provider_segments": e.provider_segments,
+                })
+            })
+            .collect();
+        let mut tx = pool.begin().await.doing("starting a transaction")?;
+        let closed: Vec<(String, i64)> = sqlx::query_as(
+            "UPDATE deliveries SET status = r.status, job_id = r.next_job_id, \
+             next_attempt_at = r.retry_at, updated_at = r.finished_at, \
+             lease_until = NULL, leased_by = NULL, \
+             otp_code = CASE WHEN r.status = 'pending' THEN deliveries.otp_code ELSE NULL END, \
+             sent_at = CASE WHEN r.status = 'sent' THEN r.finished_at ELSE deliveries.sent_at END, \
+             provider_message_id = COALESCE(r.message_id, deliveries.provider_message_id), \
+             cost_micros = CASE WHEN r.status = 'sent' THEN r.cost_micros \
+               ELSE deliveries.cost_micros END, \
+             currency = CASE WHEN r.status = 'sent' THEN r.currency ELSE deliveries.currency END, \
+             cost_is_estimate = CASE WHEN r.status = 'sent' THEN r.estimate \
+               ELSE deliveries.cost_is_estimate END, \
+             segments = COALESCE(r.provider_segments, r.segments, deliveries.segments), \
+             last_error = CASE WHEN r.status = 'sent' THEN NULL ELSE r.error END \
+             FROM (SELECT json_extract(value, '$.id') AS id, \
+             json_extract(value, '$.job_id') AS job_id, json_extract(value, '$.status') AS status, \
+             json_extract(value, '$.next_job_id') AS next_job_id, \
+             json_extract(value, '$.retry_at') AS retry_at, \
+             json_extract(value, '$.finished_at') AS finished_at, \
+             json_extract(value, '$.message_id') AS message_id, \
+             json_extract(value, '$.cost_micros') AS cost_micros, \
+             json_extract(value, '$.currency') AS currency, \
+             json_extract(value, '$.estimate') AS estimate, \
+             json_extract(value, '$.segments') AS segments, \
+             json_extract(value, '$.error') AS error, \
+             json_extract(value, '$.provider_segments') AS provider_segments \
+             FROM json_each($1)) AS r \
+             WHERE deliveries.id = r.id AND deliveries.job_id = r.job_id \
+             AND +deliveries.status = 'sending' \
+             RETURNING deliveries.id, deliveries.attempts",
+        )
+        .bind(json_rows(&rows)?)
+        .fetch_all(&mut *tx)
+        .await
+        .doing("recording attempts' outcomes")?;
+        let closed: HashMap<String, i64> = closed.into_iter().collect();
+        let attempts: Vec<serde_json::Value> = ends
+            .iter()
+            .filter_map(|e| {
+                let attempt = closed.get(e.delivery_id)?;
+                Some(serde_json::json!({
+                    "id": e.delivery_id,
+                    "attempt": attempt,
+                    "finished_at": sqlite_time(e.result.finished_at),
+                    "outcome": e.result.outcome.as_str(),
+                    "message_id": e.result.provider_message_id,
+                    "provider_status": e.result.provider_status,
+                    "error_code": e.result.error_code,
+                    "error": e.result.error,
+                    "cost_micros": e.cost_micros,
+                    "currency": e.currency,
+                    "estimate": e.estimate.map(i64::from),
+                    "segments": e.segments,
+                    "latency_ms": e.result.latency_ms,
+                    "provider_segments": e.provider_segments,
+                }))
+            })
+            .collect();
+        if !attempts.is_empty() {
+            sqlx::query(
+                "UPDATE delivery_attempts SET finished_at = r.finished_at, outcome = r.outcome, \
+                 provider_message_id = r.message_id, provider_status = r.provider_status, \
+                 error_code = r.error_code, error = r.error, cost_micros = r.cost_micros, \
+                 currency = r.currency, cost_is_estimate = r.estimate, segments = r.segments, \
+                 latency_ms = r.latency_ms, provider_segments = r.provider_segments \
+                 FROM (SELECT json_extract(value, '$.id') AS id, \
+                 json_extract(value, '$.attempt') AS attempt, \
+                 json_extract(value, '$.finished_at') AS finished_at, \
+                 json_extract(value, '$.outcome') AS outcome, \
+                 json_extract(value, '$.message_id') AS message_id, \
+                 json_extract(value, '$.provider_status') AS provider_status, \
+                 json_extract(value, '$.error_code') AS error_code, \
+                 json_extract(value, '$.error') AS error, \
+                 json_extract(value, '$.cost_micros') AS cost_micros, \
+                 json_extract(value, '$.currency') AS currency, \
+                 json_extract(value, '$.estimate') AS estimate, \
+                 json_extract(value, '$.segments') AS segments, \
+                 json_extract(value, '$.latency_ms') AS latency_ms, \
+                 json_extract(value, '$.provider_segments') AS provider_segments \
+                 FROM json_each($1)) AS r \
+                 WHERE delivery_attempts.delivery_id = r.id AND delivery_attempts.attempt = r.attempt",
+            )
+            .bind(json_rows(&attempts)?)
+            .execute(&mut *tx)
+            .await
+            .doing("closing attempts")?;
+        }
+        let parts: Vec<serde_json::Value> = parts
+            .iter()
+            .filter_map(|(delivery_id, message_id, part)| {
+                let attempt = closed.get(*delivery_id)?;
+                Some(serde_json::json!({
+                    "id": delivery_id,
+                    "attempt": attempt,
+                    "message_id": message_id,
+                    "part": part,
+                }))
+            })
+            .collect();
+        if !parts.is_empty() {
+            // `WHERE true`: an upsert after a join needs it to parse.
+            sqlx::query(
+                "INSERT INTO provider_message_parts \
+                 (provider, message_id, delivery_id, attempt, part) \
+                 SELECT a.provider, json_extract(x.value, '$.message_id'), a.delivery_id, \
+                 a.attempt, json_extract(x.value, '$.part') FROM json_each($1) AS x \
+                 JOIN delivery_attempts a ON a.delivery_id = json_extract(x.value, '$.id') \
+                 AND a.attempt = json_extract(x.value, '$.attempt') \
+                 WHERE true ON CONFLICT DO NOTHING",
+            )
+            .bind(json_rows(&parts)?)
+            .execute(&mut *tx)
+            .await
+            .doing("recording messages' parts")?;
+        }
+        tx.commit().await.doing("committing attempts' outcomes")?;
+        Ok(ends
+            .iter()
+            .map(|e| closed.contains_key(e.delivery_id))
+            .collect())
     }
 
     /// Moves a pending delivery owned by `job_id` to `to` (`expired` or

@@ -669,3 +669,223 @@ async fn a_batch_keeps_every_part_of_a_long_message(backend: Backend) {
     );
 }
 on_both_backends!(a_batch_keeps_every_part_of_a_long_message);
+
+/// Every stored column of a delivery, its attempts and its message parts, as
+/// JSON (SQLite: text stays a string, an integer a number), with `id`
+/// written as `role` and the columns that differ between twin deliveries
+/// (ids, tokens, recipients, sealed codes) left out or reduced.
+async fn stored(db: &Db, id: &str, role: &str) -> String {
+    let tables = [
+        ("deliveries", "id"),
+        ("delivery_attempts", "delivery_id"),
+        ("provider_message_parts", "delivery_id"),
+    ];
+    let mut out = Vec::new();
+    for (table, key) in tables {
+        let rows: Vec<String> = match db {
+            Db::Sqlite(pool) => {
+                let columns: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT name FROM pragma_table_info('{table}') ORDER BY cid"
+                )))
+                .fetch_all(pool)
+                .await
+                .unwrap();
+                let object = columns
+                    .iter()
+                    .map(|c| format!("'{c}', {c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT json_object({object}) FROM {table} WHERE {key} = $1 ORDER BY rowid"
+                )))
+                .bind(id)
+                .fetch_all(pool)
+                .await
+                .unwrap()
+            }
+            Db::Postgres(pool) => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT to_jsonb(t)::text FROM {table} t WHERE {key} = $1 ORDER BY 1"
+            )))
+            .bind(id)
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+        };
+        for row in rows {
+            let mut row: serde_json::Value = serde_json::from_str(&row).unwrap();
+            let fields = row.as_object_mut().unwrap();
+            for gone in ["id", "job_id", "recipient", "country"] {
+                fields.remove(gone);
+            }
+            if let Some(code) = fields.get_mut("otp_code") {
+                *code = json!(!code.is_null());
+            }
+            out.push(format!("{table} {}", row.to_string().replace(id, role)));
+        }
+    }
+    out.join("\n")
+}
+
+/// A batch mixing every kind of start and end stores, column by column, what
+/// the same calls store one at a time: a stale job at the start and at the
+/// end, a permanent failure, a retry due again later, an estimated cost
+/// with the provider's segment count, and a message in three parts. Times
+/// keep the text sqlx binds (compared as text by other statements).
+async fn a_mixed_batch_stores_what_one_at_a_time_stores(backend: Backend) {
+    let t = TestApp::new(backend, 6).await;
+    let roles = [
+        "sent-in-parts",
+        "failed",
+        "retried",
+        "stale-start",
+        "stale-end",
+        "estimated",
+    ];
+    let mut twins = Vec::new();
+    for (i, _) in roles.iter().enumerate() {
+        let otp = |to: String| {
+            let app = t.app.clone();
+            async move {
+                let d = app
+                    .enqueue_otp(OtpRequest {
+                        to,
+                        code: "135790".into(),
+                        channel: None,
+                        locale: None,
+                        ttl: None,
+                    })
+                    .await
+                    .unwrap();
+                DeliveryJob {
+                    delivery_id: d.row.id.clone(),
+                    job_id: d.row.job_id.clone().unwrap(),
+                }
+            }
+        };
+        let pair = if i == 0 {
+            (
+                otp("+254711000500".into()).await,
+                otp("+254711000501".into()).await,
+            )
+        } else {
+            (
+                notification(&t, &format!("+2547110006{i}0")).await,
+                notification(&t, &format!("+2547110006{i}1")).await,
+            )
+        };
+        twins.push(pair);
+    }
+    let stale = |j: &DeliveryJob| DeliveryJob {
+        delivery_id: j.delivery_id.clone(),
+        job_id: DeliveryJob::new(&j.delivery_id).job_id,
+    };
+    let starts = |alone: bool| -> Vec<AttemptStart> {
+        twins
+            .iter()
+            .zip(roles)
+            .map(|((a, b), role)| {
+                let j = if alone { a } else { b };
+                if role == "stale-start" {
+                    start(&t, &stale(j))
+                } else {
+                    start(&t, j)
+                }
+            })
+            .collect()
+    };
+    t.clock
+        .advance(std::time::Duration::from_nanos(1_234_567_891));
+    let mut one_by_one = Vec::new();
+    for s in starts(true) {
+        one_by_one.extend(t.app.db.begin_attempts(&[s]).await.unwrap());
+    }
+    let batched = t.app.db.begin_attempts(&starts(false)).await.unwrap();
+    assert_eq!(
+        batched,
+        vec![Some(1), Some(1), Some(1), None, Some(1), Some(1)]
+    );
+    assert_eq!(batched, one_by_one);
+
+    // Every claim holds a lease, which the end clears.
+    let lease = "UPDATE deliveries SET lease_until = updated_at, leased_by = 'w1' \
+                 WHERE status = 'sending'";
+    match &t.app.db {
+        Db::Sqlite(pool) => sqlx::query(lease).execute(pool).await.map(|_| ()),
+        Db::Postgres(pool) => sqlx::query(lease).execute(pool).await.map(|_| ()),
+    }
+    .unwrap();
+
+    t.clock.advance(std::time::Duration::from_millis(2_500));
+    // Postgres keeps microseconds.
+    let retry_at = chrono::SubsecRound::trunc_subsecs(
+        t.clock.now() + chrono::Duration::milliseconds(30_125),
+        6,
+    );
+    let ends = |alone: bool| -> Vec<AttemptEnd> {
+        twins
+            .iter()
+            .zip(roles)
+            .map(|((a, b), role)| {
+                let j = if alone { a } else { b };
+                match role {
+                    "sent-in-parts" => {
+                        let mut e = end(&t, j, Outcome::Accepted, NextStep::Sent);
+                        e.result.part_ids = (1..=3)
+                            .map(|n| format!("{}-part{n}", j.delivery_id))
+                            .collect();
+                        e.result.provider_status = Some("queued".into());
+                        e.lane = Lane::Otp;
+                        e
+                    }
+                    "failed" => end(&t, j, Outcome::Permanent, NextStep::Failed),
+                    "retried" => end(
+                        &t,
+                        j,
+                        Outcome::Transient,
+                        NextStep::Retry {
+                            job: DeliveryJob::new(&j.delivery_id),
+                            at: retry_at,
+                        },
+                    ),
+                    "stale-start" => end(&t, j, Outcome::Accepted, NextStep::Sent),
+                    "stale-end" => end(&t, &stale(j), Outcome::Accepted, NextStep::Sent),
+                    _ => {
+                        let mut e = end(&t, j, Outcome::Accepted, NextStep::Sent);
+                        e.result.cost = Some((Money::parse("1.60", "KES").unwrap(), true));
+                        e.result.provider_segments = Some(2);
+                        e.result.error_code = Some("none".into());
+                        e
+                    }
+                }
+            })
+            .collect()
+    };
+    let mut one_by_one = Vec::new();
+    for e in ends(true) {
+        one_by_one.extend(t.app.db.finish_attempts(&[e]).await.unwrap());
+    }
+    let batched = t.app.db.finish_attempts(&ends(false)).await.unwrap();
+    assert_eq!(batched, vec![true, true, true, false, false, true]);
+    assert_eq!(batched, one_by_one);
+
+    for ((a, b), role) in twins.iter().zip(roles) {
+        let alone = stored(&t.app.db, &a.delivery_id, role).await;
+        assert_eq!(alone, stored(&t.app.db, &b.delivery_id, role).await);
+        if role == "sent-in-parts" {
+            assert_eq!(alone.matches("provider_message_parts").count(), 3);
+        }
+    }
+    let retried = t.delivery(&twins[2].1.delivery_id).await;
+    assert_eq!(retried.row.next_attempt_at, Some(retry_at));
+
+    // Times are stored as sqlx binds them, so they compare as text.
+    let at = t.clock.now();
+    let sql = "SELECT COUNT(*) FROM deliveries WHERE updated_at = $1";
+    let same_text: i64 = match &t.app.db {
+        Db::Sqlite(pool) => sqlx::query_scalar(sql).bind(at).fetch_one(pool).await,
+        Db::Postgres(pool) => sqlx::query_scalar(sql).bind(at).fetch_one(pool).await,
+    }
+    .unwrap();
+    assert_eq!(same_text, 8, "the ends that moved their delivery");
+}
+on_both_backends!(a_mixed_batch_stores_what_one_at_a_time_stores);
