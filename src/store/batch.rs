@@ -2,20 +2,21 @@
 //!
 //! Every worker slot opens an attempt and closes it (the claim already read
 //! the delivery; a job handed over without its row reads it first): two
-//! statements per delivery, each a round trip and a commit. Every `POST` looks up its API key and records its delivery (a
-//! transaction of half a dozen statements). Under load many callers wait to
-//! run the same statement at the same moment, so each kind of statement has
-//! one task that takes everything waiting and runs it as one batch
+//! statements per delivery, each a round trip and a commit. Every `POST`
+//! looks up its API key and records its delivery (a transaction of half a
+//! dozen statements). Under load many callers wait to run the same
+//! statement at the same moment, so each kind of statement has one task
+//! that takes everything waiting and runs it as one batch
 //! ([`Db::deliveries_to_send`], [`Db::begin_attempts`],
 //! [`Db::finish_attempts`], [`Db::live_api_keys`],
 //! [`Db::insert_deliveries_guarded`], and, for sends with a budget, the
 //! spend guard's [`Db::reserve_budgets`] and [`Db::close_reservations`],
-//! which take the budget's one counter row once per batch rather than once
-//! per send): a few round trips and one commit for
-//! the lot. The dispatcher's three take as many statements however many
-//! calls a batch holds (SQLite reads the rows from one JSON array with
-//! `json_each`). Nothing waits on purpose: a lone call runs at once, and
-//! calls that come while a batch is running make up the next one.
+//! which take the budget's counter row once per batch rather than once per
+//! send): a few round trips and one commit for the lot. The dispatcher's
+//! statements take as many statements however many calls a batch holds
+//! (SQLite reads the rows from one JSON array with `json_each`). Nothing
+//! waits on purpose: a lone call runs at once, and calls that come while a
+//! batch is running make up the next one.
 //!
 //! A batch is all or none. When one fails, each of its calls is run again on
 //! its own, so one bad row fails only its own caller. A call whose caller has
