@@ -131,7 +131,7 @@ impl ToSchema for OpenApiDocument {
         over the configured `status_callback_url` and the sorted fields). No API key: the \
         signature is the check. A missing or wrong one changes nothing. A receipt for a message \
         tuma does not know is answered 200, so the provider stops retrying.",
-    params(("provider" = String, Path, description = "The provider kind", example = "twilio")),
+    params(("provider" = String, Path, description = "The provider's name in providers.toml (its kind also matches, for paths configured before names were)", example = "twilio")),
     request_body(content = std::collections::BTreeMap<String, String>,
         content_type = "application/x-www-form-urlencoded",
         description = "The provider's fields"),
@@ -156,7 +156,7 @@ async fn signed_callback() {}
         time) is the check; a wrong one answers 404 as for a path that does not exist, and logs \
         show the path with the secret masked.",
     params(
-        ("provider" = String, Path, description = "The provider kind", example = "africastalking"),
+        ("provider" = String, Path, description = "The provider's name in providers.toml (its kind also matches, for paths configured before names were)", example = "africastalking"),
         ("secret" = String, Path, description = "The URL secret, 24 characters or more"),
     ),
     request_body(content = std::collections::BTreeMap<String, String>,
