@@ -237,6 +237,27 @@ async fn a_new_month_releases_held_deliveries(backend: Backend) {
 }
 on_both_backends!(a_new_month_releases_held_deliveries);
 
+/// Drains `t` and a second process on the same database (its own 64 slots,
+/// the same provider) at once; returns the second, to close.
+async fn drain_beside_a_second_process(t: &TestApp, provider: &Arc<Scripted>) -> Arc<App> {
+    let config = Config::load(&t.db.path().join("providers.toml")).unwrap();
+    let second = build(&t.db, config, t.clock.clone(), provider).await;
+    let (a, b) = tokio::join!(
+        tuma::worker::drain(t.app.clone(), Duration::from_secs(60)),
+        tuma::worker::drain(second.clone(), Duration::from_secs(60)),
+    );
+    a.unwrap();
+    b.unwrap();
+    second
+}
+
+/// How many of `ids` are sent and how many held.
+async fn sent_and_held(t: &TestApp, ids: &[String]) -> (usize, usize) {
+    let all = statuses(t, ids).await;
+    let count = |status| all.iter().filter(|s| **s == status).count();
+    (count(DeliveryStatus::Sent), count(DeliveryStatus::Held))
+}
+
 async fn concurrent_sends_overshoot_by_at_most_one_estimate(backend: Backend) {
     // 10.00 KES at 0.8 a message: 13 sends are admitted (the 13th at 9.6
     // used), whatever the number of slots or processes racing for them.
@@ -247,22 +268,8 @@ async fn concurrent_sends_overshoot_by_at_most_one_estimate(backend: Backend) {
     )
     .await;
     let ids = enqueue_notes(&t, 40).await;
-    // A second process on the same database, with its own 64 slots.
-    let (_, config) = {
-        let path = t.db.path().join("providers.toml");
-        (path.clone(), Config::load(&path).unwrap())
-    };
-    let second = build(&t.db, config, t.clock.clone(), &provider).await;
-    let (a, b) = tokio::join!(
-        tuma::worker::drain(t.app.clone(), Duration::from_secs(60)),
-        tuma::worker::drain(second.clone(), Duration::from_secs(60)),
-    );
-    a.unwrap();
-    b.unwrap();
-    let all = statuses(&t, &ids).await;
-    let sent = all.iter().filter(|s| **s == DeliveryStatus::Sent).count();
-    let held = all.iter().filter(|s| **s == DeliveryStatus::Held).count();
-    assert_eq!((sent, held), (13, 27), "{all:?}");
+    let second = drain_beside_a_second_process(&t, &provider).await;
+    assert_eq!(sent_and_held(&t, &ids).await, (13, 27));
     assert_eq!(provider.calls().len(), 13);
     let status = tuma::spend::status(&t.app.db, &t.app.config, t.clock.now())
         .await
@@ -290,18 +297,8 @@ async fn a_day_and_a_month_budget_are_kept_together_by_batches_of_two_processes(
     )
     .await;
     let ids = enqueue_notes(&t, 160).await;
-    let config = Config::load(&t.db.path().join("providers.toml")).unwrap();
-    let second = build(&t.db, config, t.clock.clone(), &provider).await;
-    let (a, b) = tokio::join!(
-        tuma::worker::drain(t.app.clone(), Duration::from_secs(60)),
-        tuma::worker::drain(second.clone(), Duration::from_secs(60)),
-    );
-    a.unwrap();
-    b.unwrap();
-    let all = statuses(&t, &ids).await;
-    let sent = all.iter().filter(|s| **s == DeliveryStatus::Sent).count();
-    let held = all.iter().filter(|s| **s == DeliveryStatus::Held).count();
-    assert_eq!((sent, held), (100, 60), "{all:?}");
+    let second = drain_beside_a_second_process(&t, &provider).await;
+    assert_eq!(sent_and_held(&t, &ids).await, (100, 60));
     assert_eq!(provider.calls().len(), 100);
     let status = tuma::spend::status(&t.app.db, &t.app.config, t.clock.now())
         .await
