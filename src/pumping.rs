@@ -11,7 +11,7 @@ use tracing::warn;
 
 use crate::app::App;
 use crate::domain::Recipient;
-use crate::intake::IntakeError;
+use crate::refusal::IntakeError;
 
 /// The SMS-pumping checks an API send of `kind` to `recipient` gets in its
 /// insert transaction (OTPs by SMS only).

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::app::App;
 use crate::domain::Recipient;
-use crate::intake::IntakeError;
+use crate::refusal::IntakeError;
 use crate::store::{Delivery, StoreError, Suppression};
 
 /// The rule a refusal names.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{count_in, parse_duration_in};
-use crate::webhooks::target::{Cidr, Policy};
+use crate::egress::{Cidr, Policy};
 
 /// Status webhook delivery.
 #[derive(Debug, Clone)]

@@ -5,6 +5,7 @@
 pub mod attempt;
 pub mod budget;
 pub mod email;
+pub mod event;
 pub mod gcra;
 pub mod money;
 pub mod otp;

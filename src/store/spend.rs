@@ -20,9 +20,9 @@ use sqlx::{PgConnection, SqliteConnection};
 use super::{Db, Doing, StoreError, on_pool};
 use crate::domain::DeliveryKind;
 use crate::domain::budget::{BudgetPeriod, BudgetTerms, Crossing, admits};
+use crate::domain::event::{EventType, budget_payload, new_event_id};
 use crate::domain::money::Money;
 use crate::queue::DeliveryJob;
-use crate::webhooks::{EventType, budget_payload, new_event_id};
 
 /// One budget a send asks room in.
 #[derive(Debug, Clone)]

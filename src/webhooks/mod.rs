@@ -21,103 +21,16 @@
 
 pub mod dispatch;
 pub mod register;
-pub mod target;
-
-use std::fmt;
-use std::str::FromStr;
+/// Where webhooks may go: the address checks (`crate::egress`, a leaf the
+/// configuration reads too).
+pub use crate::egress as target;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use crate::domain::budget::Crossing;
+pub use crate::domain::event::{EventType, budget_payload, new_event_id};
 use crate::store::Delivery;
-
-/// What happened to a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventType {
-    /// A provider accepted it.
-    Sent,
-    /// A receipt says it arrived.
-    Delivered,
-    /// A receipt says it did not arrive.
-    Undelivered,
-    /// Given up: a permanent error, or every attempt used.
-    Failed,
-    /// An OTP whose time ran out before it could be sent.
-    Expired,
-    /// Taken back by its caller before any provider had it.
-    Canceled,
-    /// A budget crossed one of its `alert_at` thresholds (heard only by
-    /// endpoints of keys with the `ops` scope).
-    BudgetThreshold,
-}
-
-impl EventType {
-    /// Every event type.
-    pub const ALL: [EventType; 7] = [
-        EventType::Sent,
-        EventType::Delivered,
-        EventType::Undelivered,
-        EventType::Failed,
-        EventType::Expired,
-        EventType::Canceled,
-        EventType::BudgetThreshold,
-    ];
-
-    /// The delivery events: the database trigger raises exactly these (the
-    /// delivery statuses of the same names).
-    pub const DELIVERY: [EventType; 6] = [
-        EventType::Sent,
-        EventType::Delivered,
-        EventType::Undelivered,
-        EventType::Failed,
-        EventType::Expired,
-        EventType::Canceled,
-    ];
-
-    /// The name receivers see (`delivery.failed`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Sent => "delivery.sent",
-            EventType::Delivered => "delivery.delivered",
-            EventType::Undelivered => "delivery.undelivered",
-            EventType::Failed => "delivery.failed",
-            EventType::Expired => "delivery.expired",
-            EventType::Canceled => "delivery.canceled",
-            EventType::BudgetThreshold => "budget.threshold",
-        }
-    }
-
-    /// Whether only keys with the `ops` scope may hear it.
-    pub fn for_ops(self) -> bool {
-        self == EventType::BudgetThreshold
-    }
-
-    /// The delivery status the event reports (a delivery event's).
-    pub fn status(self) -> &'static str {
-        self.as_str().trim_start_matches("delivery.")
-    }
-}
-
-impl fmt::Display for EventType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for EventType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<EventType, String> {
-        EventType::ALL
-            .into_iter()
-            .find(|e| e.as_str() == s)
-            .ok_or_else(|| {
-                let all: Vec<_> = EventType::ALL.iter().map(|e| e.as_str()).collect();
-                format!("unknown event `{s}` (expected one of: {})", all.join(", "))
-            })
-    }
-}
 
 /// A comma-separated list of event types (`delivery.failed,delivery.sent`),
 /// each once, in [`EventType::ALL`] order; empty or absent means all.
@@ -150,35 +63,6 @@ pub fn events_of(stored: &str) -> Vec<EventType> {
     stored.split(',').filter_map(|n| n.parse().ok()).collect()
 }
 
-/// A new event id (`webhook-id`): `msg_` and 32 hex digits.
-pub fn new_event_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    format!("msg_{}", crate::api::auth::hex(&bytes))
-}
-
-/// The body of a `budget.threshold` event: which budget, its period, the
-/// limit, what was spent and reserved, the share used and the threshold
-/// crossed. Amounts are exact decimal strings in the budget's currency.
-pub fn budget_payload(c: &Crossing, occurred_at: DateTime<Utc>) -> Value {
-    json!({
-        "type": EventType::BudgetThreshold.as_str(),
-        "timestamp": occurred_at,
-        "data": {
-            "budget": c.budget,
-            "currency": c.currency.as_str(),
-            "period": c.period.as_str(),
-            "period_start": c.period_start,
-            "period_end": c.period.next_start(c.period_start),
-            "limit": c.limit.to_decimal_string(),
-            "spent": c.spent.to_decimal_string(),
-            "reserved": c.reserved.to_decimal_string(),
-            "ratio": c.ratio,
-            "threshold": c.threshold,
-            "occurred_at": occurred_at,
-        }
-    })
-}
-
 /// The prefix of a signing secret (Standard Webhooks).
 pub const SECRET_PREFIX: &str = "whsec_";
 
@@ -209,7 +93,7 @@ pub fn secret_key(secret: &str) -> Result<Vec<u8>, String> {
 /// `{id}.{timestamp}.{body}` keyed with the secret's bytes.
 pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
     let message = format!("{id}.{timestamp}.{body}");
-    let mac = crate::api::auth::hmac_sha256(key, message.as_bytes());
+    let mac = crate::digest::hmac_sha256(key, message.as_bytes());
     format!(
         "v1,{}",
         base64::engine::general_purpose::STANDARD.encode(mac)

@@ -1,4 +1,8 @@
-//! Where webhooks may go (SSRF). An endpoint is `https://`, or `http://` to
+//! Where tuma's outbound HTTP calls to addresses others give it (webhook
+//! endpoints) may go (SSRF). Imports nothing of tuma's: the configuration
+//! and the webhook dispatcher both read it.
+//!
+//! Where webhooks may go. An endpoint is `https://`, or `http://` to
 //! a loopback address (tests, sidecars). Every address its host resolves to
 //! is checked, at registration and again at each connection (the client's
 //! resolver, so the address connected to is the one checked: no DNS
