@@ -8,7 +8,9 @@
 //!   count: they describe or configure, they do not depend on a kind;
 //! - the configuration and the provider folders do not import each other's
 //!   way round: nothing in `src/providers/` or `src/settings.rs` names
-//!   `crate::config`, and `src/settings.rs` imports nothing of tuma's.
+//!   `crate::config`, and `src/settings.rs` imports nothing of tuma's;
+//! - no two top-level modules import each other but the pairs
+//!   ARCHITECTURE.md names, and its leaves import nothing of tuma's.
 
 use std::path::{Path, PathBuf};
 
@@ -220,5 +222,62 @@ fn configuration_and_providers_import_each_other_one_way_only() {
     assert!(
         !settings.contains("crate::"),
         "src/settings.rs is a leaf: it imports nothing of tuma's"
+    );
+}
+
+/// The top-level module `file` belongs to (`store` for `src/store/spend.rs`).
+fn top_module(file: &Path) -> String {
+    let relative = file.strip_prefix(src()).unwrap_or(file);
+    let first = relative
+        .components()
+        .next()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    first.trim_end_matches(".rs").to_owned()
+}
+
+#[test]
+fn modules_import_each_other_only_where_architecture_says() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut edges = std::collections::BTreeSet::new();
+    for file in &files {
+        let text = code_only(&std::fs::read_to_string(file).expect("read a source file"));
+        // Unit tests may reach anywhere.
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let from = top_module(file);
+        for (at, _) in code.match_indices("crate::") {
+            let to: String = code[at + "crate::".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !to.is_empty() && to != from {
+                edges.insert((from.clone(), to));
+            }
+        }
+    }
+    // The leaves import nothing of tuma's; `queue` only `domain`.
+    for leaf in ["domain", "settings", "clock", "digest", "egress"] {
+        let out: Vec<_> = edges.iter().filter(|(a, _)| a == leaf).collect();
+        assert!(out.is_empty(), "{leaf} is a leaf but imports {out:?}");
+    }
+    let queue: Vec<_> = edges.iter().filter(|(a, _)| a == "queue").collect();
+    assert_eq!(queue, [&("queue".to_owned(), "domain".to_owned())]);
+    // The import circles left, each named in ARCHITECTURE.md; no new one.
+    let circles: Vec<String> = edges
+        .iter()
+        .filter(|(a, b)| a < b && edges.contains(&(b.clone(), a.clone())))
+        .map(|(a, b)| format!("{a} <-> {b}"))
+        .collect();
+    assert_eq!(
+        circles,
+        [
+            "api <-> console",
+            "app <-> global_rate",
+            "app <-> housekeeping",
+            "app <-> shared_circuits"
+        ],
+        "two modules import each other: break the circle (move what both need into a leaf) \
+         rather than add one"
     );
 }
