@@ -210,6 +210,23 @@ pub struct RetryConfig {
     pub max_delay: Duration,
     /// Randomise each delay (up to double) so retries do not stampede.
     pub jitter: bool,
+    /// What follows an OTP attempt whose outcome is unknown.
+    pub after_unknown_otp: crate::domain::unknown::AfterUnknown,
+    /// What follows a notification attempt whose outcome is unknown.
+    pub after_unknown_notification: crate::domain::unknown::AfterUnknown,
+}
+
+impl RetryConfig {
+    /// What follows an attempt of a `kind` delivery whose outcome is unknown.
+    pub fn after_unknown(
+        &self,
+        kind: crate::domain::DeliveryKind,
+    ) -> crate::domain::unknown::AfterUnknown {
+        match kind {
+            crate::domain::DeliveryKind::Otp => self.after_unknown_otp,
+            crate::domain::DeliveryKind::Notification => self.after_unknown_notification,
+        }
+    }
 }
 
 /// OTP defaults.
@@ -561,6 +578,7 @@ struct RawProvider {
     kind: String,
     rate_limit: Option<RateLimit>,
     timeout: Option<String>,
+    late_answer_grace: Option<String>,
     /// The kind-specific keys, checked by the kind's own config type.
     #[serde(flatten)]
     rest: toml::Table,
@@ -582,6 +600,24 @@ struct RawRetry {
     initial_delay: String,
     max_delay: String,
     jitter: bool,
+    after_unknown: RawAfterUnknown,
+}
+
+/// `after_unknown = "hold"` (both kinds) or `{ otp = "…", notification = "…" }`.
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum RawAfterUnknown {
+    #[default]
+    Defaults,
+    Both(String),
+    PerKind(RawAfterUnknownPerKind),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAfterUnknownPerKind {
+    otp: Option<String>,
+    notification: Option<String>,
 }
 
 impl Default for RawRetry {
@@ -592,6 +628,7 @@ impl Default for RawRetry {
             initial_delay: "2s".into(),
             max_delay: "10m".into(),
             jitter: true,
+            after_unknown: RawAfterUnknown::Defaults,
         }
     }
 }

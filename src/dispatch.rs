@@ -162,7 +162,7 @@ pub async fn handle_claimed(
 
     match &sent {
         Ok(Ok(_) | Err(SendError::Permanent { .. })) => handle.breaker.record_answer(),
-        Ok(Err(SendError::Transient { .. })) | Err(_) => {
+        Ok(Err(SendError::Transient { .. } | SendError::Unknown { .. })) | Err(_) => {
             if handle.breaker.record_failure(finished_at) {
                 warn!(provider = %provider_name, "circuit opened: provider skipped while it cools down");
                 crate::shared_circuits::opened(app, handle, finished_at).await;
@@ -212,6 +212,13 @@ pub async fn handle_claimed(
             r.error_code = code;
             r.latency_ms = Some(latency_ms);
             (r, NextStep::Failed)
+        }
+        Ok(Err(SendError::Unknown { cause, message })) => {
+            let mut r = AttemptResult::error(Outcome::Transient, finished_at, message);
+            r.error_code = Some(cause.code().to_owned());
+            r.latency_ms = Some(latency_ms);
+            let next = after_transient(app, &delivery, attempt, finished_at, deadline, &mut r);
+            (r, next)
         }
         Ok(Err(SendError::Transient { code, message })) => {
             let mut r = AttemptResult::error(Outcome::Transient, finished_at, message);

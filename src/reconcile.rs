@@ -103,7 +103,7 @@ pub async fn reconcile(app: &App) -> Result<ReconcileReport, StoreError> {
                         .await?;
                     report.given_up += 1;
                 }
-                Err(SendError::Transient { message, .. }) => {
+                Err(SendError::Transient { message, .. } | SendError::Unknown { message, .. }) => {
                     info!(provider = %p.name, error = %message, "price reconciliation deferred");
                     report.deferred += 1;
                     break;

@@ -77,6 +77,8 @@ mod tests {
             initial_delay: Duration::from_secs(2),
             max_delay: Duration::from_secs(60),
             jitter,
+            after_unknown_otp: crate::domain::unknown::AfterUnknown::Resend,
+            after_unknown_notification: crate::domain::unknown::AfterUnknown::Resolve,
         }
     }
 

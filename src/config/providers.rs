@@ -26,6 +26,11 @@ pub(super) fn check(raw: Vec<RawProvider>, cx: &Cx) -> Result<Vec<ProviderConfig
             }
             None => Duration::from_secs(15),
         };
+        let late_answer_grace = match &p.late_answer_grace {
+            Some(t) => parse_duration_in(t, secs(0), crate::providers::MAX_LATE_ANSWER_GRACE)
+                .map_err(|r| err(&key("late_answer_grace"), r))?,
+            None => crate::providers::DEFAULT_LATE_ANSWER_GRACE,
+        };
         let Some(kind) = crate::providers::registry::kind(&p.kind) else {
             return Err(err(
                 &key("kind"),
@@ -49,6 +54,7 @@ pub(super) fn check(raw: Vec<RawProvider>, cx: &Cx) -> Result<Vec<ProviderConfig
             name: p.name,
             rate_limit,
             timeout,
+            late_answer_grace,
             kind,
         });
     }

@@ -18,11 +18,32 @@ pub(super) fn check(r: RawRetry, cx: &Cx) -> Result<RetryConfig, ConfigError> {
             "must not be shorter than retry.initial_delay".into(),
         ));
     }
+    use crate::domain::unknown::AfterUnknown;
+    let read = |key: &str, word: &str| AfterUnknown::parse(word).map_err(|e| err(key, e));
+    let (after_unknown_otp, after_unknown_notification) = match &r.after_unknown {
+        RawAfterUnknown::Defaults => (AfterUnknown::Resend, AfterUnknown::Resolve),
+        RawAfterUnknown::Both(word) => {
+            let both = read("retry.after_unknown", word)?;
+            (both, both)
+        }
+        RawAfterUnknown::PerKind(k) => (
+            match &k.otp {
+                Some(w) => read("retry.after_unknown.otp", w)?,
+                None => AfterUnknown::Resend,
+            },
+            match &k.notification {
+                Some(w) => read("retry.after_unknown.notification", w)?,
+                None => AfterUnknown::Resolve,
+            },
+        ),
+    };
     Ok(RetryConfig {
         max_attempts: r.max_attempts,
         give_up_after,
         initial_delay,
         max_delay,
         jitter: r.jitter,
+        after_unknown_otp,
+        after_unknown_notification,
     })
 }

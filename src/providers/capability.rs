@@ -1,7 +1,8 @@
 //! What a provider can do besides sending, as small traits the rest of tuma
 //! dispatches on by provider name, never by kind: verify and read a delivery
 //! receipt ([`ReceiptCapability`]), fetch a sent message's final status and
-//! price ([`StatusFetch`]).
+//! price ([`StatusFetch`]), say whether it took a message whose answer
+//! never came ([`MessageLookup`]).
 
 use std::fmt;
 
@@ -115,6 +116,44 @@ pub trait StatusFetch: Send + Sync + fmt::Debug {
         message_id: &str,
         now: DateTime<Utc>,
     ) -> Result<FetchedStatus, SendError>;
+}
+
+/// A message the provider holds that matches one tuma sent but heard no
+/// answer for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoundMessage {
+    /// The provider's id for it.
+    pub provider_message_id: String,
+    /// The provider's status word for it now (`sent`, `delivered`, …).
+    pub provider_status: Option<String>,
+    /// Its price, when the provider already says.
+    pub cost: Option<Money>,
+    /// The segments the provider billed, when it says.
+    pub segments: Option<u32>,
+}
+
+/// What the provider says of a send whose answer never came.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// It has the message: it was sent, and must not be sent again.
+    Found(FoundMessage),
+    /// It has no such message.
+    NotFound,
+}
+
+/// "Did you take this message?": asked after a send whose answer never came
+/// (`retry.after_unknown = "resolve"`), so a message the provider took is
+/// recorded as sent instead of being sent twice.
+#[async_trait]
+pub trait MessageLookup: Send + Sync + fmt::Debug {
+    /// Whether the provider holds a message to `message`'s recipient with
+    /// exactly its text, created at or after `since`. A transient error:
+    /// ask again later; a permanent one: the provider cannot say.
+    async fn find_sent(
+        &self,
+        message: &super::OutgoingMessage,
+        since: DateTime<Utc>,
+    ) -> Result<Lookup, SendError>;
 }
 
 /// Whether `given` is `secret`, in constant time (both are hashed first, so

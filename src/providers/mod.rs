@@ -30,8 +30,9 @@ use crate::domain::money::Money;
 use crate::domain::otp::OtpCode;
 use crate::domain::phone::PhoneNumber;
 use crate::domain::provider_text::{self, MAX_ID_CHARS, MAX_STATUS_CHARS, Secrets};
+use crate::domain::unknown::UnknownCause;
 use crate::settings::{CircuitBreakerConfig, RateLimit};
-use capability::StatusFetch;
+use capability::{MessageLookup, StatusFetch};
 use registry::ProviderSetup;
 
 /// One message, fully rendered, for one recipient.
@@ -140,12 +141,24 @@ pub enum SendError {
         /// What went wrong (never a secret).
         message: String,
     },
-    /// Worth retrying, perhaps on another provider.
+    /// Worth retrying, perhaps on another provider: the request never
+    /// reached the provider (refused, DNS, TLS handshake, a connection that
+    /// broke before the request was written), or the provider said "later".
     #[error("transient error{}: {message}", code_suffix(.code))]
     Transient {
         /// The provider's error code.
         code: Option<String>,
         /// What went wrong (never a secret).
+        message: String,
+    },
+    /// The request may have reached the provider, and no answer saying
+    /// whether it took the message came: never retried as if refused (see
+    /// `retry.after_unknown`).
+    #[error("unknown outcome ({}): {message}", .cause.code())]
+    Unknown {
+        /// How tuma lost sight of the call.
+        cause: UnknownCause,
+        /// What happened (never a secret).
         message: String,
     },
 }
@@ -167,6 +180,14 @@ impl SendError {
     pub fn permanent(message: impl Into<String>) -> Self {
         SendError::Permanent {
             code: None,
+            message: message.into(),
+        }
+    }
+
+    /// An unknown outcome.
+    pub fn unknown(cause: UnknownCause, message: impl Into<String>) -> Self {
+        SendError::Unknown {
+            cause,
             message: message.into(),
         }
     }
@@ -303,6 +324,10 @@ fn sane_error(error: SendError, secrets: &Secrets) -> SendError {
             code: code(c),
             message: provider_text::clean(&message, secrets),
         },
+        SendError::Unknown { cause, message } => SendError::Unknown {
+            cause,
+            message: provider_text::clean(&message, secrets),
+        },
     }
 }
 
@@ -324,6 +349,65 @@ impl Provider for Untrusted {
         self.0.recipient_gone(code, message)
     }
 }
+
+/// What a failed HTTP call to a provider means: whether the request can
+/// have reached it. A connection that was never made (refused, DNS, the TLS
+/// handshake), a request hyper never started to write, or a write the peer
+/// had already closed (broken pipe: a request the server never read whole,
+/// so never acted on) is transient, safe to send again. Anything after the
+/// request was written (a timeout, a reset or a close before the answer) is
+/// unknown: the provider may have taken it. `host` names the provider in the
+/// text; `text` is the error's chain, already masked by the adapter.
+pub fn http_failure(
+    error: &reqwest::Error,
+    host: &str,
+    text: &str,
+    timeout: Duration,
+) -> SendError {
+    if error.is_connect() || never_written(error) {
+        return SendError::transient(format!("cannot reach {host}: {text}"));
+    }
+    if error.is_timeout() {
+        return SendError::unknown(
+            UnknownCause::NoAnswer { timeout },
+            format!(
+                "no answer from {host} within {}",
+                humantime::format_duration(timeout)
+            ),
+        );
+    }
+    SendError::unknown(
+        UnknownCause::ConnectionLost,
+        format!("the call to {host} broke: {text}"),
+    )
+}
+
+/// Whether the error's chain says the request was never (wholly) written:
+/// hyper canceled it before writing, or the write found the pipe closed.
+fn never_written(error: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            return true;
+        }
+        if let Some(h) = cause.downcast_ref::<hyper::Error>()
+            && h.is_canceled()
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// How long a call is listened to after its provider's `timeout`, unless
+/// the provider's `late_answer_grace` says otherwise.
+pub const DEFAULT_LATE_ANSWER_GRACE: Duration = Duration::from_secs(120);
+
+/// The most `late_answer_grace` may be.
+pub const MAX_LATE_ANSWER_GRACE: Duration = Duration::from_secs(3600);
 
 /// Opening a connection to a provider never takes longer than this.
 pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -403,8 +487,12 @@ pub struct ProviderHandle {
     /// The configured rate, which on Postgres is also kept across processes
     /// (`global_rate`).
     pub rate: RateLimit,
-    /// Hard limit on one call.
+    /// How long the dispatcher waits for an answer: past it the attempt is
+    /// `unknown` (the request was written) and the slot is freed.
     pub timeout: Duration,
+    /// How long after `timeout` the call is still listened to in the
+    /// background, so a late answer is recorded on its attempt.
+    pub late_answer_grace: Duration,
     /// Skips the provider for a while after consecutive transient failures.
     pub breaker: Arc<Breaker>,
 }
@@ -521,6 +609,9 @@ pub struct Providers {
     /// The adapters that can fetch a sent message's status and price, by
     /// provider name: price reconciliation asks them.
     status: HashMap<String, Arc<dyn StatusFetch>>,
+    /// The adapters that can say whether they took a message whose answer
+    /// never came, by provider name.
+    lookup: HashMap<String, Arc<dyn MessageLookup>>,
     breaker: CircuitBreakerConfig,
 }
 
@@ -529,6 +620,7 @@ impl Default for Providers {
         Providers {
             by_name: HashMap::new(),
             status: HashMap::new(),
+            lookup: HashMap::new(),
             breaker: CircuitBreakerConfig {
                 failures: 5,
                 cooldown: Duration::from_secs(30),
@@ -563,23 +655,31 @@ impl Providers {
             ..Providers::default()
         };
         for p in config.provider_configs() {
+            // The call itself may run on after the dispatcher stops waiting.
             let adapter = p
                 .kind
                 .config()
-                .build(p.timeout)
+                .build(p.timeout.saturating_add(p.late_answer_grace))
                 .map_err(|reason| BuildError {
                     name: p.name.clone(),
                     reason,
                 })?;
             providers.insert(&p.name, adapter.provider, p.rate_limit, p.timeout);
+            if let Some(handle) = providers.by_name.get_mut(&p.name) {
+                handle.late_answer_grace = p.late_answer_grace;
+            }
             if let Some(status) = adapter.status {
                 providers.status.insert(p.name.clone(), status);
+            }
+            if let Some(lookup) = adapter.lookup {
+                providers.lookup.insert(p.name.clone(), lookup);
             }
         }
         Ok(providers)
     }
 
-    /// Adds or replaces a provider: how tests and the benchmark plug in their own.
+    /// Adds or replaces a provider: how tests and the benchmark plug in their
+    /// own (listened to for [`DEFAULT_LATE_ANSWER_GRACE`] after `timeout`).
     pub fn insert(
         &mut self,
         name: &str,
@@ -589,6 +689,7 @@ impl Providers {
     ) {
         let quota = Quota::per_second(rate.per_second).allow_burst(rate.burst);
         self.status.remove(name);
+        self.lookup.remove(name);
         self.by_name.insert(
             name.to_owned(),
             ProviderHandle {
@@ -597,6 +698,7 @@ impl Providers {
                 limiter: Arc::new(RateLimiter::direct(quota)),
                 rate,
                 timeout,
+                late_answer_grace: DEFAULT_LATE_ANSWER_GRACE,
                 breaker: Arc::new(Breaker::new(self.breaker)),
             },
         );
@@ -605,6 +707,24 @@ impl Providers {
     /// The provider named `name`.
     pub fn get(&self, name: &str) -> Option<&ProviderHandle> {
         self.by_name.get(name)
+    }
+
+    /// Sets how long `name`'s calls are listened to after its timeout.
+    pub fn set_late_answer_grace(&mut self, name: &str, grace: Duration) {
+        if let Some(handle) = self.by_name.get_mut(name) {
+            handle.late_answer_grace = grace;
+        }
+    }
+
+    /// Gives `name` a way to say whether it took a message whose answer
+    /// never came: how tests plug in a double's.
+    pub fn insert_lookup(&mut self, name: &str, lookup: Arc<dyn MessageLookup>) {
+        self.lookup.insert(name.to_owned(), lookup);
+    }
+
+    /// The message lookup of the provider named `name`, if its kind has one.
+    pub fn message_lookup(&self, name: &str) -> Option<&Arc<dyn MessageLookup>> {
+        self.lookup.get(name)
     }
 
     /// The status fetch of the configured provider named `name`, if its kind

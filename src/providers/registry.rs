@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::capability::{ReceiptCapability, StatusFetch};
+use super::capability::{MessageLookup, ReceiptCapability, StatusFetch};
 use super::{Provider, africastalking, outbox, smtp, twilio, vonage};
 use crate::domain::Channel;
 use crate::settings::{CircuitBreakerConfig, RateLimit, Secrets};
@@ -69,7 +69,9 @@ pub trait KindConfig: std::any::Any + fmt::Debug + Send + Sync {
     /// One line for `tuma check` (never a secret).
     fn describe(&self) -> String;
 
-    /// Builds the adapter; `timeout` bounds one call.
+    /// Builds the adapter; `timeout` bounds one call (the provider's
+    /// `timeout` plus its `late_answer_grace`: the dispatcher stops waiting
+    /// at the first, the call itself ends at the second).
     fn build(&self, timeout: Duration) -> Result<Adapter, String>;
 
     /// Verifies and reads this kind's delivery receipts, if it sends any.
@@ -84,6 +86,8 @@ pub struct Adapter {
     pub provider: Arc<dyn Provider>,
     /// Fetches a sent message's final status and price, if the kind can.
     pub status: Option<Arc<dyn StatusFetch>>,
+    /// Says whether it took a message whose answer never came, if the kind can.
+    pub lookup: Option<Arc<dyn MessageLookup>>,
 }
 
 impl Adapter {
@@ -92,6 +96,7 @@ impl Adapter {
         Adapter {
             provider,
             status: None,
+            lookup: None,
         }
     }
 }
@@ -141,8 +146,12 @@ pub struct ProviderConfig {
     pub name: String,
     /// Requests per second allowed towards this provider (both lanes share it).
     pub rate_limit: RateLimit,
-    /// Hard limit on one provider call.
+    /// How long the dispatcher waits for an answer before the attempt is
+    /// `unknown` and its slot freed.
     pub timeout: Duration,
+    /// How long after `timeout` the call is still listened to in the
+    /// background: a late answer is recorded on the same attempt.
+    pub late_answer_grace: Duration,
     /// Kind-specific settings.
     pub kind: ProviderKind,
 }

@@ -100,16 +100,11 @@ impl AfricasTalking {
             .map_err(|e| SendError::permanent(self.mask(&format!("cannot build the request: {e}"))))
     }
 
-    /// A failure to get an answer: always worth retrying.
+    /// A failure to get an answer: transient when the request never reached
+    /// Africa's Talking, else unknown ([`crate::providers::http_failure`]).
     fn network_error(&self, error: &reqwest::Error) -> SendError {
-        let what = if error.is_timeout() {
-            format!("no answer from Africa's Talking within {:?}", self.timeout)
-        } else if error.is_connect() {
-            "cannot connect to Africa's Talking".to_owned()
-        } else {
-            "the request to Africa's Talking failed".to_owned()
-        };
-        SendError::transient(self.mask(&format!("{what}: {}", error_chain(error))))
+        let text = self.mask(&error_chain(error));
+        crate::providers::http_failure(error, "Africa's Talking", &text, self.timeout)
     }
 
     /// Replaces the API key wherever it appears (a body that echoes headers,

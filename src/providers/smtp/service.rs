@@ -122,6 +122,10 @@ impl Smtp {
                 code,
                 message: message.replace(password, "****"),
             },
+            SendError::Unknown { cause, message } => SendError::Unknown {
+                cause,
+                message: message.replace(password, "****"),
+            },
         }
     }
 }

@@ -66,6 +66,7 @@ impl KindConfig for TwilioConfig {
         Ok(Adapter {
             provider: twilio.clone(),
             status: Some(twilio),
+            lookup: None,
         })
     }
 

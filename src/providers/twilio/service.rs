@@ -165,13 +165,9 @@ impl Twilio {
         Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
     }
 
+    /// A failure to get an answer: transient when the request never reached
+    /// Twilio, else unknown ([`crate::providers::http_failure`]).
     fn network_error(&self, error: reqwest::Error) -> SendError {
-        if error.is_timeout() {
-            return SendError::transient(format!(
-                "Twilio did not answer within {}",
-                humantime::format_duration(self.timeout)
-            ));
-        }
         // The URL holds no secret, but leave it out: the host is enough.
         let host = self
             .config
@@ -187,7 +183,7 @@ impl Twilio {
             text.push_str(&cause.to_string());
             source = cause.source();
         }
-        SendError::transient(format!("no answer from {host}: {text}"))
+        crate::providers::http_failure(&error, &host, &text, self.timeout)
     }
 }
 

@@ -129,17 +129,11 @@ impl Vonage {
             .map_err(|e| SendError::permanent(self.mask(&format!("cannot build the request: {e}"))))
     }
 
-    /// A failure to get an answer: always worth retrying.
+    /// A failure to get an answer: transient when the request never reached
+    /// Vonage, else unknown ([`crate::providers::http_failure`]).
     fn network_error(&self, error: reqwest::Error) -> SendError {
-        let what = if error.is_timeout() {
-            format!("no answer from Vonage within {:?}", self.timeout)
-        } else if error.is_connect() {
-            "cannot connect to Vonage".to_owned()
-        } else {
-            "the request to Vonage failed".to_owned()
-        };
         let error = error.without_url();
-        let mut text = format!("{what}: {error}");
+        let mut text = error.to_string();
         let mut source = std::error::Error::source(&error);
         while let Some(cause) = source {
             let cause_text = cause.to_string();
@@ -149,7 +143,7 @@ impl Vonage {
             }
             source = cause.source();
         }
-        SendError::transient(self.mask(&text))
+        crate::providers::http_failure(&error, "Vonage", &self.mask(&text), self.timeout)
     }
 
     /// Replaces the API secret wherever it appears (a body or error that
