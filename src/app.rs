@@ -40,6 +40,8 @@ pub struct App {
     pub otp_keys: OtpKeys,
     /// Provider answers this process could not record, and calls cut short.
     pub unsettled: crate::unsettled::Unsettled,
+    /// Calls still listened to after their provider's timeout.
+    pub late: crate::late_answers::LateAnswers,
     /// This process among the others on the database: who holds a lease or
     /// opened a shared circuit.
     pub instance: String,
@@ -108,6 +110,7 @@ impl App {
             wakers: Wakers::default(),
             otp_keys,
             unsettled: Default::default(),
+            late: Default::default(),
             instance: format!(
                 "pid {} ({})",
                 std::process::id(),

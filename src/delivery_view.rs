@@ -193,6 +193,10 @@ pub struct AttemptView {
     pub provider_segments: Option<i64>,
     /// How long the call took.
     pub latency_ms: Option<i64>,
+    /// Whether this call may have reached the recipient: accepted, or its
+    /// outcome unknown (the request was sent and no answer came). Two such
+    /// attempts on one delivery may be two messages.
+    pub may_have_reached: bool,
     /// Every part's id, in order, when the provider split the message into
     /// parts with their own ids (the first is `provider_message_id`); absent
     /// otherwise.
@@ -215,6 +219,7 @@ impl From<&AttemptRow> for AttemptView {
                 Outcome::Permanent => AttemptOutcome::Permanent,
                 Outcome::Unknown => AttemptOutcome::Unknown,
             }),
+            may_have_reached: !matches!(a.outcome, Some(Outcome::Transient | Outcome::Permanent)),
             provider_message_id: a.provider_message_id.clone(),
             provider_status: a.provider_status.clone(),
             error_code: a.error_code.clone(),

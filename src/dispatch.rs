@@ -8,35 +8,38 @@
 //! outcome and, for a transient error, the time the delivery is due again,
 //! together; settle the reservation.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::app::App;
 use crate::domain::email::EmailAddress;
 use crate::domain::otp::OtpCode;
 use crate::domain::phone::PhoneNumber;
 use crate::domain::segments::count_segments;
-use crate::domain::unknown::UnknownCause;
+use crate::domain::unknown::{AfterUnknown, UnknownCause};
 use crate::domain::{Channel, DeliveryKind, DeliveryStatus, Recipient};
 use crate::intake::with_code;
-use crate::providers::{Content, OutgoingMessage, SendError};
+use crate::providers::capability::Lookup;
+use crate::providers::{Accepted, Content, OutgoingMessage, ProviderHandle, SendError};
 use crate::queue::{DeliveryJob, Lane};
 use crate::retry::{AfterFailure, after_failure, delay_after};
-use crate::store::{AttemptResult, Delivery, NextStep, Outcome, StoreError};
+use crate::store::{AttemptResult, AttemptSummary, Delivery, NextStep, Outcome, StoreError};
 use crate::unsettled::Remembered;
 
 /// Handles one job. Errors are database errors only: every delivery outcome,
 /// good or bad, is recorded and returns `Ok`.
-pub async fn handle_job(app: &App, lane: Lane, job: &DeliveryJob) -> Result<(), StoreError> {
+pub async fn handle_job(app: &Arc<App>, lane: Lane, job: &DeliveryJob) -> Result<(), StoreError> {
     handle_claimed(app, lane, job, None).await
 }
 
 /// [`handle_job`], given the delivery (and its code) as the claim read it,
 /// when it did; else it is read first.
 pub async fn handle_claimed(
-    app: &App,
+    app: &Arc<App>,
     lane: Lane,
     job: &DeliveryJob,
     claimed: Option<(Delivery, Option<String>)>,
@@ -91,10 +94,58 @@ pub async fn handle_claimed(
         Ok(r) => r,
         Err(reason) => return fail_unsendable(app, job, &reason).await,
     };
+    // What the earlier attempts say: read for a retry only.
+    let history = if delivery.row.attempts > 0 {
+        app.db.attempt_history(id).await?
+    } else {
+        Vec::new()
+    };
+    if history.iter().any(|a| a.outcome == Some(Outcome::Accepted)) {
+        // A late acceptance was recorded and the delivery not yet moved.
+        if app.db.promote_late_acceptance(id, now).await? {
+            info!("an earlier attempt was accepted late: sent");
+        }
+        return Ok(());
+    }
+    let rule = app.config.retry.after_unknown(delivery.kind);
+    let unknowns: Vec<&AttemptSummary> = history.iter().filter(|a| is_call_unknown(a)).collect();
     let attempt = u32::try_from(delivery.row.attempts + 1).unwrap_or(u32::MAX);
-    let candidates = app.router.providers_for_attempt(&recipient, attempt);
+    let mut candidates = app.router.providers_for_attempt(&recipient, attempt);
+    let mut resend = None;
+    if let Some(last) = history.last().filter(|a| is_call_unknown(a)) {
+        let mut message = match build_message(app, &delivery, code.as_deref(), &recipient) {
+            Ok(m) => m,
+            Err(reason) => return fail_unsendable(app, job, &reason).await,
+        };
+        match rule {
+            AfterUnknown::Resolve => match resolve(app, &delivery, job, last, &mut message, now).await? {
+                Resolved::Settled => return Ok(()),
+                Resolved::SendAgain(why) => resend = Some(why),
+            },
+            AfterUnknown::Resend | AfterUnknown::Hold => {
+                resend = Some(format!(
+                    "resend: attempt {} ({}) had no answer",
+                    last.attempt, last.provider
+                ));
+            }
+        }
+    }
+    if rule == AfterUnknown::Resend {
+        // Once per provider: one that may already have it is not asked again.
+        let fresh: Vec<&str> = candidates
+            .iter()
+            .copied()
+            .filter(|p| !unknowns.iter().any(|u| u.provider == *p))
+            .collect();
+        if !fresh.is_empty() {
+            candidates = fresh;
+        }
+    }
     let (provider_name, why) = match choose_provider(app, &candidates, attempt, now) {
-        Ok(Choice::Call(name, why)) => (name, why),
+        Ok(Choice::Call(name, why)) => match &resend {
+            Some(first) => (name, format!("{first}; {why}")),
+            None => (name, why),
+        },
         Ok(Choice::Wait { until, open }) => {
             return wait_for_circuits(app, job, &delivery, until, &open, now).await;
         }
@@ -132,8 +183,7 @@ pub async fn handle_claimed(
         crate::spend::Guard::Go { reserved } => reserved,
         crate::spend::Guard::Held => return Ok(()),
     };
-    // Read before the call: after it, a database error must not lose the answer.
-    let deadline = retry_deadline(app, &delivery, i64::from(attempt), app.clock.now()).await?;
+    let deadline = retry_deadline(app, &delivery);
     let started_at = app.clock.now();
     let Some(attempt) = app
         .batcher
@@ -152,94 +202,68 @@ pub async fn handle_claimed(
         .expires_at
         .map(|at| (at - started_at).to_std().unwrap_or_default());
     let started = Instant::now();
-    let sent = tokio::time::timeout(handle.timeout, handle.provider.send(&message)).await;
+    // The call runs on its own: past the timeout the slot is freed, but the
+    // call is not dropped (the request may have reached the provider), and
+    // its late answer is recorded on this attempt.
+    let provider = handle.provider.clone();
+    let call_message = message.clone();
+    let mut call = Box::pin(async move { provider.send(&call_message).await });
+    let (sent, closed) = match tokio::time::timeout(handle.timeout, &mut call).await {
+        Ok(answer) => (answer, None),
+        Err(_) => {
+            let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+            listen_late(
+                app,
+                LateCall {
+                    delivery_id: id.to_owned(),
+                    attempt: i64::from(attempt_number(attempt)),
+                    provider: provider_name.to_owned(),
+                    grace: handle.late_answer_grace,
+                    started,
+                    message: message.clone(),
+                },
+                call,
+                closed_rx,
+            );
+            let unknown = SendError::unknown(UnknownCause::NoAnswer { timeout: handle.timeout }, "");
+            (Err(unknown), Some(closed_tx))
+        }
+    };
     let latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
     let finished_at = app.clock.now();
-    let our_segments = match &message.content {
-        Content::Sms { text, .. } => Some(count_segments(text).segments),
-        Content::Email { .. } => None,
-    };
 
     match &sent {
-        Ok(Ok(_) | Err(SendError::Permanent { .. })) => handle.breaker.record_answer(),
-        Ok(Err(SendError::Transient { .. } | SendError::Unknown { .. })) | Err(_) => {
+        Ok(_) | Err(SendError::Permanent { .. }) => handle.breaker.record_answer(),
+        Err(SendError::Transient { .. }) => {
             if handle.breaker.record_failure(finished_at) {
                 warn!(provider = %provider_name, "circuit opened: provider skipped while it cools down");
                 crate::shared_circuits::opened(app, handle, finished_at).await;
             }
         }
+        // Silence is no refusal: the provider may have taken it.
+        Err(SendError::Unknown { .. }) => {}
     }
-    // A permanent error the adapter marks as "no such recipient" suppresses it.
-    let mut gone = None;
-    let (result, next) = match sent {
-        Ok(Ok(accepted)) => {
-            if let (Some(theirs), Some(ours)) = (accepted.segments, our_segments)
-                && theirs != ours
-            {
-                warn!(provider = %provider_name, theirs, ours, "segment counts differ");
-            }
-            // Bill by the provider's count when it gives one.
-            let billed = accepted.segments.or(our_segments);
-            // The provider's own figure is the actual cost; else the price table's estimate.
-            let cost = accepted
-                .cost
-                .map(|m| (m, false))
-                .or_else(|| match &message.content {
-                    Content::Sms { to, .. } => app
-                        .pricing
-                        .estimate(provider_name, to.as_str(), billed.unwrap_or(1))
-                        .map(|m| (m, true)),
-                    Content::Email { .. } => None,
-                });
-            let result = AttemptResult {
-                outcome: Outcome::Accepted,
-                finished_at,
-                provider_message_id: Some(accepted.provider_message_id),
-                provider_status: accepted.provider_status,
-                error_code: None,
-                error: None,
-                cost,
-                segments: our_segments,
-                provider_segments: accepted.segments,
-                latency_ms: Some(latency_ms),
-                part_ids: accepted.part_ids,
-            };
-            (result, NextStep::Sent)
+    let (mut result, gone) = result_of(app, handle, &message, sent, finished_at, latency_ms);
+    let next = match result.outcome {
+        Outcome::Accepted => NextStep::Sent,
+        Outcome::Permanent => NextStep::Failed,
+        Outcome::Transient => {
+            after_transient(app, &delivery, attempt, finished_at, deadline, &mut result)
         }
-        Ok(Err(SendError::Permanent { code, message })) => {
-            gone = handle.provider.recipient_gone(code.as_deref(), &message);
-            let mut r = AttemptResult::error(Outcome::Permanent, finished_at, message);
-            r.error_code = code;
-            r.latency_ms = Some(latency_ms);
-            (r, NextStep::Failed)
-        }
-        Ok(Err(SendError::Unknown { cause, message })) => {
-            let mut r = AttemptResult::error(Outcome::Transient, finished_at, message);
-            r.error_code = Some(cause.code().to_owned());
-            r.latency_ms = Some(latency_ms);
-            let next = after_transient(app, &delivery, attempt, finished_at, deadline, &mut r);
-            (r, next)
-        }
-        Ok(Err(SendError::Transient { code, message })) => {
-            let mut r = AttemptResult::error(Outcome::Transient, finished_at, message);
-            r.error_code = code;
-            r.latency_ms = Some(latency_ms);
-            let next = after_transient(app, &delivery, attempt, finished_at, deadline, &mut r);
-            (r, next)
-        }
-        Err(_) => {
-            let mut r = AttemptResult::error(
-                Outcome::Transient,
-                finished_at,
-                format!(
-                    "no answer within {}",
-                    humantime::format_duration(handle.timeout)
-                ),
-            );
-            r.latency_ms = Some(latency_ms);
-            let next = after_transient(app, &delivery, attempt, finished_at, deadline, &mut r);
-            (r, next)
-        }
+        Outcome::Unknown => after_unknown(
+            app,
+            &delivery,
+            &recipient,
+            &history,
+            provider_name,
+            UnknownAt {
+                attempt,
+                now: finished_at,
+                deadline,
+                grace: closed.is_some().then_some(handle.late_answer_grace),
+            },
+            &mut result,
+        ),
     };
     let error = result.error.clone().unwrap_or_default();
     let recorded = match app
@@ -262,12 +286,24 @@ pub async fn handle_claimed(
             return Err(e);
         }
     };
+    // The late listener records only on an attempt closed as awaiting it.
+    if let Some(closed) = closed {
+        let _ = closed.send(());
+    }
     if !recorded {
         warn!(
             attempt,
             "the sweeper took this delivery over during the call"
         );
         return Ok(());
+    }
+    // An earlier attempt's late acceptance that came while this one was
+    // open: the delivery was sent after all.
+    if attempt > 1
+        && !matches!(next, NextStep::Sent)
+        && app.db.promote_late_acceptance(id, finished_at).await?
+    {
+        info!(attempt, "an earlier attempt was accepted late: sent");
     }
     if let (Some(reason), NextStep::Failed) = (gone, &next)
         && let Err(e) = crate::suppression::record(
@@ -297,11 +333,366 @@ pub async fn handle_claimed(
         NextStep::Failed => {
             warn!(provider = %provider_name, attempt, error, "failed")
         }
+        NextStep::Unknown => {
+            warn!(provider = %provider_name, attempt, error, "outcome unknown: left for ops")
+        }
+        NextStep::Retry { at, .. } if result.outcome == Outcome::Unknown => {
+            warn!(provider = %provider_name, attempt, next_at = %at, error, "outcome unknown")
+        }
         NextStep::Retry { at, .. } => {
             info!(provider = %provider_name, attempt, retry_at = %at, error, "transient error; retry scheduled")
         }
     }
     Ok(())
+}
+
+fn attempt_number(attempt: i64) -> u32 {
+    u32::try_from(attempt).unwrap_or(u32::MAX)
+}
+
+/// The attempt's record of the provider's answer (`Err` when it never
+/// came), and, for a permanent error the adapter marks as "no such
+/// recipient", the reason to suppress it.
+fn result_of(
+    app: &App,
+    handle: &ProviderHandle,
+    message: &OutgoingMessage,
+    sent: Result<Accepted, SendError>,
+    finished_at: DateTime<Utc>,
+    latency_ms: i64,
+) -> (AttemptResult, Option<&'static str>) {
+    let provider_name = handle.name.as_str();
+    let our_segments = match &message.content {
+        Content::Sms { text, .. } => Some(count_segments(text).segments),
+        Content::Email { .. } => None,
+    };
+    let mut gone = None;
+    let mut result = match sent {
+        Ok(accepted) => {
+            if let (Some(theirs), Some(ours)) = (accepted.segments, our_segments)
+                && theirs != ours
+            {
+                warn!(provider = %provider_name, theirs, ours, "segment counts differ");
+            }
+            // Bill by the provider's count when it gives one.
+            let billed = accepted.segments.or(our_segments);
+            // The provider's own figure is the actual cost; else the price table's estimate.
+            let cost = accepted
+                .cost
+                .map(|m| (m, false))
+                .or_else(|| match &message.content {
+                    Content::Sms { to, .. } => app
+                        .pricing
+                        .estimate(provider_name, to.as_str(), billed.unwrap_or(1))
+                        .map(|m| (m, true)),
+                    Content::Email { .. } => None,
+                });
+            AttemptResult {
+                outcome: Outcome::Accepted,
+                finished_at,
+                provider_message_id: Some(accepted.provider_message_id),
+                provider_status: accepted.provider_status,
+                error_code: None,
+                error: None,
+                cost,
+                segments: our_segments,
+                provider_segments: accepted.segments,
+                latency_ms: None,
+                part_ids: accepted.part_ids,
+            }
+        }
+        Err(SendError::Permanent { code, message: text }) => {
+            gone = handle.provider.recipient_gone(code.as_deref(), &text);
+            let mut r = AttemptResult::error(Outcome::Permanent, finished_at, text);
+            r.error_code = code;
+            r
+        }
+        Err(SendError::Transient { code, message: text }) => {
+            let mut r = AttemptResult::error(Outcome::Transient, finished_at, text);
+            r.error_code = code;
+            r
+        }
+        Err(SendError::Unknown { cause, message: text }) => {
+            let described = if text.is_empty() {
+                cause.describe()
+            } else {
+                format!("{text}: {}", cause.describe())
+            };
+            let mut r = AttemptResult::error(Outcome::Unknown, finished_at, described);
+            r.error_code = Some(cause.code().to_owned());
+            r
+        }
+    };
+    result.latency_ms = Some(latency_ms);
+    (result, gone)
+}
+
+/// A call past its timeout, still listened to.
+struct LateCall {
+    delivery_id: String,
+    attempt: i64,
+    provider: String,
+    grace: Duration,
+    started: Instant,
+    message: OutgoingMessage,
+}
+
+/// Listens on for `call`'s answer for the provider's grace, and records it
+/// on its attempt once the dispatcher has closed that attempt as unknown
+/// (`closed`): an acceptance moves the delivery to `sent` and cancels a
+/// retry that was waiting; a refusal is recorded too.
+fn listen_late(
+    app: &Arc<App>,
+    late: LateCall,
+    call: std::pin::Pin<Box<dyn Future<Output = Result<Accepted, SendError>> + Send>>,
+    closed: tokio::sync::oneshot::Receiver<()>,
+) {
+    let app = app.clone();
+    let span = tracing::Span::current();
+    app.late.clone().spawn(
+        async move {
+            let answer = tokio::time::timeout(late.grace, call).await;
+            // Until the attempt is closed there is nothing to record on.
+            let _ = closed.await;
+            // Silence to the end, or a call that broke off: still no answer.
+            let answer = match answer {
+                Ok(Err(SendError::Unknown { .. })) | Err(_) => {
+                    debug!(attempt = late.attempt, "no late answer within the grace");
+                    return;
+                }
+                Ok(answer) => answer,
+            };
+            let Some(handle) = app.providers.get(&late.provider) else {
+                return;
+            };
+            let latency_ms = i64::try_from(late.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+            let now = app.clock.now();
+            let (result, _) = result_of(&app, handle, &late.message, answer, now, latency_ms);
+            match app
+                .db
+                .record_late_answer(&late.delivery_id, late.attempt, &result, now)
+                .await
+            {
+                Ok(record) if record.recorded => {
+                    info!(
+                        attempt = late.attempt,
+                        outcome = %result.outcome,
+                        latency_ms,
+                        moved_to = record.moved_to.map(|s| s.as_str()).unwrap_or("-"),
+                        "late answer recorded"
+                    );
+                    if record.moved_to == Some(DeliveryStatus::Pending) || result.outcome != Outcome::Accepted {
+                        app.wakers.wake(Lane::for_kind(late.message.kind));
+                    }
+                }
+                Ok(_) => debug!(attempt = late.attempt, "late answer for an attempt already settled"),
+                Err(e) => warn!(attempt = late.attempt, error = %e, "recording a late answer failed"),
+            }
+        }
+        .instrument(span),
+    );
+}
+
+/// Where an attempt with an unknown outcome stands.
+struct UnknownAt {
+    attempt: i64,
+    now: DateTime<Utc>,
+    deadline: DateTime<Utc>,
+    /// How long the call is still listened to, when it is.
+    grace: Option<Duration>,
+}
+
+/// The step after an attempt whose outcome is unknown, by the delivery's
+/// `retry.after_unknown` rule: `resend` at once through a provider of the
+/// route that has not had an unknown outcome yet (else left `unknown`);
+/// `resolve`: due again once the late answer had its grace, when the
+/// provider is asked (the resolve step in [`handle_claimed`]) and only
+/// without a record sent again, once; `hold`: left `unknown`. Never past
+/// the deadline: out of time or attempts it is left `unknown`, not failed
+/// (it may have been sent).
+fn after_unknown(
+    app: &App,
+    delivery: &Delivery,
+    recipient: &Recipient,
+    history: &[AttemptSummary],
+    provider: &str,
+    at: UnknownAt,
+    result: &mut AttemptResult,
+) -> NextStep {
+    let rule = app.config.retry.after_unknown(delivery.kind);
+    let earlier: Vec<&str> = history
+        .iter()
+        .filter(|a| is_call_unknown(a))
+        .map(|a| a.provider.as_str())
+        .collect();
+    let retry_at = match rule {
+        AfterUnknown::Hold => None,
+        AfterUnknown::Resend => {
+            let route = app.router.providers_for_attempt(recipient, 1);
+            let untried = route
+                .iter()
+                .any(|p| *p != provider && !earlier.contains(p));
+            untried.then_some(at.now)
+        }
+        AfterUnknown::Resolve if !earlier.is_empty() => None,
+        AfterUnknown::Resolve => {
+            let wait = at.grace.unwrap_or_default();
+            Some(at.now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX))
+        }
+    };
+    let then = match (rule, retry_at) {
+        (AfterUnknown::Hold, _) => "left for ops (retry.after_unknown = \"hold\")".to_owned(),
+        (AfterUnknown::Resend, None) => {
+            "every provider of the route had no answer: left for ops".to_owned()
+        }
+        (AfterUnknown::Resolve, None) => "it was already sent again once: left for ops".to_owned(),
+        (AfterUnknown::Resend, Some(_)) => "sending again through the next provider".to_owned(),
+        (AfterUnknown::Resolve, Some(_)) => match at.grace {
+            Some(grace) => format!(
+                "listening for a late answer for {}, then asking the provider",
+                humantime::format_duration(grace)
+            ),
+            None => "asking the provider".to_owned(),
+        },
+    };
+    let error = result.error.take().unwrap_or_default();
+    let max = u32::try_from(delivery.row.max_attempts).unwrap_or(1);
+    match retry_at.map(|when| after_failure(attempt_number(at.attempt), max, Duration::ZERO, when, at.deadline)) {
+        Some(AfterFailure::RetryAt(when)) => {
+            result.error = Some(format!("{error}; {then}"));
+            NextStep::Retry {
+                job: DeliveryJob::new(&delivery.row.id),
+                at: when,
+            }
+        }
+        Some(AfterFailure::OutOfAttempts) => {
+            result.error = Some(format!(
+                "{error}; not sent again: {} attempts made (retry.max_attempts)",
+                at.attempt
+            ));
+            NextStep::Unknown
+        }
+        Some(AfterFailure::OutOfTime) => {
+            result.error = Some(format!("{error}; not sent again: out of time"));
+            NextStep::Unknown
+        }
+        None => {
+            result.error = Some(format!("{error}; {then}"));
+            NextStep::Unknown
+        }
+    }
+}
+
+/// Whether an attempt ended unknown in the call itself (no answer, a
+/// connection lost after the write, an unreadable answer), not because
+/// tuma's own worker stopped.
+fn is_call_unknown(a: &AttemptSummary) -> bool {
+    a.outcome == Some(Outcome::Unknown)
+        && matches!(
+            a.error_code.as_deref(),
+            Some("tuma.no_answer" | "tuma.connection_lost" | "tuma.unreadable_answer")
+        )
+}
+
+/// What the resolve step decided.
+enum Resolved {
+    /// The provider has it (recorded as sent), or the delivery was put back
+    /// to ask again later: nothing more to do now.
+    Settled,
+    /// Send it again, once, for this reason.
+    SendAgain(String),
+}
+
+/// The resolve step (`retry.after_unknown = "resolve"`), once the late
+/// answer to `last` had its grace: asks the provider, where it can say,
+/// whether it took the message. Found: recorded on that attempt as
+/// accepted, the delivery `sent`, nothing sent again. Not found, or the
+/// provider cannot say: sent again, once. A lookup that fails for now is
+/// asked again after the backoff delay (within the retry time).
+async fn resolve(
+    app: &App,
+    delivery: &Delivery,
+    job: &DeliveryJob,
+    last: &AttemptSummary,
+    message: &mut OutgoingMessage,
+    now: DateTime<Utc>,
+) -> Result<Resolved, StoreError> {
+    let Some(lookup) = app.providers.message_lookup(&last.provider) else {
+        return Ok(Resolved::SendAgain(format!(
+            "resend: attempt {} ({}) had no answer, and {} cannot say whether it has the message",
+            last.attempt, last.provider, last.provider
+        )));
+    };
+    // Clocks differ: a minute's margin before the attempt began.
+    let since = last.started_at - chrono::Duration::minutes(1);
+    message.valid_for = None;
+    match lookup.find_sent(message, since).await {
+        Ok(Lookup::Found(found)) => {
+            let cost = found.cost.map(|m| (m, false)).or_else(|| match &message.content {
+                Content::Sms { to, text } => app
+                    .pricing
+                    .estimate(
+                        &last.provider,
+                        to.as_str(),
+                        found.segments.unwrap_or(count_segments(text).segments),
+                    )
+                    .map(|m| (m, true)),
+                Content::Email { .. } => None,
+            });
+            let result = AttemptResult {
+                outcome: Outcome::Accepted,
+                finished_at: now,
+                provider_message_id: Some(found.provider_message_id),
+                provider_status: found.provider_status,
+                error_code: None,
+                error: None,
+                cost,
+                segments: match &message.content {
+                    Content::Sms { text, .. } => Some(count_segments(text).segments),
+                    Content::Email { .. } => None,
+                },
+                provider_segments: found.segments,
+                latency_ms: None,
+                part_ids: Vec::new(),
+            };
+            let record = app
+                .db
+                .record_late_answer(&delivery.row.id, last.attempt, &result, now)
+                .await?;
+            info!(
+                attempt = last.attempt,
+                provider = %last.provider,
+                moved_to = record.moved_to.map(|s| s.as_str()).unwrap_or("-"),
+                "the provider has the message that had no answer: recorded as sent, not sent again"
+            );
+            Ok(Resolved::Settled)
+        }
+        Ok(Lookup::NotFound) => Ok(Resolved::SendAgain(format!(
+            "resend: attempt {} ({}) had no answer, and {} has no record of it",
+            last.attempt, last.provider, last.provider
+        ))),
+        Err(SendError::Permanent { message: why, .. }) => Ok(Resolved::SendAgain(format!(
+            "resend: attempt {} ({}) had no answer, and asking {} failed: {why}",
+            last.attempt, last.provider, last.provider
+        ))),
+        Err(e @ (SendError::Transient { .. } | SendError::Unknown { .. })) => {
+            let later = now
+                + chrono::Duration::from_std(app.config.retry.initial_delay.max(Duration::from_secs(1)))
+                    .unwrap_or(chrono::Duration::MAX);
+            let deadline = retry_deadline(app, delivery);
+            if later >= deadline {
+                return Ok(Resolved::SendAgain(format!(
+                    "resend: attempt {} ({}) had no answer, and {} could not be asked in time: {e}",
+                    last.attempt, last.provider, last.provider
+                )));
+            }
+            warn!(provider = %last.provider, error = %e, "asking the provider about an unanswered send failed; asking again later");
+            app.db
+                .requeue(&delivery.row.id, Some(&job.job_id), Some(later), now)
+                .await?;
+            Ok(Resolved::Settled)
+        }
+    }
 }
 
 /// What [`choose_provider`] decided.
@@ -389,29 +780,18 @@ async fn wait_for_circuits(
     Ok(())
 }
 
-/// When retrying attempt `attempt` (begun at `started_at`) must stop: an
-/// OTP's expiry; for a notification, `retry.give_up_after` from its first
-/// attempt.
-async fn retry_deadline(
-    app: &App,
-    delivery: &Delivery,
-    attempt: i64,
-    started_at: DateTime<Utc>,
-) -> Result<DateTime<Utc>, StoreError> {
-    if let Some(expires_at) = delivery.row.expires_at {
-        return Ok(expires_at);
-    }
-    let first = if attempt <= 1 {
-        started_at
-    } else {
-        app.db
-            .first_attempt_at(&delivery.row.id)
-            .await?
-            .unwrap_or(started_at)
-    };
-    Ok(first
+/// When retrying must stop: an OTP's (or a notification's own) expiry;
+/// else `retry.give_up_after` from the delivery's acceptance, so a
+/// notification queued through an outage is not sent later than that.
+fn retry_deadline(app: &App, delivery: &Delivery) -> DateTime<Utc> {
+    let budget = delivery.row.created_at
         + chrono::Duration::from_std(app.config.retry.give_up_after)
-            .unwrap_or(chrono::Duration::MAX))
+            .unwrap_or(chrono::Duration::MAX);
+    match (delivery.kind, delivery.row.expires_at) {
+        (DeliveryKind::Otp, Some(expires_at)) => expires_at,
+        (_, Some(expires_at)) => expires_at.min(budget),
+        (_, None) => budget,
+    }
 }
 
 /// The step after a transient error (or an unknown outcome) on attempt
@@ -491,7 +871,7 @@ pub async fn resolve_interrupted(
             };
             let mut result = AttemptResult::error(Outcome::Unknown, now, cause.describe());
             result.error_code = Some(cause.code().to_owned());
-            let deadline = retry_deadline(app, delivery, delivery.row.attempts, now).await?;
+            let deadline = retry_deadline(app, delivery);
             let next = after_transient(
                 app,
                 delivery,

@@ -15,6 +15,7 @@ pub mod egress;
 pub mod global_rate;
 pub mod housekeeping;
 pub mod intake;
+pub mod late_answers;
 pub mod pricing;
 pub mod providers;
 pub mod pumping;

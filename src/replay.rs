@@ -307,7 +307,14 @@ impl App {
             )));
         };
         let status = d.status;
-        if !replayable(status) {
+        if status == DeliveryStatus::Unknown && !force {
+            return Ok(Err(refuse(
+                id,
+                RefusalReason::NotReplayableStatus,
+                "status unknown: a provider may have sent it (no answer came); a replay may send it twice: replay with --force (the API's and console's force) to send it anyway",
+            )));
+        }
+        if !replayable(status) && status != DeliveryStatus::Unknown {
             let why = match status {
                 DeliveryStatus::Sent | DeliveryStatus::Delivered => {
                     "a provider already accepted it; replaying would send it twice"

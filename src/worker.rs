@@ -183,6 +183,19 @@ where
         .run_with_signal(stop)
         .await
         .map_err(|e| WorkerError::Monitor(e.to_string()));
+    // Calls past their timeout are still listened to: their answers are
+    // recorded before the process ends (each for at most its grace).
+    let awaited = app.late.in_flight();
+    if awaited > 0 {
+        info!(awaited, "waiting for late answers");
+        let left = app
+            .late
+            .wait_idle(app.providers.longest_late_answer_grace())
+            .await;
+        if left > 0 {
+            warn!(left, "stopped with late answers unheard; the sweeper settles them");
+        }
+    }
     housekeeping.stop().await;
     listener.abort();
     info!("workers stopped");
@@ -221,7 +234,8 @@ async fn watch_until_settled(app: &App, timeout: Duration) -> Result<(), WorkerE
     loop {
         tokio::time::sleep(tick).await;
         let due = app.db.unsettled_due(app.clock.now()).await?;
-        if due == 0 {
+        // A late answer may yet move a delivery (or bring its retry forward).
+        if due == 0 && app.late.in_flight() == 0 {
             quiet += 1;
             // Twice in a row: a job fetched between two counts is not missed.
             if quiet >= 2 {

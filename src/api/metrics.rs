@@ -233,6 +233,7 @@ pub async fn render(
                 db.queue_depths().await?,
                 db.cost_totals().await?,
                 db.attempt_latency().await?,
+                db.possible_duplicates().await?,
             ))
         })
         .await;
@@ -246,9 +247,22 @@ pub async fn render(
             tracing::warn!(error = %e, "metrics: database figures unavailable");
             let _ = writeln!(w, "tuma_database_up 0");
         }
-        Ok((counts, depths, costs, latency)) => {
+        Ok((counts, depths, costs, latency, duplicates)) => {
             let _ = writeln!(w, "tuma_database_up 1");
             write_figures(w, &counts, &depths, &costs, &latency);
+            let _ = writeln!(
+                w,
+                "# HELP tuma_possible_duplicates_total Attempts that may have sent a message twice: sent again after an earlier attempt's outcome was unknown, by the provider sent to."
+            );
+            let _ = writeln!(w, "# TYPE tuma_possible_duplicates_total counter");
+            for f in &duplicates {
+                let _ = writeln!(
+                    w,
+                    "tuma_possible_duplicates_total{{provider=\"{}\"}} {}",
+                    label(&f.a),
+                    f.value
+                );
+            }
         }
     }
     match state.within_timeout(db.webhook_figures()).await {

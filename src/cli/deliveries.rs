@@ -313,6 +313,20 @@ fn print_delivery(
             writeln!(out, "     parts {}", a.part_ids.join(" "))?;
         }
     }
+    // Each call that may have reached the recipient, when more than one did.
+    let reached: Vec<String> = attempts
+        .iter()
+        .filter(|a| !matches!(a.outcome, Some(Outcome::Transient | Outcome::Permanent)))
+        .map(|a| format!("#{}", a.attempt))
+        .collect();
+    if reached.len() > 1 {
+        writeln!(
+            out,
+            "may have reached the recipient: attempts {} (possibly {} messages)",
+            reached.join(", "),
+            reached.len()
+        )?;
+    }
     for rc in receipts {
         writeln!(
             out,

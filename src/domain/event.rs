@@ -25,6 +25,8 @@ pub enum EventType {
     Expired,
     /// Taken back by its caller before any provider had it.
     Canceled,
+    /// A provider may have it, but never answered; left for ops.
+    Unknown,
     /// A budget crossed one of its `alert_at` thresholds (heard only by
     /// endpoints of keys with the `ops` scope).
     BudgetThreshold,
@@ -32,25 +34,27 @@ pub enum EventType {
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 8] = [
         EventType::Sent,
         EventType::Delivered,
         EventType::Undelivered,
         EventType::Failed,
         EventType::Expired,
         EventType::Canceled,
+        EventType::Unknown,
         EventType::BudgetThreshold,
     ];
 
     /// The delivery events: the database trigger raises exactly these (the
     /// delivery statuses of the same names).
-    pub const DELIVERY: [EventType; 6] = [
+    pub const DELIVERY: [EventType; 7] = [
         EventType::Sent,
         EventType::Delivered,
         EventType::Undelivered,
         EventType::Failed,
         EventType::Expired,
         EventType::Canceled,
+        EventType::Unknown,
     ];
 
     /// The name receivers see (`delivery.failed`).
@@ -62,6 +66,7 @@ impl EventType {
             EventType::Failed => "delivery.failed",
             EventType::Expired => "delivery.expired",
             EventType::Canceled => "delivery.canceled",
+            EventType::Unknown => "delivery.unknown",
             EventType::BudgetThreshold => "budget.threshold",
         }
     }

@@ -29,6 +29,10 @@ pub enum DeliveryStatus {
     /// `pending`) when the budget's period rolls over or ops release it; never
     /// failed or dropped for it (an OTP still expires at its TTL).
     Held,
+    /// A provider may have it: the request was written and no answer came,
+    /// and `retry.after_unknown` says not to send it again (or every resend
+    /// it allows is spent). Left for ops; a late answer still moves it.
+    Unknown,
 }
 
 /// A status change the rules do not allow.
@@ -43,7 +47,7 @@ pub struct TransitionError {
 
 impl DeliveryStatus {
     /// Every status, in life order.
-    pub const ALL: [DeliveryStatus; 9] = [
+    pub const ALL: [DeliveryStatus; 10] = [
         DeliveryStatus::Pending,
         DeliveryStatus::Sending,
         DeliveryStatus::Sent,
@@ -53,6 +57,7 @@ impl DeliveryStatus {
         DeliveryStatus::Expired,
         DeliveryStatus::Canceled,
         DeliveryStatus::Held,
+        DeliveryStatus::Unknown,
     ];
 
     /// The lowercase name stored in the database.
@@ -67,6 +72,7 @@ impl DeliveryStatus {
             DeliveryStatus::Expired => "expired",
             DeliveryStatus::Canceled => "canceled",
             DeliveryStatus::Held => "held",
+            DeliveryStatus::Unknown => "unknown",
         }
     }
 
@@ -84,16 +90,20 @@ impl DeliveryStatus {
     ///   (the message can no longer be built), `canceled` (its caller took it back),
     ///   `held` (its budget is reached);
     /// - `held` → `pending` (released) or `expired` (an OTP's TTL passed);
-    /// - `sending` → `sent`, `failed`, or back to `pending` (a retry is scheduled);
+    /// - `sending` → `sent`, `failed`, back to `pending` (a retry is
+    ///   scheduled), or `unknown` (no answer, and no resend allowed);
+    /// - `unknown` → `sent`, `failed` or `pending`, by a late answer;
     /// - `sent` → `delivered` / `undelivered` (receipts);
-    /// - `delivered`, `undelivered`, `failed`, `expired` and `canceled` are final.
+    /// - `delivered`, `undelivered`, `failed`, `expired` and `canceled` are
+    ///   final, but for [`DeliveryStatus::late_acceptance_sources`].
     pub fn check_transition(self, to: DeliveryStatus) -> Result<(), TransitionError> {
         use DeliveryStatus::*;
         let ok = matches!(
             (self, to),
             (Pending, Sending | Expired | Failed | Canceled | Held)
                 | (Held, Pending | Expired)
-                | (Sending, Sent | Failed | Pending)
+                | (Sending, Sent | Failed | Pending | Unknown)
+                | (Unknown, Sent | Failed | Pending)
                 | (Sent, Delivered | Undelivered)
         );
         if ok {
@@ -112,10 +122,27 @@ impl DeliveryStatus {
             .collect()
     }
 
+    /// The statuses a provider's late acceptance of an earlier attempt moves
+    /// to `sent`: a fact about the past, not a step back. The delivery was
+    /// waiting for its next try (`pending`, which the acceptance cancels),
+    /// left `unknown`, failed on another provider, or expired while its
+    /// answer was late; in each the provider took the message.
+    pub const fn late_acceptance_sources() -> [DeliveryStatus; 4] {
+        [
+            DeliveryStatus::Pending,
+            DeliveryStatus::Unknown,
+            DeliveryStatus::Failed,
+            DeliveryStatus::Expired,
+        ]
+    }
+
     /// The status the old app's `*_delivery_log` tables knew: pending, sent or failed.
     pub fn legacy(self) -> &'static str {
         match self {
-            DeliveryStatus::Pending | DeliveryStatus::Sending | DeliveryStatus::Held => "pending",
+            DeliveryStatus::Pending
+            | DeliveryStatus::Sending
+            | DeliveryStatus::Held
+            | DeliveryStatus::Unknown => "pending",
             DeliveryStatus::Sent | DeliveryStatus::Delivered => "sent",
             DeliveryStatus::Undelivered
             | DeliveryStatus::Failed
@@ -165,6 +192,10 @@ mod tests {
             (Pending, Held),
             (Held, Pending),
             (Held, Expired),
+            (Sending, Unknown),
+            (Unknown, Sent),
+            (Unknown, Failed),
+            (Unknown, Pending),
         ] {
             assert_eq!(from.check_transition(to), Ok(()), "{from} -> {to}");
         }
@@ -188,6 +219,10 @@ mod tests {
             (Held, Failed),
             (Held, Sent),
             (Sending, Held),
+            (Pending, Unknown),
+            (Unknown, Sending),
+            (Unknown, Canceled),
+            (Sent, Unknown),
         ] {
             assert!(from.check_transition(to).is_err(), "{from} -> {to}");
         }

@@ -722,6 +722,15 @@ impl Providers {
         self.lookup.insert(name.to_owned(), lookup);
     }
 
+    /// The longest any provider's calls are listened to after its timeout.
+    pub fn longest_late_answer_grace(&self) -> Duration {
+        self.by_name
+            .values()
+            .map(|h| h.late_answer_grace)
+            .max()
+            .unwrap_or_default()
+    }
+
     /// The message lookup of the provider named `name`, if its kind has one.
     pub fn message_lookup(&self, name: &str) -> Option<&Arc<dyn MessageLookup>> {
         self.lookup.get(name)

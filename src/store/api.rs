@@ -371,6 +371,31 @@ impl Db {
         }))
     }
 
+    /// Attempts that may have sent a message a second time, by provider:
+    /// each one made after an earlier attempt's outcome was unknown (its
+    /// reason starts with `resend`). Attempts are never deleted nor their
+    /// reason changed, so the count only grows.
+    pub async fn possible_duplicates(&self) -> Result<Vec<Figure>, StoreError> {
+        let rows: Vec<(String, i64)> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT provider, COUNT(*) FROM delivery_attempts \
+                 WHERE reason LIKE 'resend%' GROUP BY provider ORDER BY provider",
+            )
+            .fetch_all(pool)
+            .await
+            .doing("counting possible duplicates")?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(provider, value)| Figure {
+                a: provider,
+                b: String::new(),
+                c: String::new(),
+                value,
+            })
+            .collect())
+    }
+
     /// Attempt latency per provider as cumulative bucket counts: for each
     /// provider, one figure per bound in [`LATENCY_BUCKETS_MS`] (`b` = bound),
     /// then `+Inf`, then `sum` (milliseconds).

@@ -243,6 +243,9 @@ pub enum NextStep {
     Sent,
     /// Given up.
     Failed,
+    /// No answer, and no resend allowed: left `unknown` for ops (a late
+    /// answer still moves it).
+    Unknown,
     /// Another attempt, due at this time (no job is pushed: the row is
     /// due again).
     Retry {
@@ -315,6 +318,7 @@ impl<'a> ClosedAttempt<'a> {
         let (status, retry) = match &end.next {
             NextStep::Sent => (DeliveryStatus::Sent, None),
             NextStep::Failed => (DeliveryStatus::Failed, None),
+            NextStep::Unknown => (DeliveryStatus::Unknown, None),
             NextStep::Retry { job, at } => (DeliveryStatus::Pending, Some((job, *at))),
         };
         DeliveryStatus::Sending

@@ -18,6 +18,7 @@ mod console;
 mod console_browser;
 mod contract;
 mod delivery;
+mod late;
 mod ops_api;
 mod outage;
 mod providers;
