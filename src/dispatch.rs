@@ -118,10 +118,12 @@ pub async fn handle_claimed(
             Err(reason) => return fail_unsendable(app, job, &reason).await,
         };
         match rule {
-            AfterUnknown::Resolve => match resolve(app, &delivery, job, last, &mut message, now).await? {
-                Resolved::Settled => return Ok(()),
-                Resolved::SendAgain(why) => resend = Some(why),
-            },
+            AfterUnknown::Resolve => {
+                match resolve(app, &delivery, job, last, &mut message, now).await? {
+                    Resolved::Settled => return Ok(()),
+                    Resolved::SendAgain(why) => resend = Some(why),
+                }
+            }
             AfterUnknown::Resend | AfterUnknown::Hold => {
                 resend = Some(format!(
                     "resend: attempt {} ({}) had no answer",
@@ -225,7 +227,12 @@ pub async fn handle_claimed(
                 call,
                 closed_rx,
             );
-            let unknown = SendError::unknown(UnknownCause::NoAnswer { timeout: handle.timeout }, "");
+            let unknown = SendError::unknown(
+                UnknownCause::NoAnswer {
+                    timeout: handle.timeout,
+                },
+                "",
+            );
             (Err(unknown), Some(closed_tx))
         }
     };
@@ -401,18 +408,27 @@ fn result_of(
                 part_ids: accepted.part_ids,
             }
         }
-        Err(SendError::Permanent { code, message: text }) => {
+        Err(SendError::Permanent {
+            code,
+            message: text,
+        }) => {
             gone = handle.provider.recipient_gone(code.as_deref(), &text);
             let mut r = AttemptResult::error(Outcome::Permanent, finished_at, text);
             r.error_code = code;
             r
         }
-        Err(SendError::Transient { code, message: text }) => {
+        Err(SendError::Transient {
+            code,
+            message: text,
+        }) => {
             let mut r = AttemptResult::error(Outcome::Transient, finished_at, text);
             r.error_code = code;
             r
         }
-        Err(SendError::Unknown { cause, message: text }) => {
+        Err(SendError::Unknown {
+            cause,
+            message: text,
+        }) => {
             let described = if text.is_empty() {
                 cause.describe()
             } else {
@@ -481,12 +497,19 @@ fn listen_late(
                         moved_to = record.moved_to.map(|s| s.as_str()).unwrap_or("-"),
                         "late answer recorded"
                     );
-                    if record.moved_to == Some(DeliveryStatus::Pending) || result.outcome != Outcome::Accepted {
+                    if record.moved_to == Some(DeliveryStatus::Pending)
+                        || result.outcome != Outcome::Accepted
+                    {
                         app.wakers.wake(Lane::for_kind(late.message.kind));
                     }
                 }
-                Ok(_) => debug!(attempt = late.attempt, "late answer for an attempt already settled"),
-                Err(e) => warn!(attempt = late.attempt, error = %e, "recording a late answer failed"),
+                Ok(_) => debug!(
+                    attempt = late.attempt,
+                    "late answer for an attempt already settled"
+                ),
+                Err(e) => {
+                    warn!(attempt = late.attempt, error = %e, "recording a late answer failed")
+                }
             }
         }
         .instrument(span),
@@ -529,9 +552,7 @@ fn after_unknown(
         AfterUnknown::Hold => None,
         AfterUnknown::Resend => {
             let route = app.router.providers_for_attempt(recipient, 1);
-            let untried = route
-                .iter()
-                .any(|p| *p != provider && !earlier.contains(p));
+            let untried = route.iter().any(|p| *p != provider && !earlier.contains(p));
             untried.then_some(at.now)
         }
         AfterUnknown::Resolve if !earlier.is_empty() => None,
@@ -557,7 +578,15 @@ fn after_unknown(
     };
     let error = result.error.take().unwrap_or_default();
     let max = u32::try_from(delivery.row.max_attempts).unwrap_or(1);
-    match retry_at.map(|when| after_failure(attempt_number(at.attempt), max, Duration::ZERO, when, at.deadline)) {
+    match retry_at.map(|when| {
+        after_failure(
+            attempt_number(at.attempt),
+            max,
+            Duration::ZERO,
+            when,
+            at.deadline,
+        )
+    }) {
         Some(AfterFailure::RetryAt(when)) => {
             result.error = Some(format!("{error}; {then}"));
             NextStep::Retry {
@@ -628,17 +657,20 @@ async fn resolve(
     message.valid_for = None;
     match lookup.find_sent(message, since).await {
         Ok(Lookup::Found(found)) => {
-            let cost = found.cost.map(|m| (m, false)).or_else(|| match &message.content {
-                Content::Sms { to, text } => app
-                    .pricing
-                    .estimate(
-                        &last.provider,
-                        to.as_str(),
-                        found.segments.unwrap_or(count_segments(text).segments),
-                    )
-                    .map(|m| (m, true)),
-                Content::Email { .. } => None,
-            });
+            let cost = found
+                .cost
+                .map(|m| (m, false))
+                .or_else(|| match &message.content {
+                    Content::Sms { to, text } => app
+                        .pricing
+                        .estimate(
+                            &last.provider,
+                            to.as_str(),
+                            found.segments.unwrap_or(count_segments(text).segments),
+                        )
+                        .map(|m| (m, true)),
+                    Content::Email { .. } => None,
+                });
             let result = AttemptResult {
                 outcome: Outcome::Accepted,
                 finished_at: now,
@@ -677,8 +709,10 @@ async fn resolve(
         ))),
         Err(e @ (SendError::Transient { .. } | SendError::Unknown { .. })) => {
             let later = now
-                + chrono::Duration::from_std(app.config.retry.initial_delay.max(Duration::from_secs(1)))
-                    .unwrap_or(chrono::Duration::MAX);
+                + chrono::Duration::from_std(
+                    app.config.retry.initial_delay.max(Duration::from_secs(1)),
+                )
+                .unwrap_or(chrono::Duration::MAX);
             let deadline = retry_deadline(app, delivery);
             if later >= deadline {
                 return Ok(Resolved::SendAgain(format!(

@@ -193,7 +193,10 @@ where
             .wait_idle(app.providers.longest_late_answer_grace())
             .await;
         if left > 0 {
-            warn!(left, "stopped with late answers unheard; the sweeper settles them");
+            warn!(
+                left,
+                "stopped with late answers unheard; the sweeper settles them"
+            );
         }
     }
     housekeeping.stop().await;

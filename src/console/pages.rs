@@ -27,7 +27,14 @@ pub async fn not_found(_session: Session) -> ConsoleError {
 }
 
 /// The statuses the overview counts, in order.
-const OVERVIEW_STATUSES: [&str; 5] = ["sent", "delivered", "failed", "expired", "in queue"];
+const OVERVIEW_STATUSES: [&str; 6] = [
+    "sent",
+    "delivered",
+    "failed",
+    "expired",
+    "unknown",
+    "in queue",
+];
 
 fn overview_column(status: &str) -> &str {
     match status {

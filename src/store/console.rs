@@ -270,8 +270,9 @@ impl Db {
         rows.into_iter().map(Delivery::try_from).collect()
     }
 
-    /// Failed, undelivered and expired deliveries created since `since`, by
-    /// provider, error code of the latest attempt, and status; largest first.
+    /// Failed, undelivered, expired and unknown deliveries created since
+    /// `since`, by provider, error code of the latest attempt, and status;
+    /// largest first.
     pub async fn failure_groups(
         &self,
         since: DateTime<Utc>,
@@ -280,7 +281,8 @@ impl Db {
             sqlx::query_as(
                 "SELECT d.provider, a.error_code, d.status, COUNT(*) AS count FROM deliveries d \
                  LEFT JOIN delivery_attempts a ON a.delivery_id = d.id AND a.attempt = d.attempts \
-                 WHERE d.status IN ('failed', 'undelivered', 'expired') AND d.created_at >= $1 \
+                 WHERE d.status IN ('failed', 'undelivered', 'expired', 'unknown') \
+                 AND d.created_at >= $1 \
                  GROUP BY d.provider, a.error_code, d.status ORDER BY 4 DESC, 1, 2, 3",
             )
             .bind(since)

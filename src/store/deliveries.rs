@@ -1072,20 +1072,6 @@ impl Db {
         Ok(updated == 1)
     }
 
-    /// When the delivery's first attempt began, if it had one: where a
-    /// notification's retry budget starts.
-    pub async fn first_attempt_at(&self, id: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
-        Ok(on_pool!(self, pool => {
-            sqlx::query_scalar(
-                "SELECT started_at FROM delivery_attempts WHERE delivery_id = $1 AND attempt = 1",
-            )
-            .bind(id)
-            .fetch_optional(pool)
-            .await
-            .doing("reading the first attempt's start")?
-        }))
-    }
-
     /// How many deliveries are due by `now` and not yet settled: pending and
     /// due, or in the middle of a send.
     pub async fn unsettled_due(&self, now: DateTime<Utc>) -> Result<i64, StoreError> {

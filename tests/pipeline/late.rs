@@ -230,11 +230,20 @@ async fn a_provider_that_answers_after_its_timeout_gets_each_notification_exactl
     assert!(taken.per_recipient().values().all(|n| *n == 1));
     for id in &ids {
         let d = t.delivery(id).await;
-        assert_eq!(d.status, DeliveryStatus::Sent, "{id}: {:?}", d.row.last_error);
+        assert_eq!(
+            d.status,
+            DeliveryStatus::Sent,
+            "{id}: {:?}",
+            d.row.last_error
+        );
         let attempts = t.app.db.attempts(id).await.unwrap();
         assert_eq!(attempts.len(), 1, "never sent again");
         let a = &attempts[0];
-        assert_eq!(a.outcome, Some(Outcome::Accepted), "the late answer is kept");
+        assert_eq!(
+            a.outcome,
+            Some(Outcome::Accepted),
+            "the late answer is kept"
+        );
         assert!(a.provider_message_id.as_deref().unwrap().starts_with("SM"));
         assert_eq!(d.row.provider_message_id, a.provider_message_id);
         assert!(
@@ -273,7 +282,9 @@ async fn otps_to_late_providers_go_at_most_once_through_each_provider(backend: B
         let providers: Vec<&str> = attempts.iter().map(|a| a.provider.as_str()).collect();
         assert_eq!(providers, ["tw-a", "tw-b"]);
         assert!(
-            attempts.iter().all(|a| a.outcome == Some(Outcome::Accepted)),
+            attempts
+                .iter()
+                .all(|a| a.outcome == Some(Outcome::Accepted)),
             "both late answers are kept"
         );
         assert_eq!(
@@ -395,7 +406,11 @@ async fn a_request_that_never_reaches_the_provider_is_retried_as_transient(backe
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].outcome, Some(Outcome::Transient));
     assert!(
-        attempts[0].error.as_deref().unwrap().contains("cannot reach"),
+        attempts[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("cannot reach"),
         "{:?}",
         attempts[0].error
     );
@@ -406,7 +421,12 @@ async fn a_request_that_never_reaches_the_provider_is_retried_as_transient(backe
     let attempts = t.app.db.attempts(&d.row.id).await.unwrap();
     assert_eq!(attempts.len(), 2);
     assert_eq!(attempts[1].provider, "tw-b");
-    assert_eq!(attempts[1].outcome, Some(Outcome::Transient), "{:?}", attempts[1].error);
+    assert_eq!(
+        attempts[1].outcome,
+        Some(Outcome::Transient),
+        "{:?}",
+        attempts[1].error
+    );
     assert_eq!(t.delivery(&d.row.id).await.status, DeliveryStatus::Pending);
     t.app.stop().await;
 }
@@ -478,7 +498,9 @@ async fn silent_app(backend: Backend, silent: Arc<Silent>, knows: Arc<Knows>) ->
     app_on(db, config, providers).await
 }
 
-on_both_backends!(a_provider_that_has_the_unanswered_message_resolves_it_to_sent_without_a_second_send);
+on_both_backends!(
+    a_provider_that_has_the_unanswered_message_resolves_it_to_sent_without_a_second_send
+);
 async fn a_provider_that_has_the_unanswered_message_resolves_it_to_sent_without_a_second_send(
     backend: Backend,
 ) {
@@ -496,7 +518,10 @@ async fn a_provider_that_has_the_unanswered_message_resolves_it_to_sent_without_
     let started = t.clock.now();
     drain(&t).await;
     assert_eq!(t.delivery(&d.row.id).await.status, DeliveryStatus::Pending);
-    assert!(knows.asked.lock().unwrap().is_empty(), "not before the grace");
+    assert!(
+        knows.asked.lock().unwrap().is_empty(),
+        "not before the grace"
+    );
     // The grace passed with no answer: the provider is asked.
     t.advance(Duration::from_secs(1)).await;
     drain(&t).await;
@@ -553,4 +578,96 @@ async fn a_provider_without_a_record_of_it_gets_it_once_more_and_then_ops_do(bac
     let duplicates = t.app.db.possible_duplicates().await.unwrap();
     assert_eq!((duplicates[0].a.as_str(), duplicates[0].value), ("tw-a", 1));
     t.app.stop().await;
+}
+
+on_both_backends!(a_worker_killed_while_it_listens_for_late_answers_loses_nothing);
+async fn a_worker_killed_while_it_listens_for_late_answers_loses_nothing(backend: Backend) {
+    // Twilio takes each message and answers 2 s later; tuma waits 300 ms
+    // and listens on for 5 s. The worker is killed in between.
+    let (server, taken) = late_twilio(Duration::from_secs(2), 1).await;
+    let db = TestDb::new(backend).await;
+    let config = late_config(db.path(), &[server.uri()], "300ms", "5s", "");
+    let config_path = db.path().join("providers.toml");
+    let store = db.connect().await;
+    let app = App::with_parts(
+        config,
+        store.clone(),
+        Providers::default(),
+        Arc::new(tuma::clock::SystemClock),
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let d = app
+            .enqueue_notification(welcome(&format!("+2547114800{i:02}")))
+            .await
+            .unwrap();
+        ids.push(d.row.id);
+    }
+    let mut worker = tuma_command(&config_path, &db.url)
+        .arg("worker")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Every attempt unanswered and listened to: mid-grace.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let unanswered = count(
+            &store,
+            "SELECT COUNT(*) FROM delivery_attempts WHERE error_code = 'tuma.no_answer'",
+        )
+        .await;
+        if unanswered == 5 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{unanswered} unanswered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.kill().await.unwrap();
+    let sent_before = count(
+        &store,
+        "SELECT COUNT(*) FROM deliveries WHERE status = 'sent'",
+    )
+    .await;
+    // The grace passes with no process to hear the answers: the retries
+    // the killed worker left come due.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let out = tuma_command(&config_path, &db.url)
+        .args(["worker", "--drain"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for id in &ids {
+        let d = store.delivery(id).await.unwrap().unwrap();
+        assert_eq!(
+            d.status,
+            DeliveryStatus::Sent,
+            "{id}: {:?}",
+            d.row.last_error
+        );
+    }
+    // What the killed worker never heard was asked about or sent once more:
+    // at most twice per recipient, every second one counted.
+    let per = taken.per_recipient();
+    assert_eq!(per.len(), 5);
+    assert!(per.values().all(|n| *n <= 2), "{per:?}");
+    let again: i64 = store
+        .possible_duplicates()
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| f.value)
+        .sum();
+    assert_eq!(again as usize, taken.len() - 5);
+    assert!(sent_before < 5, "the kill came before the answers");
+    app.stop().await;
 }
