@@ -116,6 +116,8 @@ pub struct AttemptRecord {
     pub now: DateTime<Utc>,
     /// Disable the endpoint if it has failed since before this.
     pub disable_if_failing_since: DateTime<Utc>,
+    /// Disable the endpoint now, for this reason (it answered 410 Gone).
+    pub disable_now: Option<String>,
 }
 
 /// Webhook figures for `/metrics`.
@@ -347,14 +349,14 @@ impl Db {
     }
 
     /// Records an attempt and moves its event on, in one transaction; marks
-    /// the endpoint failing or healthy, and disables it when it has failed
-    /// since before `disable_if_failing_since` (its pending events are
-    /// then given up). Returns when the endpoint was disabled by this call,
-    /// the time its failures began.
+    /// the endpoint failing or healthy, and disables it when the record says
+    /// so (`disable_now`) or it has failed since before
+    /// `disable_if_failing_since` (its pending events are then given up).
+    /// Returns, when this call disabled the endpoint, the reason stored.
     pub async fn record_webhook_attempt(
         &self,
         r: &AttemptRecord,
-    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         let a = &r.attempt;
         on_pool!(self, pool => {
             let mut tx = pool.begin().await.doing("starting a transaction")?;
@@ -408,14 +410,22 @@ impl Db {
                 .await
                 .doing("marking a webhook endpoint failing")?
                 .flatten();
-                if let Some(since) = since.filter(|s| *s <= r.disable_if_failing_since) {
+                // `since` is None when the endpoint was disabled already.
+                let reason = match (since, &r.disable_now) {
+                    (Some(_), Some(why)) => Some(why.clone()),
+                    (Some(since), None) if since <= r.disable_if_failing_since => {
+                        Some(format!("every attempt failed since {}", since.to_rfc3339()))
+                    }
+                    _ => None,
+                };
+                if let Some(reason) = reason {
                     sqlx::query(
                         "UPDATE webhook_endpoints SET disabled_at = $2, disabled_reason = $3 \
                          WHERE id = $1 AND disabled_at IS NULL",
                     )
                     .bind(&a.endpoint_id)
                     .bind(r.now)
-                    .bind(format!("every attempt failed since {}", since.to_rfc3339()))
+                    .bind(&reason)
                     .execute(&mut *tx)
                     .await
                     .doing("disabling a webhook endpoint")?;
@@ -428,7 +438,7 @@ impl Db {
                     .execute(&mut *tx)
                     .await
                     .doing("giving up a disabled endpoint's events")?;
-                    disabled = Some(since);
+                    disabled = Some(reason);
                 }
             }
             tx.commit().await.doing("committing a webhook attempt")?;

@@ -19,14 +19,16 @@
 //!   due on tuma's clock ([`crate::clock::Clock::sleep_until`]), so a
 //!   retry goes at its time, not at a later poll; `poll_interval` only
 //!   bounds how late it notices events written meanwhile.
-//! - An endpoint whose every attempt failed for `disable_after` is
-//!   disabled (a log line, and `/metrics`).
+//! - Disabling: an endpoint that answers 410 Gone is disabled after that
+//!   one attempt (Standard Webhooks); one whose every attempt failed for
+//!   `disable_after` is disabled too. Either way its pending events are
+//!   given up, the reason is stored, and a line is logged.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::task::{JoinError, JoinSet};
 use tracing::{info, warn};
 
@@ -212,7 +214,8 @@ pub fn backoff(config: &WebhooksConfig, attempts: i64) -> Duration {
 }
 
 /// Where an event goes after an attempt that ended at `now`: done, again
-/// later, or given up once `give_up_after` has passed since it happened.
+/// later, or given up once `give_up_after` has passed since it happened or
+/// its endpoint answered 410 Gone.
 pub fn next_step(
     config: &WebhooksConfig,
     sent: &Sent,
@@ -223,6 +226,9 @@ pub fn next_step(
     if sent.delivered() {
         return EventNext::Delivered;
     }
+    if gone(sent) {
+        return EventNext::GiveUp;
+    }
     let span = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
     let next = now + span(backoff(config, attempts));
     if next - happened > span(config.give_up_after) {
@@ -232,10 +238,27 @@ pub fn next_step(
     }
 }
 
+/// Whether the receiver answered 410 Gone: it is gone for good, and its
+/// endpoint is disabled at once (Standard Webhooks).
+fn gone(sent: &Sent) -> bool {
+    sent.status_code == Some(410)
+}
+
+/// Why an attempt's answer, at `at`, disables its endpoint at once, if it
+/// does (see [`gone`]).
+pub fn disable_reason(sent: &Sent, at: DateTime<Utc>) -> Option<String> {
+    gone(sent).then(|| {
+        format!(
+            "the endpoint answered 410 Gone at {}",
+            at.to_rfc3339_opts(SecondsFormat::Secs, true)
+        )
+    })
+}
+
 /// How many sends an endpoint may have in flight at once: all of
 /// `webhooks.concurrency` while its latest attempt was delivered, else one
 /// (a new endpoint, or one that is failing, is probed one event at a time,
-/// so an outage costs one attempt at a time, not a burst).
+/// so a 410 or an outage costs one attempt, not a burst).
 pub fn slots(config: &WebhooksConfig, last_delivered: bool) -> usize {
     if last_delivered {
         config.concurrency.max(1)
@@ -355,6 +378,7 @@ async fn attempt(
         now: ended,
         disable_if_failing_since: ended
             - chrono::Duration::from_std(config.disable_after).unwrap_or(chrono::Duration::MAX),
+        disable_now: disable_reason(&sent, ended),
     };
     let disabled = app.db.record_webhook_attempt(&record).await?;
     match next {
@@ -383,11 +407,11 @@ async fn attempt(
             "webhook given up"
         ),
     }
-    if let Some(since) = disabled {
+    if let Some(reason) = disabled {
         warn!(
-            failing_since = %since,
+            reason = %reason,
             disable_after = %humantime::format_duration(config.disable_after),
-            "webhook endpoint disabled: every attempt failed for longer than webhooks.disable_after"
+            "webhook endpoint disabled; its pending events are given up"
         );
     }
     Ok(Done { sent, next })
@@ -681,6 +705,34 @@ mod tests {
             next_step(&c, &ok, t0, 30, later(23 * 3600)),
             EventNext::Delivered
         );
+    }
+
+    #[test]
+    fn a_410_gives_its_event_up_and_disables_its_endpoint_with_the_time_in_the_reason() {
+        let c = config();
+        let t0: DateTime<Utc> = "2026-12-05T10:00:03.120Z".parse().unwrap();
+        let gone = Sent {
+            outcome: "rejected",
+            status_code: Some(410),
+            latency_ms: 3,
+            error: Some("the receiver answered 410 Gone".into()),
+        };
+        assert_eq!(next_step(&c, &gone, t0, 1, t0), EventNext::GiveUp);
+        assert_eq!(
+            disable_reason(&gone, t0).as_deref(),
+            Some("the endpoint answered 410 Gone at 2026-12-05T10:00:03Z")
+        );
+        for status in [404, 500, 503] {
+            let other = Sent {
+                status_code: Some(status),
+                ..gone.clone()
+            };
+            assert_eq!(disable_reason(&other, t0), None, "{status}");
+            assert!(matches!(
+                next_step(&c, &other, t0, 1, t0),
+                EventNext::Retry(_)
+            ));
+        }
     }
 
     #[test]

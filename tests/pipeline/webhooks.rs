@@ -2,8 +2,8 @@
 //! statement, signed (and checked by the official Standard Webhooks
 //! library), retried with the same id at its time, in order per delivery,
 //! endpoints that never wait on each other, endpoints disabled after failing
-//! for long, SSRF refusals, and a kill -9 between the status change and the
-//! dispatch.
+//! for long or at a 410 Gone, SSRF refusals, and a kill -9 between the status
+//! change and the dispatch.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -1476,3 +1476,122 @@ async fn a_retry_goes_first_retry_after_the_failure_and_the_next_after_double_th
     s.stop().await;
 }
 on_both_backends!(a_retry_goes_first_retry_after_the_failure_and_the_next_after_double_that);
+
+async fn an_endpoint_answering_410_gone_is_disabled_after_that_one_try_and_says_why(
+    backend: Backend,
+) {
+    let (s, send, ops) = setup(backend).await;
+    let gone = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(410))
+        .mount(&gone)
+        .await;
+    let other = receiver(&[]).await;
+    let (gone_endpoint, _) = register(
+        &s,
+        &ops,
+        json!({ "key": "auth-service", "url": format!("{}/hook", gone.uri()) }),
+    )
+    .await;
+    register(
+        &s,
+        &ops,
+        json!({ "key": "auth-service", "url": other.uri() }),
+    )
+    .await;
+    // Two deliveries sent, one delivered: three events for each endpoint.
+    let first = send_otp(&s, &send).await;
+    let second = send_otp(&s, &send).await;
+    s.t.drain().await;
+    receipt(&s.t, &first, ReceiptVerdict::Delivered, None).await;
+
+    round(&s).await;
+    assert_eq!(gone.received_requests().await.unwrap().len(), 1);
+    let e =
+        s.t.app
+            .db
+            .webhook_endpoint(&gone_endpoint)
+            .await
+            .unwrap()
+            .unwrap();
+    let reason = e.disabled_reason.clone().expect("a reason");
+    assert!(e.disabled_at.is_some(), "disabled at once");
+    assert!(
+        reason.starts_with("the endpoint answered 410 Gone at "),
+        "{reason}"
+    );
+    // Its later events are given up, never sent; the other endpoint hears
+    // all of its own.
+    for _ in 0..5 {
+        s.t.advance(Duration::from_secs(60)).await;
+        round(&s).await;
+    }
+    assert_eq!(
+        gone.received_requests().await.unwrap().len(),
+        1,
+        "exactly one try"
+    );
+    assert_eq!(other.received_requests().await.unwrap().len(), 3);
+    let mut to_gone = Vec::new();
+    for id in [&first, &second] {
+        for event in s.t.app.db.webhook_events(id).await.unwrap() {
+            if event.endpoint_id == gone_endpoint {
+                to_gone.push((event.status, event.attempts));
+            }
+        }
+    }
+    to_gone.sort();
+    assert_eq!(
+        to_gone,
+        vec![
+            ("failed".to_owned(), 0),
+            ("failed".to_owned(), 0),
+            ("failed".to_owned(), 1)
+        ]
+    );
+    // A disabled endpoint hears of nothing new.
+    receipt(&s.t, &second, ReceiptVerdict::Delivered, None).await;
+    let events = s.t.app.db.webhook_events(&second).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.endpoint_id == gone_endpoint)
+            .count(),
+        1
+    );
+
+    // Why, wherever endpoints are shown.
+    let listed: Value = s.get("/v1/webhooks", &ops).await.json().await.unwrap();
+    let shown = listed["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == gone_endpoint.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(shown["disabled_reason"], reason.as_str(), "{shown}");
+    assert!(shown["disabled_at"].is_string(), "{shown}");
+    let config = s.t.db.path().join("providers.toml");
+    let cli = tuma_ok(tuma_command(&config, &s.t.db.url).args(["webhooks", "list"])).await;
+    let row = cli
+        .lines()
+        .position(|l| l.starts_with(&gone_endpoint))
+        .unwrap_or_else(|| panic!("{cli}"));
+    let lines: Vec<&str> = cli.lines().collect();
+    assert!(lines[row].contains("disabled"), "{cli}");
+    assert_eq!(
+        lines[row + 1].trim(),
+        format!("disabled: {reason}"),
+        "{cli}"
+    );
+    let mut c = crate::console::Console::new(&s);
+    c.sign_in(&ops).await;
+    let page = c.page("/console/keys").await;
+    assert!(page.contains("answered 410 Gone at"), "{page}");
+    let m = metrics(&s).await;
+    assert!(m.contains("tuma_webhook_endpoints_disabled 1"), "{m}");
+    let logs = String::from_utf8(captured_logs().lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("410 Gone"), "the log says why");
+    s.stop().await;
+}
+on_both_backends!(an_endpoint_answering_410_gone_is_disabled_after_that_one_try_and_says_why);
