@@ -98,9 +98,11 @@ pub struct Endpoint {
     pub created_at: DateTime<Utc>,
     /// Since when its events have failed (null while they arrive).
     pub failing_since: Option<DateTime<Utc>>,
-    /// When it was disabled for failing for `webhooks.disable_after`.
+    /// When it was disabled: it answered 410 Gone, or every attempt failed
+    /// for `webhooks.disable_after`.
     pub disabled_at: Option<DateTime<Utc>>,
-    /// Why it was disabled.
+    /// Why it was disabled, and since when (`the endpoint answered 410 Gone
+    /// at …`, `every attempt failed since …`).
     pub disabled_reason: Option<String>,
 }
 

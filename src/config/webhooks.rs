@@ -23,9 +23,11 @@ pub struct WebhooksConfig {
     pub give_up_after: Duration,
     /// An endpoint whose every attempt failed for this long is disabled.
     pub disable_after: Duration,
-    /// How often the dispatcher looks for due events.
+    /// How often the dispatcher looks for events written meanwhile (a
+    /// retry goes at its own time, not at a poll).
     pub poll_interval: Duration,
-    /// Events sent at once by one process.
+    /// Events sent at once to one endpoint by one process (one while its
+    /// latest attempt failed): each endpoint has its own slots.
     pub concurrency: usize,
 }
 

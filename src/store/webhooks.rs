@@ -55,6 +55,15 @@ pub struct DueEvent {
     pub with_recipient: bool,
 }
 
+/// An endpoint the dispatcher may send to.
+#[derive(Debug, Clone, FromRow)]
+pub struct SendableEndpoint {
+    pub id: String,
+    /// Whether its latest attempt (of any event, or a test) was delivered;
+    /// false when it has none yet.
+    pub last_delivered: bool,
+}
+
 /// An event as stored (no endpoint secret).
 #[derive(Debug, Clone, FromRow, serde::Serialize)]
 pub struct EventRow {
@@ -107,6 +116,8 @@ pub struct AttemptRecord {
     pub now: DateTime<Utc>,
     /// Disable the endpoint if it has failed since before this.
     pub disable_if_failing_since: DateTime<Utc>,
+    /// Disable the endpoint now, for this reason (it answered 410 Gone).
+    pub disable_now: Option<String>,
 }
 
 /// Webhook figures for `/metrics`.
@@ -226,11 +237,27 @@ impl Db {
         })
     }
 
-    /// Events due at `now` to enabled endpoints, oldest due first; for each
-    /// delivery and endpoint only the first still pending, so a delivery's
-    /// events go out in order.
+    /// The endpoints events may go to (not disabled), oldest first, and
+    /// whether each one's latest attempt was delivered.
+    pub async fn sendable_webhook_endpoints(&self) -> Result<Vec<SendableEndpoint>, StoreError> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT p.id, COALESCE((SELECT a.outcome = 'delivered' FROM webhook_attempts a \
+                   WHERE a.endpoint_id = p.id ORDER BY a.id DESC LIMIT 1), FALSE) AS last_delivered \
+                 FROM webhook_endpoints p WHERE p.disabled_at IS NULL ORDER BY p.created_at, p.id",
+            )
+            .fetch_all(pool)
+            .await
+            .doing("listing the webhook endpoints to send to")?
+        }))
+    }
+
+    /// Events due at `now` to `endpoint` (if it is not disabled), at most
+    /// `limit`, oldest due first; for each delivery only the first still
+    /// pending, so a delivery's events go out in order.
     pub async fn due_webhook_events(
         &self,
+        endpoint: &str,
         now: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<DueEvent>, StoreError> {
@@ -239,17 +266,38 @@ impl Db {
                 "SELECT e.id, e.endpoint_id, e.delivery_id, e.type, e.sequence, e.payload, \
                  e.created_at, e.attempts, p.url, p.secret, p.with_recipient \
                  FROM webhook_events e JOIN webhook_endpoints p ON p.id = e.endpoint_id \
-                 WHERE e.status = 'pending' AND e.next_attempt_at <= $1 AND p.disabled_at IS NULL \
+                 WHERE e.endpoint_id = $1 AND e.status = 'pending' AND e.next_attempt_at <= $2 \
+                 AND p.disabled_at IS NULL \
                  AND NOT EXISTS (SELECT 1 FROM webhook_events b WHERE b.delivery_id = e.delivery_id \
                    AND b.endpoint_id = e.endpoint_id AND b.status = 'pending' \
                    AND b.sequence < e.sequence) \
-                 ORDER BY e.next_attempt_at, e.sequence LIMIT $2",
+                 ORDER BY e.next_attempt_at, e.sequence LIMIT $3",
             )
+            .bind(endpoint)
             .bind(now)
             .bind(limit)
             .fetch_all(pool)
             .await
             .doing("reading due webhook events")?
+        }))
+    }
+
+    /// When the next pending event to an endpoint that is not disabled comes
+    /// due after `now` (a retry, or the end of a lease).
+    pub async fn next_webhook_due(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT MIN(e.next_attempt_at) FROM webhook_events e \
+                 JOIN webhook_endpoints p ON p.id = e.endpoint_id \
+                 WHERE e.status = 'pending' AND e.next_attempt_at > $1 AND p.disabled_at IS NULL",
+            )
+            .bind(now)
+            .fetch_one(pool)
+            .await
+            .doing("reading when the next webhook event is due")?
         }))
     }
 
@@ -301,14 +349,14 @@ impl Db {
     }
 
     /// Records an attempt and moves its event on, in one transaction; marks
-    /// the endpoint failing or healthy, and disables it when it has failed
-    /// since before `disable_if_failing_since` (its pending events are
-    /// then given up). Returns when the endpoint was disabled by this call,
-    /// the time its failures began.
+    /// the endpoint failing or healthy, and disables it when the record says
+    /// so (`disable_now`) or it has failed since before
+    /// `disable_if_failing_since` (its pending events are then given up).
+    /// Returns, when this call disabled the endpoint, the reason stored.
     pub async fn record_webhook_attempt(
         &self,
         r: &AttemptRecord,
-    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         let a = &r.attempt;
         on_pool!(self, pool => {
             let mut tx = pool.begin().await.doing("starting a transaction")?;
@@ -362,14 +410,22 @@ impl Db {
                 .await
                 .doing("marking a webhook endpoint failing")?
                 .flatten();
-                if let Some(since) = since.filter(|s| *s <= r.disable_if_failing_since) {
+                // `since` is None when the endpoint was disabled already.
+                let reason = match (since, &r.disable_now) {
+                    (Some(_), Some(why)) => Some(why.clone()),
+                    (Some(since), None) if since <= r.disable_if_failing_since => {
+                        Some(format!("every attempt failed since {}", since.to_rfc3339()))
+                    }
+                    _ => None,
+                };
+                if let Some(reason) = reason {
                     sqlx::query(
                         "UPDATE webhook_endpoints SET disabled_at = $2, disabled_reason = $3 \
                          WHERE id = $1 AND disabled_at IS NULL",
                     )
                     .bind(&a.endpoint_id)
                     .bind(r.now)
-                    .bind(format!("every attempt failed since {}", since.to_rfc3339()))
+                    .bind(&reason)
                     .execute(&mut *tx)
                     .await
                     .doing("disabling a webhook endpoint")?;
@@ -382,7 +438,7 @@ impl Db {
                     .execute(&mut *tx)
                     .await
                     .doing("giving up a disabled endpoint's events")?;
-                    disabled = Some(since);
+                    disabled = Some(reason);
                 }
             }
             tx.commit().await.doing("committing a webhook attempt")?;

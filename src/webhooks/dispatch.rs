@@ -7,16 +7,29 @@
 //!   lease ends, under the same `webhook-id` and the same body.
 //! - In order: for each delivery and endpoint only the first pending event
 //!   is due, so event n+1 waits until n was delivered or given up.
-//! - Retries: 2xx is done; anything else is tried again after
-//!   `first_retry`, doubling up to `max_retry_delay`, until `give_up_after`
-//!   from the status change. An endpoint whose every attempt failed for
-//!   `disable_after` is disabled (a log line, and `/metrics`).
+//! - Endpoints never wait on each other: each has its own slots in this
+//!   process (`webhooks.concurrency` sends at once, one while its latest
+//!   attempt failed or before its first), and a send that ends frees its
+//!   slot for that endpoint's next event at once. A receiver that hangs
+//!   holds only its own slots until `webhooks.timeout`; there is no round
+//!   that waits for the slowest send.
+//! - Retries: 2xx is done; anything else is tried again `first_retry` after
+//!   the failure, doubling up to `max_retry_delay`, until `give_up_after`
+//!   from the status change. The dispatcher sleeps until the next event is
+//!   due on tuma's clock ([`crate::clock::Clock::sleep_until`]), so a
+//!   retry goes at its time, not at a later poll; `poll_interval` only
+//!   bounds how late it notices events written meanwhile.
+//! - Disabling: an endpoint that answers 410 Gone is disabled after that
+//!   one attempt (Standard Webhooks); one whose every attempt failed for
+//!   `disable_after` is disabled too. Either way its pending events are
+//!   given up, the reason is stored, and a line is logged.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use chrono::{DateTime, SecondsFormat, Utc};
+use tokio::task::{JoinError, JoinSet};
 use tracing::{info, warn};
 
 use super::target::{CheckedResolver, Policy, Refused};
@@ -201,7 +214,8 @@ pub fn backoff(config: &WebhooksConfig, attempts: i64) -> Duration {
 }
 
 /// Where an event goes after an attempt that ended at `now`: done, again
-/// later, or given up once `give_up_after` has passed since it happened.
+/// later, or given up once `give_up_after` has passed since it happened or
+/// its endpoint answered 410 Gone.
 pub fn next_step(
     config: &WebhooksConfig,
     sent: &Sent,
@@ -212,6 +226,9 @@ pub fn next_step(
     if sent.delivered() {
         return EventNext::Delivered;
     }
+    if gone(sent) {
+        return EventNext::GiveUp;
+    }
     let span = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
     let next = now + span(backoff(config, attempts));
     if next - happened > span(config.give_up_after) {
@@ -221,10 +238,39 @@ pub fn next_step(
     }
 }
 
-/// What one round did.
+/// Whether the receiver answered 410 Gone: it is gone for good, and its
+/// endpoint is disabled at once (Standard Webhooks).
+fn gone(sent: &Sent) -> bool {
+    sent.status_code == Some(410)
+}
+
+/// Why an attempt's answer, at `at`, disables its endpoint at once, if it
+/// does (see [`gone`]).
+pub fn disable_reason(sent: &Sent, at: DateTime<Utc>) -> Option<String> {
+    gone(sent).then(|| {
+        format!(
+            "the endpoint answered 410 Gone at {}",
+            at.to_rfc3339_opts(SecondsFormat::Secs, true)
+        )
+    })
+}
+
+/// How many sends an endpoint may have in flight at once: all of
+/// `webhooks.concurrency` while its latest attempt was delivered, else one
+/// (a new endpoint, or one that is failing, is probed one event at a time,
+/// so a 410 or an outage costs one attempt, not a burst).
+pub fn slots(config: &WebhooksConfig, last_delivered: bool) -> usize {
+    if last_delivered {
+        config.concurrency.max(1)
+    } else {
+        1
+    }
+}
+
+/// What one pass of [`run_once`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Round {
-    /// Events found due.
+    /// Events found due (at most each endpoint's free slots).
     pub due: usize,
     /// Attempts made.
     pub attempts: usize,
@@ -232,32 +278,62 @@ pub struct Round {
     pub delivered: usize,
 }
 
-/// Sends every event due now (up to a few times `webhooks.concurrency`,
-/// that many at once). Fails only when the due events cannot be read.
+/// What one attempt did.
+#[derive(Debug, Clone)]
+struct Done {
+    sent: Sent,
+    next: EventNext,
+}
+
+/// The lease an attempt started at `now` holds its event for.
+fn lease_until(config: &WebhooksConfig, now: DateTime<Utc>) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(config.timeout + LEASE_MARGIN).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Up to `free` of `endpoint`'s due events, each leased to this process:
+/// how many were found due, and those this process won.
+async fn claim(
+    app: &App,
+    endpoint: &str,
+    free: usize,
+    now: DateTime<Utc>,
+) -> Result<(usize, Vec<DueEvent>), StoreError> {
+    let limit = i64::try_from(free).unwrap_or(i64::MAX);
+    let due = app.db.due_webhook_events(endpoint, now, limit).await?;
+    let found = due.len();
+    let lease = lease_until(&app.config.webhooks, now);
+    let mut leased = Vec::with_capacity(found);
+    for event in due {
+        if app.db.lease_webhook_event(&event.id, now, lease).await? {
+            leased.push(event);
+        }
+    }
+    Ok((found, leased))
+}
+
+/// One pass, for tests and tools: fills every endpoint's free slots with
+/// its events due now, sends them at once and waits for all of them. (The
+/// running dispatcher, [`run`], never waits for a pass: each endpoint's
+/// next event goes as soon as that endpoint has a free slot.) Fails only
+/// when the due events cannot be read.
 pub async fn run_once(app: &App, sender: &Sender) -> Result<Round, StoreError> {
-    let config = &app.config.webhooks;
     let now = app.clock.now();
-    let limit = i64::try_from(config.concurrency * 4).unwrap_or(i64::MAX);
-    let due = app.db.due_webhook_events(now, limit).await?;
-    let mut round = Round {
-        due: due.len(),
-        ..Round::default()
-    };
-    let lease = now
-        + chrono::Duration::from_std(config.timeout + LEASE_MARGIN)
-            .unwrap_or(chrono::Duration::MAX);
-    let results: Vec<Result<Option<Sent>, StoreError>> = futures::stream::iter(due)
-        .map(|event| deliver(app, sender, event, now, lease))
-        .buffer_unordered(config.concurrency)
-        .collect()
-        .await;
+    let mut round = Round::default();
+    let mut leased = Vec::new();
+    for endpoint in app.db.sendable_webhook_endpoints().await? {
+        let free = slots(&app.config.webhooks, endpoint.last_delivered);
+        let (found, events) = claim(app, &endpoint.id, free, now).await?;
+        round.due += found;
+        leased.extend(events);
+    }
+    let results =
+        futures::future::join_all(leased.into_iter().map(|e| attempt(app, sender, e, now))).await;
     for r in results {
         match r {
-            Ok(Some(sent)) => {
+            Ok(done) => {
                 round.attempts += 1;
-                round.delivered += usize::from(sent.delivered());
+                round.delivered += usize::from(done.sent.delivered());
             }
-            Ok(None) => {}
             // One event's failure stops no other: it is tried again when
             // its lease ends.
             Err(e) => warn!(error = %e, "a webhook event could not be sent"),
@@ -266,18 +342,14 @@ pub async fn run_once(app: &App, sender: &Sender) -> Result<Round, StoreError> {
     Ok(round)
 }
 
-/// One attempt at one event, if this process wins its lease.
+/// One attempt at one event this process has leased, started at `now`.
 #[tracing::instrument(skip_all, fields(event = %event.id, endpoint = %event.endpoint_id))]
-async fn deliver(
+async fn attempt(
     app: &App,
     sender: &Sender,
     event: DueEvent,
     now: DateTime<Utc>,
-    lease: DateTime<Utc>,
-) -> Result<Option<Sent>, StoreError> {
-    if !app.db.lease_webhook_event(&event.id, now, lease).await? {
-        return Ok(None);
-    }
+) -> Result<Done, StoreError> {
     let body = match &event.payload {
         Some(body) => body.clone(),
         None => {
@@ -306,6 +378,7 @@ async fn deliver(
         now: ended,
         disable_if_failing_since: ended
             - chrono::Duration::from_std(config.disable_after).unwrap_or(chrono::Duration::MAX),
+        disable_now: disable_reason(&sent, ended),
     };
     let disabled = app.db.record_webhook_attempt(&record).await?;
     match next {
@@ -329,18 +402,19 @@ async fn deliver(
             event_type = %event.event_type,
             attempt = attempts,
             outcome = sent.outcome,
+            status = sent.status_code,
             error = sent.error.as_deref().unwrap_or("-"),
             "webhook given up"
         ),
     }
-    if let Some(since) = disabled {
+    if let Some(reason) = disabled {
         warn!(
-            failing_since = %since,
+            reason = %reason,
             disable_after = %humantime::format_duration(config.disable_after),
-            "webhook endpoint disabled: every attempt failed for longer than webhooks.disable_after"
+            "webhook endpoint disabled; its pending events are given up"
         );
     }
-    Ok(Some(sent))
+    Ok(Done { sent, next })
 }
 
 /// The body of an event at its first send (see [`payload`]).
@@ -422,8 +496,116 @@ pub async fn test_endpoint(
     Ok((id, sent))
 }
 
-/// Runs rounds every `webhooks.poll_interval` (at once again after a full
-/// one) until aborted. Started and stopped with the workers.
+/// An endpoint's slots in this process.
+#[derive(Debug, Default)]
+struct Slot {
+    /// Its sends in flight.
+    in_flight: usize,
+    /// Whether its latest attempt was delivered (see [`slots`]).
+    last_delivered: bool,
+}
+
+/// The running dispatcher's state: each endpoint's slots, and the sends in
+/// flight (aborted with it: dropping the set aborts them).
+struct Dispatcher {
+    app: Arc<App>,
+    sender: Sender,
+    slots: HashMap<String, Slot>,
+    sends: JoinSet<Result<Done, StoreError>>,
+    /// The endpoint of each send in flight, so one that panicked still
+    /// frees its slot.
+    sending_to: HashMap<tokio::task::Id, String>,
+}
+
+impl Dispatcher {
+    /// Fills every endpoint's free slots with its due events; returns when
+    /// the next event not yet due comes due.
+    async fn pass(&mut self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let now = self.app.clock.now();
+        let endpoints = self.app.db.sendable_webhook_endpoints().await?;
+        let listed: HashSet<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
+        // Endpoints removed or disabled are forgotten once their sends end.
+        self.slots
+            .retain(|id, slot| slot.in_flight > 0 || listed.contains(id.as_str()));
+        for endpoint in &endpoints {
+            self.slots
+                .entry(endpoint.id.clone())
+                .or_default()
+                .last_delivered = endpoint.last_delivered;
+            self.fill(&endpoint.id, now).await?;
+        }
+        self.app.db.next_webhook_due(now).await
+    }
+
+    /// Starts `endpoint`'s due events in its free slots.
+    async fn fill(&mut self, endpoint: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let config = &self.app.config.webhooks;
+        let free = match self.slots.get(endpoint) {
+            Some(slot) => slots(config, slot.last_delivered).saturating_sub(slot.in_flight),
+            None => 0,
+        };
+        if free == 0 {
+            return Ok(());
+        }
+        let (_, events) = claim(&self.app, endpoint, free, now).await?;
+        for event in events {
+            if let Some(slot) = self.slots.get_mut(endpoint) {
+                slot.in_flight += 1;
+            }
+            let (app, sender) = (self.app.clone(), self.sender.clone());
+            let send = self
+                .sends
+                .spawn(async move { attempt(&app, &sender, event, now).await });
+            self.sending_to.insert(send.id(), endpoint.to_owned());
+        }
+        Ok(())
+    }
+
+    /// A send ended: frees its slot. Returns its endpoint and, when its
+    /// event is to be retried, when.
+    fn ended(
+        &mut self,
+        joined: Result<(tokio::task::Id, Result<Done, StoreError>), JoinError>,
+    ) -> Option<(String, Option<DateTime<Utc>>)> {
+        let id = match &joined {
+            Ok((id, _)) => *id,
+            Err(e) => e.id(),
+        };
+        let endpoint = self.sending_to.remove(&id)?;
+        let slot = self.slots.entry(endpoint.clone()).or_default();
+        slot.in_flight = slot.in_flight.saturating_sub(1);
+        let mut retry = None;
+        match joined {
+            Ok((_, Ok(done))) => {
+                slot.last_delivered = done.sent.delivered();
+                if let EventNext::Retry(at) = done.next {
+                    retry = Some(at);
+                }
+            }
+            // Its event is tried again when its lease ends.
+            Ok((_, Err(e))) => warn!(error = %e, "a webhook event could not be sent"),
+            Err(e) => warn!(error = %e, "a webhook send stopped abnormally"),
+        }
+        Some((endpoint, retry))
+    }
+}
+
+/// The earlier of two due times.
+fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Sends events until aborted (which aborts the sends in flight too).
+/// Started and stopped with the workers, in the process holding the
+/// housekeeping lease.
+///
+/// It looks at every endpoint every `webhooks.poll_interval` and when the
+/// next event comes due on tuma's clock; when a send ends, at once at that
+/// endpoint's next events. The first look waits a poll: what a start finds
+/// due is sent a moment later, never raced with the workers starting up.
 pub async fn run(app: Arc<App>) {
     let sender = match Sender::new(&app.config.webhooks) {
         Ok(s) => s,
@@ -432,21 +614,51 @@ pub async fn run(app: Arc<App>) {
             return;
         }
     };
-    let full = app.config.webhooks.concurrency * 4;
-    let mut busy = false;
-    loop {
-        // The first round waits a poll too: what a start finds due is sent
-        // a moment later, never raced with the workers starting up.
-        if !busy {
-            tokio::time::sleep(app.config.webhooks.poll_interval).await;
+    let poll = app.config.webhooks.poll_interval;
+    let mut d = Dispatcher {
+        app: app.clone(),
+        sender,
+        slots: HashMap::new(),
+        sends: JoinSet::new(),
+        sending_to: HashMap::new(),
+    };
+    let mut next_due = match app.db.next_webhook_due(app.clock.now()).await {
+        Ok(at) => at,
+        Err(e) => {
+            warn!(error = %e, "could not read when webhook events are due; polling");
+            None
         }
-        busy = match run_once(&app, &sender).await {
-            Ok(round) => round.due >= full,
+    };
+    let mut next_pass = tokio::time::Instant::now() + poll;
+    loop {
+        let alarm = next_due.map(|at| app.clock.sleep_until(at));
+        tokio::select! {
+            () = tokio::time::sleep_until(next_pass) => {}
+            () = async {
+                match alarm {
+                    Some(alarm) => alarm.await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+            Some(joined) = d.sends.join_next_with_id(), if !d.sends.is_empty() => {
+                if let Some((endpoint, retry)) = d.ended(joined) {
+                    next_due = earliest(next_due, retry);
+                    let now = app.clock.now();
+                    if let Err(e) = d.fill(&endpoint, now).await {
+                        warn!(error = %e, "could not read an endpoint's due webhook events; trying again");
+                    }
+                }
+                continue;
+            }
+        }
+        next_due = match d.pass().await {
+            Ok(at) => at,
             Err(e) => {
-                warn!(error = %e, "webhook round failed; trying again");
-                false
+                warn!(error = %e, "webhook pass failed; trying again");
+                None
             }
         };
+        next_pass = tokio::time::Instant::now() + poll;
     }
 }
 
@@ -493,5 +705,40 @@ mod tests {
             next_step(&c, &ok, t0, 30, later(23 * 3600)),
             EventNext::Delivered
         );
+    }
+
+    #[test]
+    fn a_410_gives_its_event_up_and_disables_its_endpoint_with_the_time_in_the_reason() {
+        let c = config();
+        let t0: DateTime<Utc> = "2026-12-05T10:00:03.120Z".parse().unwrap();
+        let gone = Sent {
+            outcome: "rejected",
+            status_code: Some(410),
+            latency_ms: 3,
+            error: Some("the receiver answered 410 Gone".into()),
+        };
+        assert_eq!(next_step(&c, &gone, t0, 1, t0), EventNext::GiveUp);
+        assert_eq!(
+            disable_reason(&gone, t0).as_deref(),
+            Some("the endpoint answered 410 Gone at 2026-12-05T10:00:03Z")
+        );
+        for status in [404, 500, 503] {
+            let other = Sent {
+                status_code: Some(status),
+                ..gone.clone()
+            };
+            assert_eq!(disable_reason(&other, t0), None, "{status}");
+            assert!(matches!(
+                next_step(&c, &other, t0, 1, t0),
+                EventNext::Retry(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn an_endpoint_gets_all_its_slots_only_while_its_latest_attempt_was_delivered() {
+        let c = config();
+        assert_eq!(slots(&c, true), c.concurrency);
+        assert_eq!(slots(&c, false), 1);
     }
 }

@@ -10,8 +10,9 @@
 //!   transaction that moves a budget's counter past an `alert_at` threshold
 //!   (`store/spend.rs`): once per threshold and period.
 //! - [`dispatch`] sends them: signed, with a timeout, retried with backoff
-//!   for `webhooks.give_up_after`, in order per delivery and endpoint; it
-//!   disables an endpoint that failed for `webhooks.disable_after`.
+//!   for `webhooks.give_up_after`, in order per delivery and endpoint, each
+//!   endpoint in its own send slots so none waits on another; it disables an
+//!   endpoint that answers 410 Gone or failed for `webhooks.disable_after`.
 //! - [`target`] decides where tuma may connect (SSRF): https, or http to
 //!   loopback only; no private, link-local or metadata address unless
 //!   `webhooks.allow_ranges` names it; redirects are never followed.

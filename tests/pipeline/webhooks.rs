@@ -1,10 +1,12 @@
 //! Status webhooks: events raised by every status change in its own
 //! statement, signed (and checked by the official Standard Webhooks
-//! library), retried with the same id, in order per delivery, endpoints
-//! disabled after failing for long, SSRF refusals, and a kill -9 between
-//! the status change and the dispatch.
+//! library), retried with the same id at its time, in order per delivery,
+//! endpoints that never wait on each other, endpoints disabled after failing
+//! for long or at a 410 Gone, SSRF refusals, and a kill -9 between the status
+//! change and the dispatch.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
@@ -1196,3 +1198,404 @@ async fn every_event_body_is_what_the_documents_webhooks_section_says(backend: B
     s.stop().await;
 }
 on_both_backends!(every_event_body_is_what_the_documents_webhooks_section_says);
+
+/// Waits (at most 30 s: far longer than any of these should take, so a
+/// loaded machine is not a failure) until `check` gives a value.
+async fn until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 30 s for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A receiver that reads each request and never answers it.
+struct Hanging {
+    addr: std::net::SocketAddr,
+    requests: Arc<Mutex<Vec<HungRequest>>>,
+}
+
+/// One request to a [`Hanging`] receiver.
+#[derive(Debug, Clone, Copy)]
+struct HungRequest {
+    /// When its head was read.
+    arrived: Instant,
+    /// When the client hung up (gave up on it), if it has.
+    closed: Option<Instant>,
+}
+
+impl Hanging {
+    async fn start() -> Hanging {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests: Arc<Mutex<Vec<HungRequest>>> = Arc::default();
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let i = {
+                        let mut seen = seen.lock().unwrap();
+                        seen.push(HungRequest {
+                            arrived: Instant::now(),
+                            closed: None,
+                        });
+                        seen.len() - 1
+                    };
+                    // Never answer; note when the client gives up.
+                    while let Ok(n) = conn.read(&mut buf).await
+                        && n > 0
+                    {}
+                    seen.lock().unwrap()[i].closed = Some(Instant::now());
+                });
+            }
+        });
+        Hanging { addr, requests }
+    }
+
+    fn requests(&self) -> Vec<HungRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// A receiver's answer that notes when each request came, and its body.
+struct Stamped(Arc<Mutex<Vec<(Instant, Value)>>>);
+
+impl wiremock::Respond for Stamped {
+    fn respond(&self, r: &wiremock::Request) -> ResponseTemplate {
+        self.0.lock().unwrap().push((Instant::now(), body_of(r)));
+        ResponseTemplate::new(204)
+    }
+}
+
+async fn a_hanging_endpoint_holds_up_only_its_own_events(backend: Backend) {
+    // The hanging request would last a minute: longer than the test runs.
+    let s = spawn_app_with(
+        backend,
+        "\n[webhooks]\npoll_interval = \"100ms\"\ntimeout = \"60s\"\n",
+    )
+    .await;
+    let send = s.key("auth-service", &["send", "read"]).await;
+    let ops = s.key("ops", &["ops"]).await;
+    let hanging = Hanging::start().await;
+    let arrivals: Arc<Mutex<Vec<(Instant, Value)>>> = Arc::default();
+    let healthy = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(Stamped(arrivals.clone()))
+        .mount(&healthy)
+        .await;
+    let (hung_endpoint, _) = register(
+        &s,
+        &ops,
+        json!({ "key": "auth-service", "url": format!("http://{}/hook", hanging.addr),
+                "events": ["delivery.canceled"] }),
+    )
+    .await;
+    register(
+        &s,
+        &ops,
+        json!({ "key": "auth-service", "url": healthy.uri(), "events": ["delivery.canceled"] }),
+    )
+    .await;
+    // Four notifications for later: canceling each is a status change
+    // whose event goes to both endpoints.
+    let later = (s.t.clock.now() + chrono::Duration::hours(2)).to_rfc3339();
+    let mut ids = Vec::new();
+    for n in 1..=4 {
+        let r = s
+            .post(
+                "/v1/notifications",
+                &send,
+                &json!({"to": format!("+25471100000{n}"), "template": "welcome",
+                        "vars": {"name": "Amina"}, "send_at": later}),
+            )
+            .await;
+        assert_eq!(r.status(), 202);
+        ids.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let dispatcher = tokio::spawn(tuma::webhooks::dispatch::run(s.t.app.clone()));
+    let cancel = |id: &str| {
+        s.client
+            .post(s.url(&format!("/v1/deliveries/{id}/cancel")))
+            .bearer_auth(&send)
+            .send()
+    };
+
+    let mut latencies = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(cancel(id).await.unwrap().status(), 200);
+        let changed = Instant::now();
+        let arrived = until(&format!("event {} at the healthy endpoint", n + 1), || {
+            let got = arrivals.lock().unwrap().get(n).map(|a| a.0);
+            async move { got }
+        })
+        .await;
+        latencies.push(arrived - changed);
+        if n == 0 {
+            until("the hanging endpoint's first request", || {
+                let got = hanging.requests().first().copied();
+                async move { got }
+            })
+            .await;
+        }
+    }
+
+    // Every later event reached the healthy endpoint while the hanging
+    // endpoint's first request was still unanswered and open: tuma has not
+    // given up on it, nor recorded its end.
+    let hung = hanging.requests();
+    let first = hung[0];
+    assert!(
+        first.closed.is_none(),
+        "the hanging request ended: {hung:?}"
+    );
+    let got = arrivals.lock().unwrap().clone();
+    assert_eq!(got.len(), 4, "{got:?}");
+    for (at, body) in &got[1..] {
+        assert!(*at > first.arrived, "{body}");
+    }
+    let mut canceled: Vec<&str> = got
+        .iter()
+        .map(|(_, b)| b["data"]["id"].as_str().unwrap())
+        .collect();
+    canceled.sort_unstable();
+    let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
+    want.sort_unstable();
+    assert_eq!(canceled, want);
+    assert!(
+        s.t.app
+            .db
+            .endpoint_attempts(&hung_endpoint, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no attempt at the hanging endpoint has ended"
+    );
+    assert_eq!(
+        hung.len(),
+        1,
+        "the hanging endpoint's other events wait in its own queue (one send \
+         at a time until one is delivered): {hung:?}"
+    );
+    eprintln!(
+        "status change to arrival at the healthy endpoint, beside a hanging one: {latencies:?}"
+    );
+    dispatcher.abort();
+    let _ = dispatcher.await;
+    s.stop().await;
+}
+on_both_backends!(a_hanging_endpoint_holds_up_only_its_own_events);
+
+async fn a_retry_goes_first_retry_after_the_failure_and_the_next_after_double_that(
+    backend: Backend,
+) {
+    // The dispatcher looks for new events only every minute: a retry that
+    // waited for a look would not come in time.
+    let s = spawn_app_with(
+        backend,
+        "\n[webhooks]\npoll_interval = \"60s\"\nfirst_retry = \"1s\"\nmax_retry_delay = \"1m\"\n",
+    )
+    .await;
+    let send = s.key("auth-service", &["send", "read"]).await;
+    let ops = s.key("ops", &["ops"]).await;
+    let hooks = receiver(&[500, 503]).await;
+    register(
+        &s,
+        &ops,
+        json!({ "key": "auth-service", "url": hooks.uri(), "events": ["delivery.sent"] }),
+    )
+    .await;
+    let id = send_otp(&s, &send).await;
+    s.t.drain().await;
+    // The first try (a pass of the test's own) fails at t0; the clock
+    // stands still meanwhile, so it ends at t0 too.
+    let t0 = s.t.clock.now();
+    assert_eq!(round(&s).await.attempts, 1);
+    let dispatcher = tokio::spawn(tuma::webhooks::dispatch::run(s.t.app.clone()));
+    let tried = |n: usize| {
+        let hooks = &hooks;
+        async move {
+            let got = hooks.received_requests().await.unwrap();
+            (got.len() >= n).then_some(())
+        }
+    };
+
+    for (tries, delay, at) in [(2, 1, 1), (3, 2, 3)] {
+        let due = t0 + chrono::Duration::seconds(at);
+        // The dispatcher sleeps until exactly then, on tuma's clock...
+        until(&format!("the dispatcher to wait for {due}"), || {
+            let set = s.t.clock.alarms().contains(&due);
+            async move { set.then_some(()) }
+        })
+        .await;
+        // ...and sends when the clock gets there.
+        s.t.advance(Duration::from_secs(delay)).await;
+        until(&format!("try {tries}"), || tried(tries)).await;
+    }
+    let event = until("the event delivered", || async {
+        let e = s.t.app.db.webhook_events(&id).await.unwrap().remove(0);
+        (e.status == "delivered").then_some(e)
+    })
+    .await;
+    let started: Vec<_> =
+        s.t.app
+            .db
+            .webhook_attempts(&event.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|a| (a.started_at - t0).num_milliseconds())
+            .collect();
+    assert_eq!(
+        started,
+        vec![0, 1_000, 3_000],
+        "first_retry after the failure, then twice that"
+    );
+    dispatcher.abort();
+    let _ = dispatcher.await;
+    s.stop().await;
+}
+on_both_backends!(a_retry_goes_first_retry_after_the_failure_and_the_next_after_double_that);
+
+async fn an_endpoint_answering_410_gone_is_disabled_after_that_one_try_and_says_why(
+    backend: Backend,
+) {
+    let (s, send, ops) = setup(backend).await;
+    let gone = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(410))
+        .mount(&gone)
+        .await;
+    let other = receiver(&[]).await;
+    let (gone_endpoint, _) = register(
+        &s,
+        &ops,
+        json!({ "key": "auth-service", "url": format!("{}/hook", gone.uri()) }),
+    )
+    .await;
+    register(
+        &s,
+        &ops,
+        json!({ "key": "auth-service", "url": other.uri() }),
+    )
+    .await;
+    // Two deliveries sent, one delivered: three events for each endpoint.
+    let first = send_otp(&s, &send).await;
+    let second = send_otp(&s, &send).await;
+    s.t.drain().await;
+    receipt(&s.t, &first, ReceiptVerdict::Delivered, None).await;
+
+    round(&s).await;
+    assert_eq!(gone.received_requests().await.unwrap().len(), 1);
+    let e =
+        s.t.app
+            .db
+            .webhook_endpoint(&gone_endpoint)
+            .await
+            .unwrap()
+            .unwrap();
+    let reason = e.disabled_reason.clone().expect("a reason");
+    assert!(e.disabled_at.is_some(), "disabled at once");
+    assert!(
+        reason.starts_with("the endpoint answered 410 Gone at "),
+        "{reason}"
+    );
+    // Its later events are given up, never sent; the other endpoint hears
+    // all of its own.
+    for _ in 0..5 {
+        s.t.advance(Duration::from_secs(60)).await;
+        round(&s).await;
+    }
+    assert_eq!(
+        gone.received_requests().await.unwrap().len(),
+        1,
+        "exactly one try"
+    );
+    assert_eq!(other.received_requests().await.unwrap().len(), 3);
+    let mut to_gone = Vec::new();
+    for id in [&first, &second] {
+        for event in s.t.app.db.webhook_events(id).await.unwrap() {
+            if event.endpoint_id == gone_endpoint {
+                to_gone.push((event.status, event.attempts));
+            }
+        }
+    }
+    to_gone.sort();
+    assert_eq!(
+        to_gone,
+        vec![
+            ("failed".to_owned(), 0),
+            ("failed".to_owned(), 0),
+            ("failed".to_owned(), 1)
+        ]
+    );
+    // A disabled endpoint hears of nothing new.
+    receipt(&s.t, &second, ReceiptVerdict::Delivered, None).await;
+    let events = s.t.app.db.webhook_events(&second).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.endpoint_id == gone_endpoint)
+            .count(),
+        1
+    );
+
+    // Why, wherever endpoints are shown.
+    let listed: Value = s.get("/v1/webhooks", &ops).await.json().await.unwrap();
+    let shown = listed["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == gone_endpoint.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(shown["disabled_reason"], reason.as_str(), "{shown}");
+    assert!(shown["disabled_at"].is_string(), "{shown}");
+    let config = s.t.db.path().join("providers.toml");
+    let cli = tuma_ok(tuma_command(&config, &s.t.db.url).args(["webhooks", "list"])).await;
+    let row = cli
+        .lines()
+        .position(|l| l.starts_with(&gone_endpoint))
+        .unwrap_or_else(|| panic!("{cli}"));
+    let lines: Vec<&str> = cli.lines().collect();
+    assert!(lines[row].contains("disabled"), "{cli}");
+    assert_eq!(
+        lines[row + 1].trim(),
+        format!("disabled: {reason}"),
+        "{cli}"
+    );
+    let mut c = crate::console::Console::new(&s);
+    c.sign_in(&ops).await;
+    let page = c.page("/console/keys").await;
+    assert!(page.contains("answered 410 Gone at"), "{page}");
+    let m = metrics(&s).await;
+    assert!(m.contains("tuma_webhook_endpoints_disabled 1"), "{m}");
+    let logs = String::from_utf8(captured_logs().lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("410 Gone"), "the log says why");
+    s.stop().await;
+}
+on_both_backends!(an_endpoint_answering_410_gone_is_disabled_after_that_one_try_and_says_why);
