@@ -69,7 +69,7 @@ impl Default for RawWebhooks {
             max_retry_delay: "1h".into(),
             give_up_after: "24h".into(),
             disable_after: "3d".into(),
-            poll_interval: "1s".into(),
+            poll_interval: "100ms".into(),
             concurrency: 8,
         }
     }
