@@ -80,6 +80,10 @@ pub async fn handle_claimed(
         }
         return Ok(());
     }
+    // A notification past its retry time is never sent late.
+    if delivery.kind == DeliveryKind::Notification && retry_deadline(app, &delivery) < now {
+        return give_up_unsent(app, job, &delivery, now).await;
+    }
     if let Some(due) = delivery.row.next_attempt_at
         && due > now
     {
@@ -798,7 +802,12 @@ async fn wait_for_circuits(
     open: &[&str],
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let at = delivery.row.expires_at.map_or(until, |e| until.min(e));
+    // No later than the end of its retry time (an OTP's expiry); a
+    // notification whose time ends now is not put back again.
+    let at = until.min(retry_deadline(app, delivery));
+    if at <= now && delivery.kind == DeliveryKind::Notification {
+        return give_up_unsent(app, job, delivery, now).await;
+    }
     let why = format!(
         "waiting, no attempt spent: every provider of the route has its circuit open ({}) until {}",
         open.join(", "),
@@ -815,10 +824,11 @@ async fn wait_for_circuits(
 }
 
 /// When retrying must stop: an OTP's (or a notification's own) expiry;
-/// else `retry.give_up_after` from the delivery's acceptance, so a
-/// notification queued through an outage is not sent later than that.
+/// else `retry.give_up_after` from when the delivery was first due (its
+/// acceptance, or the time it was scheduled for), so a notification queued
+/// through an outage is not sent later than that.
 fn retry_deadline(app: &App, delivery: &Delivery) -> DateTime<Utc> {
-    let budget = delivery.row.created_at
+    let budget = delivery.row.send_at.unwrap_or(delivery.row.created_at)
         + chrono::Duration::from_std(app.config.retry.give_up_after)
             .unwrap_or(chrono::Duration::MAX);
     match (delivery.kind, delivery.row.expires_at) {
@@ -939,6 +949,40 @@ pub async fn resolve_interrupted(
                 "interrupted attempt settled as unknown"
             );
         }
+    }
+    Ok(())
+}
+
+/// Fails a notification whose retry time ran out before a provider took
+/// it, without a call.
+async fn give_up_unsent(
+    app: &App,
+    job: &DeliveryJob,
+    delivery: &Delivery,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let why = format!(
+        "not sent: its retry time ran out ({} after it was due, retry.give_up_after) before a provider took it{}",
+        humantime::format_duration(app.config.retry.give_up_after),
+        delivery
+            .row
+            .last_error
+            .as_deref()
+            .map(|e| format!("; last error: {e}"))
+            .unwrap_or_default()
+    );
+    if app
+        .db
+        .close_pending(
+            &delivery.row.id,
+            &job.job_id,
+            DeliveryStatus::Failed,
+            &why,
+            now,
+        )
+        .await?
+    {
+        warn!("its retry time ran out before it could be sent");
     }
     Ok(())
 }

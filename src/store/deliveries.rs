@@ -154,6 +154,9 @@ pub struct DeliveryRow {
     pub reconcile_note: Option<String>,
     pub api_key_name: Option<String>,
     pub purpose: Option<String>,
+    /// When it was first due (acceptance, or its scheduled time); none on
+    /// rows from before the column.
+    pub send_at: Option<DateTime<Utc>>,
 }
 
 /// A delivery, parsed.
@@ -390,7 +393,8 @@ pub struct ReplayLink {
 pub(crate) const DELIVERY_COLUMNS: &str = "id, kind, channel, recipient, template, locale, vars, subject, body, \
     body_html, status, attempts, max_attempts, next_attempt_at, expires_at, job_id, created_at, \
     updated_at, sent_at, provider, provider_message_id, cost_micros, currency, cost_is_estimate, \
-    segments, encoding, last_error, delivered_at, reconciled_at, reconcile_note, api_key_name, purpose";
+    segments, encoding, last_error, delivered_at, reconciled_at, reconcile_note, api_key_name, purpose, \
+    send_at";
 
 const ATTEMPT_COLUMNS: &str = "attempt, provider, reason, started_at, finished_at, outcome, \
     provider_message_id, provider_status, error_code, error, cost_micros, currency, \
@@ -1184,9 +1188,9 @@ async fn insert_guarded_sqlite(
     let job = DeliveryJob::new(&d.id);
     let link = guards.replay.as_ref();
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO deliveries ({INSERT_COLUMNS}, status, attempts, updated_at) \
+        "INSERT INTO deliveries ({INSERT_COLUMNS}, status, attempts, updated_at, send_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-         $17, $18, $19, $20, $21, $22, $23, $24, 'pending', 0, $16)"
+         $17, $18, $19, $20, $21, $22, $23, $24, 'pending', 0, $16, $13)"
     )))
     .bind(&d.id)
     .bind(d.kind.as_str())
@@ -1361,8 +1365,8 @@ async fn insert_guarded_pg(
         g.replay.as_ref()
     }
     let sql = format!(
-        "INSERT INTO deliveries ({INSERT_COLUMNS}, status, attempts, updated_at) \
-         SELECT *, 'pending', 0, created_at FROM unnest($1::text[], $2::text[], $3::text[], \
+        "INSERT INTO deliveries ({INSERT_COLUMNS}, status, attempts, updated_at, send_at) \
+         SELECT *, 'pending', 0, created_at, next_attempt_at FROM unnest($1::text[], $2::text[], $3::text[], \
          $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
          $11::text[], $12::bigint[], $13::timestamptz[], $14::timestamptz[], $15::text[], \
          $16::timestamptz[], $17::bigint[], $18::text[], $19::text[], $20::text[], \

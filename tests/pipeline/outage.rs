@@ -357,6 +357,76 @@ async fn a_notification_gives_up_once_its_retry_budget_is_spent(backend: Backend
 }
 on_both_backends!(a_notification_gives_up_once_its_retry_budget_is_spent);
 
+async fn a_notification_queued_through_an_outage_is_never_sent_past_its_retry_time(
+    backend: Backend,
+) {
+    let clock = new_clock();
+    let primary = Flaky::down(clock.clone());
+    let backup = Flaky::down(clock.clone());
+    let t = app_with(
+        backend,
+        clock,
+        "give_up_after = \"1h\"",
+        &[("primary", primary.clone()), ("backup", backup.clone())],
+    )
+    .await;
+    let accepted_at = t.clock.now();
+    // Every provider is down for two hours: the first sends open both
+    // circuits, and the rest wait without an attempt.
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let d = t
+            .app
+            .enqueue_notification(welcome(&format!("+2547112{i:05}")))
+            .await
+            .unwrap();
+        ids.push(d.row.id);
+    }
+    // One scheduled for the outage's end has its whole hour after that.
+    let mut later = welcome("+254711299999");
+    later.send_at = Some(accepted_at + chrono::Duration::seconds(7200));
+    let scheduled = t.app.enqueue_notification(later).await.unwrap();
+    let mut elapsed = Duration::ZERO;
+    while elapsed < Duration::from_secs(7200) {
+        drain(&t).await;
+        move_time(&t, Duration::from_secs(300)).await;
+        elapsed += Duration::from_secs(300);
+    }
+    primary.down.store(false, Ordering::SeqCst);
+    backup.down.store(false, Ordering::SeqCst);
+    for _ in 0..5 {
+        drain(&t).await;
+        move_time(&t, Duration::from_secs(60)).await;
+    }
+    drain(&t).await;
+    let calls: Vec<_> = primary.calls().into_iter().chain(backup.calls()).collect();
+    let budget_end = accepted_at + chrono::Duration::seconds(3600);
+    for (delivery, at, _) in &calls {
+        if *delivery != scheduled.row.id {
+            assert!(
+                *at <= budget_end,
+                "a call {} after acceptance",
+                *at - accepted_at
+            );
+        }
+    }
+    for id in &ids {
+        let d = t.delivery(id).await;
+        assert_eq!(d.status, DeliveryStatus::Failed, "{:?}", d.row.last_error);
+        let error = d.row.last_error.unwrap();
+        assert!(
+            error.contains("1h") && error.contains("retry.give_up_after"),
+            "{error}"
+        );
+    }
+    assert_eq!(
+        t.delivery(&scheduled.row.id).await.status,
+        DeliveryStatus::Sent,
+        "its hour runs from the time it was scheduled for"
+    );
+}
+on_both_backends!(a_notification_queued_through_an_outage_is_never_sent_past_its_retry_time);
+
 /// A provider that accepts, but breaks the database just before answering:
 /// what a database outage during a send looks like to the dispatcher.
 struct BreaksDb {
