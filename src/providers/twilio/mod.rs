@@ -6,7 +6,8 @@
 //! `sid`, its status and its segment count; the price is known only later, by
 //! fetching the message ([`Twilio::fetch_message`]). Errors carry a Twilio
 //! `code`; [`classify`] maps every answer to accepted, permanent or transient
-//! from one table (`docs/providers.md`, "Twilio Programmable Messaging").
+//! from one table (`docs/providers.md`, "Twilio Programmable Messaging"), and
+//! a success it cannot read (no `sid` of Twilio's form) to an unknown outcome.
 //!
 //! Email is not a Twilio channel here: an email content is a permanent error.
 

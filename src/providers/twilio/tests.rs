@@ -15,6 +15,7 @@ use super::*;
 use crate::domain::DeliveryKind;
 use crate::domain::email::EmailAddress;
 use crate::domain::phone::PhoneNumber;
+use crate::domain::unknown::UnknownCause;
 use crate::providers::{Content, OutgoingMessage, Provider, SendError};
 
 const ACCOUNT_SID: &str = "ACa1b2c3d4e5f60718293a4b5c6d7e8f90";
@@ -262,6 +263,17 @@ fn assert_transient(result: &Result<crate::providers::Accepted, SendError>, code
     match result {
         Err(SendError::Transient { code: got, .. }) => assert_eq!(got.as_deref(), code),
         other => panic!("expected a transient error with code {code:?}, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_unreadable(result: &Result<crate::providers::Accepted, SendError>) {
+    match result {
+        Err(SendError::Unknown {
+            cause: UnknownCause::UnreadableAnswer,
+            ..
+        }) => {}
+        other => panic!("expected an unknown outcome (unreadable answer), got {other:?}"),
     }
 }
 
@@ -680,29 +692,88 @@ async fn an_unreadable_price_or_segment_count_leaves_them_unknown() {
 }
 
 #[tokio::test]
-async fn a_success_without_a_sid_is_transient_and_quotes_the_body() {
+async fn a_success_without_a_sid_is_unknown_and_quotes_the_body() {
     let body = created_body().replace("\"sid\"", "\"message_sid\"");
     let result = send_answered(json_answer(201, &body)).await;
-    assert_transient(&result, None);
+    assert_unreadable(&result);
     let message = message_of(&result);
     assert!(message.contains("no message `sid`"), "{message}");
     assert!(message.contains("message_sid"), "{message}");
 }
 
 #[tokio::test]
-async fn a_malformed_json_success_is_transient_and_quotes_the_body() {
+async fn a_malformed_json_success_is_unknown_and_quotes_the_body() {
     let result = send_answered(json_answer(201, "{\"sid\": \"SM3f1c")).await;
-    assert_transient(&result, None);
+    assert_unreadable(&result);
+    // A fetch that cannot be read is only asked again later.
+    for body in ["", "<html>", "{\"status\":\"sent\"}"] {
+        assert!(
+            matches!(
+                classify_fetched(StatusCode::OK, body),
+                Err(SendError::Transient { .. })
+            ),
+            "{body}"
+        );
+    }
     let message = message_of(&result);
     assert!(message.contains("not a JSON object"), "{message}");
     assert!(message.contains("{\"sid\": \"SM3f1c"), "{message}");
 }
 
 #[tokio::test]
-async fn an_empty_success_body_is_transient() {
+async fn an_empty_success_body_is_unknown() {
     let result = send_answered(ResponseTemplate::new(201)).await;
-    assert_transient(&result, None);
+    assert_unreadable(&result);
     assert!(message_of(&result).contains("an empty body"));
+}
+
+#[test]
+fn a_201_whose_sid_is_not_sm_or_mm_and_32_hex_digits_is_unknown_naming_what_is_wrong() {
+    let hex = "0123456789abcdef0123456789ABCDEF";
+    for (sid, fault) in [
+        ("SM123".to_owned(), "exactly 32 hexadecimal digits"),
+        (format!("SM{hex}0"), "exactly 32 hexadecimal digits"),
+        (format!("XX{hex}"), "does not start with SM or MM"),
+        (format!("MG{hex}"), "does not start with SM or MM"),
+        (format!("sm{hex}"), "does not start with SM or MM"),
+        (
+            "SM\"<x>\"".to_owned(),
+            "characters other than hexadecimal digits",
+        ),
+        (
+            format!("SM{}g", &hex[1..]),
+            "characters other than hexadecimal digits",
+        ),
+        (
+            format!("SM{}", "f".repeat(5_000)),
+            "exactly 32 hexadecimal digits",
+        ),
+    ] {
+        let body = serde_json::json!({"sid": sid, "status": "queued"}).to_string();
+        let result = classify(StatusCode::CREATED, &body);
+        assert_unreadable(&result);
+        let message = message_of(&result);
+        assert!(message.contains(fault), "{sid}: {message}");
+        assert!(message.contains("HTTP 201"), "{message}");
+        assert!(
+            message.chars().count() < 300,
+            "the sid is capped: {} characters",
+            message.chars().count()
+        );
+    }
+    let shown = message_of(&classify(StatusCode::CREATED, r#"{"sid":"SM\"<x>\u0007"}"#));
+    assert!(shown.contains(r#""SM\"<x>""#), "quoted, cleaned: {shown}");
+    assert!(!shown.contains('\u{7}'), "{shown}");
+    // Both documented prefixes, either case of hex digit.
+    for sid in [format!("SM{hex}"), format!("MM{hex}")] {
+        let body = serde_json::json!({"sid": sid}).to_string();
+        assert_eq!(
+            classify(StatusCode::CREATED, &body)
+                .expect("accepted")
+                .provider_message_id,
+            sid
+        );
+    }
 }
 
 #[tokio::test]
@@ -925,10 +996,10 @@ fn no_body_of_any_shape_makes_classify_panic() {
         "{\"sid\":5}",
         "{\"sid\":\"\"}",
         "\u{0}\u{1}",
-        "{\"price\":\"-99999999999999999999\",\"price_unit\":\"USD\",\"sid\":\"SM1\"}",
-        "{\"price\":\"-9223372036854.775808\",\"price_unit\":\"USD\",\"sid\":\"SM1\"}",
-        "{\"num_segments\":\"-1\",\"sid\":\"SM1\"}",
-        "{\"num_segments\":99999999999,\"sid\":\"SM1\"}",
+        "{\"price\":\"-99999999999999999999\",\"price_unit\":\"USD\",\"sid\":\"SM3f1c2b7a9e8d4c6b5a4f3e2d1c0b9a87\"}",
+        "{\"price\":\"-9223372036854.775808\",\"price_unit\":\"USD\",\"sid\":\"SM3f1c2b7a9e8d4c6b5a4f3e2d1c0b9a87\"}",
+        "{\"num_segments\":\"-1\",\"sid\":\"SM3f1c2b7a9e8d4c6b5a4f3e2d1c0b9a87\"}",
+        "{\"num_segments\":99999999999,\"sid\":\"SM3f1c2b7a9e8d4c6b5a4f3e2d1c0b9a87\"}",
     ];
     for status in [200, 201, 204, 302, 400, 401, 404, 429, 500, 503, 599] {
         let status = StatusCode::from_u16(status).expect("status");
@@ -942,7 +1013,7 @@ fn no_body_of_any_shape_makes_classify_panic() {
 // ------------------------------------------------------- network failures
 
 #[tokio::test]
-async fn a_timeout_is_transient() {
+async fn no_answer_within_the_timeout_is_unknown_since_the_request_went_out() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(messages_path()))
@@ -951,9 +1022,18 @@ async fn a_timeout_is_transient() {
         .await;
     let twilio = Twilio::new(config(&server.uri()), Duration::from_millis(300)).expect("client");
     let result = twilio.send(&sms(TEXT)).await;
-    assert_transient(&result, None);
+    assert!(
+        matches!(
+            &result,
+            Err(SendError::Unknown {
+                cause: UnknownCause::NoAnswer { timeout },
+                ..
+            }) if *timeout == Duration::from_millis(300)
+        ),
+        "{result:?}"
+    );
     let message = message_of(&result);
-    assert!(message.contains("did not answer within 300ms"), "{message}");
+    assert!(message.contains("within 300ms"), "{message}");
     assert_no_secret(&message);
 }
 
@@ -967,7 +1047,7 @@ async fn a_refused_connection_is_transient() {
     let result = twilio.send(&sms(TEXT)).await;
     assert_transient(&result, None);
     let message = message_of(&result);
-    assert!(message.contains("no answer from 127.0.0.1"), "{message}");
+    assert!(message.contains("cannot reach 127.0.0.1"), "{message}");
     assert_no_secret(&message);
     assert_no_secret(&format!("{result:?}"));
 }

@@ -23,6 +23,7 @@ use crate::domain::email::EmailAddress;
 use crate::domain::money::Currency;
 use crate::domain::phone::PhoneNumber;
 use crate::domain::receipt::ReceiptVerdict;
+use crate::domain::unknown::UnknownCause;
 use crate::providers::capability::{ReceiptCapability, ReceiptRefusal, ReceiptRequest};
 use crate::providers::{Content, OutgoingMessage, Provider, SendError};
 
@@ -388,20 +389,13 @@ async fn every_status_of_the_table_is_classified_through_the_adapter() {
 }
 
 #[tokio::test]
-async fn http_errors_and_unreadable_answers_are_classified() {
+async fn http_errors_are_classified() {
     for (http, body, permanent) in [
         (401, "{\"type\":\"unauthorized\"}".to_owned(), true),
         (400, "bad".to_owned(), true),
         (429, "slow down".to_owned(), false),
         (500, "oops".to_owned(), false),
         (503, String::new(), false),
-        (200, "<html>".to_owned(), false),
-        (
-            200,
-            "{\"message-count\":\"0\",\"messages\":[]}".to_owned(),
-            false,
-        ),
-        (200, "{\"messages\":[{\"status\":\"0\"}]}".to_owned(), false),
     ] {
         let server = double(http, body.clone()).await;
         let vonage = Vonage::new(config(&server.uri()), Duration::from_secs(5)).expect("builds");
@@ -415,6 +409,44 @@ async fn http_errors_and_unreadable_answers_are_classified() {
     assert!(matches!(
         nobody.send(&sms(TEXT)).await,
         Err(SendError::Transient { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_200_that_neither_accepts_nor_refuses_by_the_table_is_unknown() {
+    for (body, said) in [
+        ("<html>", "not with JSON"),
+        ("", "not with JSON"),
+        (
+            "{\"message-count\":\"0\",\"messages\":[]}",
+            "with no messages",
+        ),
+        ("{\"message-count\":\"1\"}", "with no messages"),
+        (
+            "{\"messages\":[{\"status\":\"0\"}]}",
+            "a part has no message-id",
+        ),
+        (
+            "{\"messages\":[{\"to\":\"254711000001\",\"message-id\":\"0C01\"}]}",
+            "a part has no status",
+        ),
+    ] {
+        let server = double(200, body.to_owned()).await;
+        let vonage = Vonage::new(config(&server.uri()), Duration::from_secs(5)).expect("builds");
+        match vonage.send(&sms(TEXT)).await {
+            Err(SendError::Unknown {
+                cause: UnknownCause::UnreadableAnswer,
+                message,
+            }) => assert!(message.contains(said), "{body}: {message}"),
+            other => panic!("HTTP 200 {body}: {other:?}"),
+        }
+    }
+    // A 200 whose every part says no by its status stays a refusal.
+    let server = double(200, refused("2", "Missing to param")).await;
+    let vonage = Vonage::new(config(&server.uri()), Duration::from_secs(5)).expect("builds");
+    assert!(matches!(
+        vonage.send(&sms(TEXT)).await,
+        Err(SendError::Permanent { code: Some(c), .. }) if c == "2"
     ));
 }
 
