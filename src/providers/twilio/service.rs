@@ -31,9 +31,9 @@ const SHOWN_SID_CHARS: usize = 64;
 #[derive(Debug)]
 pub struct Twilio {
     /// Account, credentials, sender and URLs.
-    config: TwilioConfig,
+    pub(super) config: TwilioConfig,
     /// Shared by every send, so connections are reused.
-    client: reqwest::Client,
+    pub(super) client: reqwest::Client,
     /// The total request timeout, for error messages.
     timeout: Duration,
 }
@@ -85,7 +85,7 @@ impl Twilio {
     }
 
     /// `{base_url}/2010-04-01/Accounts/{AccountSid}/{tail}`.
-    fn account_url(&self, tail: &str) -> String {
+    pub(super) fn account_url(&self, tail: &str) -> String {
         format!(
             "{}/2010-04-01/Accounts/{}/{tail}",
             self.config.base_url.as_str().trim_end_matches('/'),
@@ -93,7 +93,7 @@ impl Twilio {
         )
     }
 
-    fn authorized(&self, builder: RequestBuilder) -> RequestBuilder {
+    pub(super) fn authorized(&self, builder: RequestBuilder) -> RequestBuilder {
         let auth = &self.config.auth;
         builder
             .basic_auth(
@@ -103,7 +103,7 @@ impl Twilio {
             .header(ACCEPT, "application/json")
     }
 
-    fn build(&self, builder: RequestBuilder) -> Result<Request, SendError> {
+    pub(super) fn build(&self, builder: RequestBuilder) -> Result<Request, SendError> {
         builder.build().map_err(|e| {
             SendError::permanent(format!("cannot build the request: {}", e.without_url()))
         })
@@ -158,7 +158,7 @@ impl Twilio {
     }
 
     /// Sends a request and reads the whole answer; failing to get one is transient.
-    async fn call(&self, request: Request) -> Result<(StatusCode, String), SendError> {
+    pub(super) async fn call(&self, request: Request) -> Result<(StatusCode, String), SendError> {
         let response = self
             .client
             .execute(request)
@@ -382,7 +382,7 @@ pub fn classify_fetched(status: StatusCode, body: &str) -> Result<FetchedMessage
     })
 }
 
-fn classify_error(status: StatusCode, body: &str) -> SendError {
+pub(super) fn classify_error(status: StatusCode, body: &str) -> SendError {
     let json = serde_json::from_str::<Value>(body)
         .ok()
         .filter(Value::is_object);
@@ -445,7 +445,7 @@ fn malformed(status: StatusCode, what: &str, body: &str) -> String {
 
 /// `price` (a decimal string, negative for a charge, or null) in `price_unit`,
 /// as a positive amount; None when absent or unreadable.
-fn price(value: &Value) -> Option<Money> {
+pub(super) fn price(value: &Value) -> Option<Money> {
     let amount = value.get("price").and_then(Value::as_str)?;
     let unit = value.get("price_unit").and_then(Value::as_str);
     let parsed = parse_decimal_micros(amount)
@@ -466,7 +466,7 @@ fn price(value: &Value) -> Option<Money> {
 }
 
 /// `num_segments`: Twilio writes a string ("1"); a number is accepted too.
-fn count(value: Option<&Value>) -> Option<u32> {
+pub(super) fn count(value: Option<&Value>) -> Option<u32> {
     match value? {
         Value::String(s) => s.trim().parse().ok(),
         Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
