@@ -70,8 +70,8 @@ impl Vonage {
 
     /// The form of one send: `api_key`, `from`, `to` (E.164 digits without
     /// `+`), `text`, `type=unicode` when the text needs UCS-2, `client-ref` =
-    /// the delivery id, `status-report-req=1` and `callback` when a callback
-    /// URL is set, `ttl` = an OTP's time left (20 s at least), then
+    /// the delivery id, `status-report-req=true` (the SMS API's boolean) and
+    /// `callback` when a callback URL is set, `ttl` = an OTP's time left (20 s at least), then
     /// `api_secret`, or `timestamp` and `sig` when requests are signed.
     fn form(&self, message: &OutgoingMessage) -> Result<Vec<(String, String)>, SendError> {
         let Content::Sms { to, text } = &message.content else {
@@ -91,7 +91,7 @@ impl Vonage {
             form.push(("type".into(), "unicode".into()));
         }
         if let Some(url) = &self.config.callback_url {
-            form.push(("status-report-req".into(), "1".into()));
+            form.push(("status-report-req".into(), "true".into()));
             form.push(("callback".into(), url.to_string()));
         }
         if let Some(left) = message.valid_for {
