@@ -1,6 +1,9 @@
 //! Delivery receipts from providers: `POST /v1/callbacks/{provider}` for
 //! providers that sign their receipts and `POST /v1/callbacks/{provider}/{secret}`
-//! for those authenticated by a secret in the URL.
+//! for those authenticated by a secret in the URL. Both paths also take
+//! `GET`, for providers whose dashboards can send receipts that way: the
+//! query string is then the fields, handed to the same capability as a
+//! form-encoded body would be.
 //!
 //! `{provider}` is a configured provider's name or, when no provider has
 //! that name, a kind: every provider of that kind is tried (so a kind's
@@ -188,26 +191,53 @@ pub async fn signed(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let candidates = candidates(&state, &target, ReceiptAuth::Signature);
-    let Some(first) = candidates.first() else {
+    if candidates(&state, &target, ReceiptAuth::Signature).is_empty() {
         return Err(no_provider(&target));
-    };
+    }
     let body = body_bytes(&state, body).await?;
+    signed_receipt(&state, &target, &uri, &headers, &body).await
+}
+
+/// `GET /v1/callbacks/{provider}?…`: a signed receipt whose fields are the
+/// query string.
+pub async fn signed_by_query(
+    State(state): State<ApiState>,
+    Path(target): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let fields = uri.query().unwrap_or_default().as_bytes().to_vec();
+    signed_receipt(&state, &target, &uri, &headers, &fields).await
+}
+
+/// The signed receipt `fields` (a form, JSON, or a query string) for the
+/// providers `target` names.
+async fn signed_receipt(
+    state: &ApiState,
+    target: &str,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    fields: &[u8],
+) -> Result<Response, ApiError> {
+    let candidates = candidates(state, target, ReceiptAuth::Signature);
+    let Some(first) = candidates.first() else {
+        return Err(no_provider(target));
+    };
     let url = uri.to_string();
     let received_at = state.app.clock.now();
     let mut refusal = None;
     for c in &candidates {
         let request = ReceiptRequest {
             provider: c.name,
-            headers: &headers,
+            headers,
             url: &url,
-            body: &body,
+            body: fields,
             received_at,
         };
         match c.receipts.receive(&request) {
-            Ok(verified) => return record(&state, c.kind, verified).await,
+            Ok(verified) => return record(state, c.kind, verified).await,
             Err(ReceiptRefusal::Malformed(e)) => {
-                return Err(refused(&state, c.kind, ReceiptRefusal::Malformed(e)));
+                return Err(refused(state, c.kind, ReceiptRefusal::Malformed(e)));
             }
             Err(bad) => {
                 refusal.get_or_insert(bad);
@@ -218,7 +248,7 @@ pub async fn signed(
         detail: "the signature is missing or does not match".to_owned(),
         log: "receipt refused: missing or wrong signature".to_owned(),
     });
-    Err(refused(&state, first.kind, refusal))
+    Err(refused(state, first.kind, refusal))
 }
 
 /// `POST /v1/callbacks/{provider}/{secret}`: a receipt authenticated by the
@@ -230,32 +260,71 @@ pub async fn by_secret(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let candidates = candidates(&state, &target, ReceiptAuth::UrlSecret);
-    let Some(first) = candidates.first() else {
-        return Err(no_provider(&target));
+    let owner = secret_owner(&state, &target, &secret)?;
+    let body = body_bytes(&state, body).await?;
+    secret_receipt(&state, &owner, &uri, &secret, &headers, &body).await
+}
+
+/// `GET /v1/callbacks/{provider}/{secret}?…`: a receipt authenticated by the
+/// secret in its URL, whose fields are the query string.
+pub async fn by_secret_by_query(
+    State(state): State<ApiState>,
+    Path((target, secret)): Path<(String, String)>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let owner = secret_owner(&state, &target, &secret)?;
+    let fields = uri.query().unwrap_or_default().as_bytes().to_vec();
+    secret_receipt(&state, &owner, &uri, &secret, &headers, &fields).await
+}
+
+/// The provider `target` names whose URL secret is `secret`; checked before
+/// anything else is read.
+fn secret_owner<'a>(
+    state: &'a ApiState,
+    target: &str,
+    secret: &str,
+) -> Result<Candidate<'a>, ApiError> {
+    let mut candidates = candidates(state, target, ReceiptAuth::UrlSecret);
+    let Some(first_kind) = candidates.first().map(|c| c.kind) else {
+        return Err(no_provider(target));
     };
-    let Some(owner) = candidates.iter().find(|c| c.receipts.owns_secret(&secret)) else {
-        state.metrics.count_callback(first.kind, "wrong_secret");
+    let Some(at) = candidates
+        .iter()
+        .position(|c| c.receipts.owns_secret(secret))
+    else {
+        state.metrics.count_callback(first_kind, "wrong_secret");
         warn!(
-            kind = first.kind,
+            kind = first_kind,
             "delivery report refused: wrong URL secret"
         );
         return Err(ApiError::NotFound(
             "no delivery-report URL has this secret".into(),
         ));
     };
-    let body = body_bytes(&state, body).await?;
+    Ok(candidates.swap_remove(at))
+}
+
+/// The receipt `fields` for the provider whose URL secret matched.
+async fn secret_receipt(
+    state: &ApiState,
+    owner: &Candidate<'_>,
+    uri: &axum::http::Uri,
+    secret: &str,
+    headers: &HeaderMap,
+    fields: &[u8],
+) -> Result<Response, ApiError> {
     // The secret never reaches a log or the receipt.
-    let url = uri.path().replace(&secret, "****");
+    let url = uri.path().replace(secret, "****");
     let request = ReceiptRequest {
         provider: owner.name,
-        headers: &headers,
+        headers,
         url: &url,
-        body: &body,
+        body: fields,
         received_at: state.app.clock.now(),
     };
     match owner.receipts.receive(&request) {
-        Ok(verified) => record(&state, owner.kind, verified).await,
-        Err(refusal) => Err(refused(&state, owner.kind, refusal)),
+        Ok(verified) => record(state, owner.kind, verified).await,
+        Err(refusal) => Err(refused(state, owner.kind, refusal)),
     }
 }

@@ -124,10 +124,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/notifications/batch", post(batch::post_batch))
         .route("/v1/deliveries", get(handlers::list_deliveries))
         .route("/v1/deliveries/{id}", get(handlers::get_delivery))
-        .route("/v1/callbacks/{provider}", post(callbacks::signed))
+        .route(
+            "/v1/callbacks/{provider}",
+            post(callbacks::signed).get(callbacks::signed_by_query),
+        )
         .route(
             "/v1/callbacks/{provider}/{secret}",
-            post(callbacks::by_secret),
+            post(callbacks::by_secret).get(callbacks::by_secret_by_query),
         )
         .route("/v1/deliveries/{id}/replay", post(ops::replay_one))
         .route("/v1/deliveries/{id}/cancel", post(cancel::cancel_delivery))

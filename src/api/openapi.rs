@@ -171,6 +171,56 @@ async fn signed_callback() {}
 )]
 async fn secret_url_callback() {}
 
+/// `GET /v1/callbacks/{provider}`: a signed receipt sent by GET.
+#[utoipa::path(
+    get,
+    path = "/v1/callbacks/{provider}",
+    operation_id = "receiveSignedCallbackByQuery",
+    tag = "callbacks",
+    summary = "A provider's delivery receipt sent by GET, checked by its signature",
+    description = "The same receipt as the POST, its fields in the query string (Vonage \
+        delivery receipts when the dashboard's webhook method is GET; with a signature secret \
+        set, a valid `sig` and a signed `timestamp` no further than the provider's \
+        `receipt_max_age` from now). No API key: the signature is the check. A missing, wrong or \
+        stale one changes nothing. A receipt for a message tuma does not know is answered 200.",
+    params(
+        ("provider" = String, Path, description = "The provider's name in providers.toml (its kind also matches, for paths configured before names were)", example = "vonage"),
+        ("fields" = inline(Option<std::collections::BTreeMap<String, String>>), Query, style = Form, explode,
+            description = "The provider's fields, one query parameter each"),
+    ),
+    responses((status = 200, description = "Recorded, or a message tuma does not know")),
+    security(("providerSignature" = []))
+)]
+#[allow(
+    dead_code,
+    reason = "documents a route its handlers serve under concrete paths; never called"
+)]
+async fn signed_callback_by_query() {}
+
+/// `GET /v1/callbacks/{provider}/{secret}`.
+#[utoipa::path(
+    get,
+    path = "/v1/callbacks/{provider}/{secret}",
+    operation_id = "receiveSecretUrlCallbackByQuery",
+    tag = "callbacks",
+    summary = "A provider's delivery report sent by GET, checked by the secret in its URL",
+    description = "The same report as the POST, its fields in the query string. No API key: \
+        the secret is the check; a wrong one answers 404 as for a path that does not exist.",
+    params(
+        ("provider" = String, Path, description = "The provider's name in providers.toml (its kind also matches, for paths configured before names were)", example = "africastalking"),
+        ("secret" = String, Path, description = "The URL secret, 24 characters or more"),
+        ("fields" = inline(Option<std::collections::BTreeMap<String, String>>), Query, style = Form, explode,
+            description = "The provider's fields, one query parameter each"),
+    ),
+    responses((status = 200, description = "Recorded, or a message tuma does not know")),
+    security(())
+)]
+#[allow(
+    dead_code,
+    reason = "documents a route its handlers serve under concrete paths; never called"
+)]
+async fn secret_url_callback_by_query() {}
+
 /// `GET /metrics`.
 #[utoipa::path(
     get,
@@ -230,7 +280,9 @@ pub async fn serve() -> Json<Value> {
         super::webhooks::remove,
         super::webhooks::test,
         signed_callback,
+        signed_callback_by_query,
         secret_url_callback,
+        secret_url_callback_by_query,
         super::handlers::healthz,
         super::handlers::readyz,
         metrics_doc,
@@ -414,7 +466,7 @@ fn problems(operation_id: &str) -> Vec<(u16, &'static str)> {
         "receiveSignedCallback" => {
             list.push((
                 403,
-                "The signature is missing or wrong (`bad-signature`); nothing is recorded",
+                "The signature is missing, wrong or stale (`bad-signature`); nothing is recorded",
             ));
             list.push((
                 404,
@@ -423,6 +475,32 @@ fn problems(operation_id: &str) -> Vec<(u16, &'static str)> {
             list.push((
                 413,
                 "The body is over api.max_body_bytes (`body-too-large`)",
+            ));
+            list.push((
+                422,
+                "A field every receipt needs is missing (`invalid-field`)",
+            ));
+            list.push(DOWN);
+        }
+        "receiveSignedCallbackByQuery" => {
+            list.push((
+                403,
+                "The signature is missing, wrong or stale (`bad-signature`); nothing is recorded",
+            ));
+            list.push((
+                404,
+                "No provider of this kind takes callbacks (`not-found`)",
+            ));
+            list.push((
+                422,
+                "A field every receipt needs is missing (`invalid-field`)",
+            ));
+            list.push(DOWN);
+        }
+        "receiveSecretUrlCallbackByQuery" => {
+            list.push((
+                404,
+                "A wrong secret, or no such provider (`not-found`); nothing is recorded",
             ));
             list.push((
                 422,

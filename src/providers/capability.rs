@@ -15,7 +15,7 @@ use crate::domain::money::Money;
 use crate::receipts::MissingField;
 use crate::store::NewReceipt;
 
-/// A receipt as it reached `POST /v1/callbacks/{provider}[/{secret}]`.
+/// A receipt as it reached `POST` or `GET /v1/callbacks/{provider}[/{secret}]`.
 pub struct ReceiptRequest<'a> {
     /// The configured provider it is tried against.
     pub provider: &'a str,
@@ -23,7 +23,8 @@ pub struct ReceiptRequest<'a> {
     pub headers: &'a HeaderMap,
     /// The path and query the request was made to.
     pub url: &'a str,
-    /// The body, as sent (at most `api.max_body_bytes`).
+    /// The fields as sent: a POST's body (at most `api.max_body_bytes`), or
+    /// a GET's query string, which is form-encoded like a form body.
     pub body: &'a [u8],
     /// When tuma received it.
     pub received_at: DateTime<Utc>,

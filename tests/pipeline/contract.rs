@@ -53,6 +53,16 @@ api_key_env = "TUMA_TEST_AT_API_KEY"
 callback_secret_env = "TUMA_TEST_AT_CALLBACK_SECRET"
 base_url = "http://127.0.0.1:9"
 
+[[provider]]
+name = "vonage"
+kind = "vonage"
+api_key = "a1b2c3d4"
+signature_secret_env = "TUMA_TEST_VONAGE_SIGNATURE_SECRET"
+signature_method = "sha256"
+from = "MTAADAO"
+currency = "EUR"
+base_url = "http://127.0.0.1:9"
+
 [[budget]]
 currency = "KES"
 period = "month"
@@ -81,6 +91,34 @@ fn twilio_signature(params: &[(&str, &str)]) -> String {
     let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(TWILIO_TOKEN.as_bytes()).unwrap();
     mac.update(data.as_bytes());
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// What `.cargo/config.toml` gives `TUMA_TEST_VONAGE_SIGNATURE_SECRET`.
+const VONAGE_SECRET: &str = "vonage-signature-secret-2e9a7c41";
+
+/// A Vonage receipt's fields signed as Vonage signs them (SHA-256 HMAC over
+/// `&name=value` sorted, `&` and `=` in values as `_`), as a query string.
+fn vonage_query(fields: &[(&str, &str)], timestamp: i64) -> String {
+    let timestamp = timestamp.to_string();
+    let mut all: Vec<(&str, &str)> = fields.to_vec();
+    all.push(("timestamp", &timestamp));
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    let mut text = String::new();
+    for (k, v) in &all {
+        text.push_str(&format!("&{k}={}", v.replace(['&', '='], "_")));
+    }
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(VONAGE_SECRET.as_bytes()).unwrap();
+    mac.update(text.as_bytes());
+    let sig: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(all)
+        .append_pair("sig", &sig)
+        .finish()
 }
 
 /// The document, and what this test has seen of it.
@@ -737,8 +775,60 @@ async fn every_route_answers_as_the_openapi_document_says(backend: Backend) {
         .unwrap();
     assert_eq!(c.check("post", t, r).await.0, 404);
 
+    // The same path by GET, the fields in the query (Vonage's GET webhooks).
+    let now = s.t.clock.now().timestamp();
+    let dlr = [("messageId", "0C00000000000000"), ("status", "delivered")];
+    let r = client
+        .get(s.url(&format!("/v1/callbacks/vonage?{}", vonage_query(&dlr, now))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(c.check("get", t, r).await.0, 200);
+    let r = client
+        .get(s.url(&format!(
+            "/v1/callbacks/vonage?{}",
+            vonage_query(&dlr, now - 3600)
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(c.check("get", t, r).await.0, 403, "an hour old");
+    let r = client
+        .get(s.url(&format!(
+            "/v1/callbacks/vonage?{}",
+            vonage_query(&[("status", "delivered")], now)
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(c.check("get", t, r).await.0, 422);
+    let r = client
+        .get(s.url("/v1/callbacks/carrier-pigeon?status=delivered"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(c.check("get", t, r).await.0, 404);
+
     let t = "/v1/callbacks/{provider}/{secret}";
     let at = format!("/v1/callbacks/africastalking/{AT_SECRET}");
+    let r = client
+        .get(s.url(&format!("{at}?id=ATXid_unknown&status=Success")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(c.check("get", t, r).await.0, 200);
+    let r = client
+        .get(s.url("/v1/callbacks/africastalking/not-the-secret?id=ATXid_unknown&status=Success"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(c.check("get", t, r).await.0, 404);
+    let r = client
+        .get(s.url(&format!("{at}?status=Success")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(c.check("get", t, r).await.0, 422);
     let report = [("id", "ATXid_unknown"), ("status", "Success")];
     let r = client.post(s.url(&at)).form(&report).send().await.unwrap();
     assert_eq!(c.check("post", t, r).await.0, 200);

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tuma::clock::Clock;
 use tuma::domain::DeliveryStatus;
 use tuma::store::Db;
 use wiremock::matchers::{body_string_contains, header, method, path};
@@ -502,3 +503,65 @@ fn base64_encode(s: &str) -> String {
     }
     out
 }
+
+async fn a_configured_twilio_provider_finds_a_message_its_slow_double_took_without_a_second_post(
+    backend: Backend,
+) {
+    let account = "AC0123456789abcdef0123456789abcdef";
+    let double = MockServer::start().await;
+    let history = TwilioHistory::mount(&double, account, Duration::from_secs(3)).await;
+    let s = spawn_app_with(
+        backend,
+        &format!(
+            r#"
+[[provider]]
+name = "twilio"
+kind = "twilio"
+account_sid = "{account}"
+auth_token_env = "TUMA_TEST_TWILIO_TOKEN"
+from = "+15005550006"
+base_url = "{}"
+timeout = "1s"
+"#,
+            double.uri()
+        ),
+    )
+    .await;
+    history.follow(s.t.clock.clone());
+    let message = |text: &str| tuma::providers::OutgoingMessage {
+        delivery_id: "019ac1d2-0000-7000-8000-00000000aa01".into(),
+        kind: tuma::domain::DeliveryKind::Otp,
+        content: tuma::providers::Content::Sms {
+            to: tuma::domain::phone::PhoneNumber::parse_e164("+254711000001").unwrap(),
+            text: text.into(),
+        },
+        code: None,
+        valid_for: None,
+    };
+    let ours = message("482913 is your tuma verification code");
+    let handle = s.t.app.providers.get("twilio").unwrap();
+    let since = s.t.clock.now();
+    // The dispatcher stops waiting at the provider's timeout; Twilio has it.
+    let cut = tokio::time::timeout(handle.timeout, handle.provider.send(&ours)).await;
+    assert!(cut.is_err(), "the answer comes after the timeout");
+    let lookup = s.t.app.providers.message_lookup("twilio").unwrap();
+    let Ok(tuma::providers::capability::Lookup::Found(found)) =
+        lookup.find_sent(&ours, since).await
+    else {
+        panic!("the double holds the message");
+    };
+    assert_eq!(found.provider_message_id, format!("SM{:032x}", 1));
+    assert_eq!(found.provider_status.as_deref(), Some("queued"));
+    assert_eq!(
+        lookup
+            .find_sent(&message("Another text"), since)
+            .await
+            .unwrap(),
+        tuma::providers::capability::Lookup::NotFound
+    );
+    assert_eq!(history.posts(), 1, "asking sent nothing again");
+    s.stop().await;
+}
+on_both_backends!(
+    a_configured_twilio_provider_finds_a_message_its_slow_double_took_without_a_second_post
+);

@@ -939,3 +939,124 @@ pub async fn tuma_ok(cmd: &mut tokio::process::Command) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A Twilio double with a memory, answering as Twilio's Messages resource
+/// does: each `POST …/Messages.json` is a message taken (201, a new `SM…`
+/// sid, `queued`, `date_sent` null), answered only after `delay` so a send
+/// can outlive its provider's timeout; `GET …/Messages.json?To=…` lists the
+/// messages taken for that number, newest first, on one page (`messages`,
+/// `next_page_uri` null, `page_size` …), for the provider's message lookup.
+/// Its dates come from the manual clock it follows, else the real one.
+pub struct TwilioHistory {
+    delay: Duration,
+    taken: Mutex<Vec<serde_json::Value>>,
+    clock: Mutex<Option<Arc<ManualClock>>>,
+}
+
+impl TwilioHistory {
+    /// Mounts the double for account `account` on both methods.
+    pub async fn mount(
+        server: &wiremock::MockServer,
+        account: &str,
+        delay: Duration,
+    ) -> Arc<TwilioHistory> {
+        let history = Arc::new(TwilioHistory {
+            delay,
+            taken: Mutex::new(Vec::new()),
+            clock: Mutex::new(None),
+        });
+        let list = format!("/2010-04-01/Accounts/{account}/Messages.json");
+        for verb in ["POST", "GET"] {
+            wiremock::Mock::given(wiremock::matchers::method(verb))
+                .and(wiremock::matchers::path(list.clone()))
+                .respond_with(Answering(history.clone(), account.to_owned()))
+                .mount(server)
+                .await;
+        }
+        history
+    }
+
+    /// Dates what it takes by tuma's clock (the app's, once it exists).
+    pub fn follow(&self, clock: Arc<ManualClock>) {
+        *self.clock.lock().unwrap() = Some(clock);
+    }
+
+    /// How many messages it took (every POST).
+    pub fn posts(&self) -> usize {
+        self.taken.lock().unwrap().len()
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        match &*self.clock.lock().unwrap() {
+            Some(clock) => clock.now(),
+            None => Utc::now(),
+        }
+    }
+}
+
+struct Answering(Arc<TwilioHistory>, String);
+
+impl wiremock::Respond for Answering {
+    fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
+        let (history, account) = (&self.0, &self.1);
+        let list = format!("/2010-04-01/Accounts/{account}/Messages.json");
+        if request.method.as_str() == "GET" {
+            let to = request
+                .url
+                .query_pairs()
+                .find(|(k, _)| k == "To")
+                .map(|(_, v)| v.into_owned());
+            let messages: Vec<serde_json::Value> = history
+                .taken
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .filter(|m| to.is_none() || m["to"].as_str() == to.as_deref())
+                .cloned()
+                .collect();
+            let uri = format!("{list}?{}", request.url.query().unwrap_or_default());
+            return wiremock::ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "end": messages.len().saturating_sub(1),
+                "first_page_uri": uri,
+                "next_page_uri": null,
+                "page": 0,
+                "page_size": 50,
+                "previous_page_uri": null,
+                "messages": messages,
+                "start": 0,
+                "uri": uri,
+            }));
+        }
+        let form: std::collections::HashMap<String, String> =
+            form_urlencoded::parse(&request.body).into_owned().collect();
+        let mut taken = history.taken.lock().unwrap();
+        let sid = format!("SM{:032x}", taken.len() + 1);
+        let created = history.now().to_rfc2822();
+        let message = serde_json::json!({
+            "account_sid": account,
+            "api_version": "2010-04-01",
+            "body": form.get("Body"),
+            "date_created": created,
+            "date_sent": null,
+            "date_updated": created,
+            "direction": "outbound-api",
+            "error_code": null,
+            "error_message": null,
+            "from": form.get("From"),
+            "messaging_service_sid": form.get("MessagingServiceSid"),
+            "num_media": "0",
+            "num_segments": "1",
+            "price": null,
+            "price_unit": "USD",
+            "sid": sid,
+            "status": "queued",
+            "to": form.get("To"),
+            "uri": format!("/2010-04-01/Accounts/{account}/Messages/{sid}.json"),
+        });
+        taken.push(message.clone());
+        wiremock::ResponseTemplate::new(201)
+            .set_body_json(message)
+            .set_delay(history.delay)
+    }
+}

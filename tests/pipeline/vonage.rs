@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
+use tuma::clock::Clock;
 use tuma::domain::DeliveryStatus;
 use wiremock::matchers::{body_string_contains, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -149,6 +150,11 @@ on_both_backends!(an_otp_fails_over_from_vonage_to_twilio);
 /// A Vonage provider that signs its requests and receipts (SHA-256 HMAC),
 /// routed for +254.
 fn receipts_config(signed: &str) -> String {
+    receipts_config_with(signed, "")
+}
+
+/// [`receipts_config`] with more of the provider's keys.
+fn receipts_config_with(signed: &str, keys: &str) -> String {
     format!(
         r#"
 [[provider]]
@@ -162,6 +168,7 @@ currency = "EUR"
 base_url = "{signed}"
 callback_url = "https://tuma.example.org/v1/callbacks/vonage"
 timeout = "2s"
+{keys}
 
 [[route]]
 channel = "sms"
@@ -190,7 +197,13 @@ fn vonage_sig(params: &[(&str, &str)]) -> String {
         .collect()
 }
 
-fn dlr<'a>(id: &'a str, status: &'a str, price: &'a str) -> Vec<(&'a str, &'a str)> {
+/// A signed DLR's fields but `sig`, `timestamp` (Unix seconds) as given.
+fn dlr<'a>(
+    id: &'a str,
+    status: &'a str,
+    price: &'a str,
+    timestamp: &'a str,
+) -> Vec<(&'a str, &'a str)> {
     vec![
         ("msisdn", "254711000001"),
         ("to", "MTAADAO"),
@@ -202,7 +215,7 @@ fn dlr<'a>(id: &'a str, status: &'a str, price: &'a str) -> Vec<(&'a str, &'a st
         ("err-code", "0"),
         ("api-key", "a1b2c3d4"),
         ("message-timestamp", "2026-12-05 10:24:03"),
-        ("timestamp", "1796466243"),
+        ("timestamp", timestamp),
         ("nonce", "7a4e3a4c-4c2b-4f0a-9d7e-2b1c0e9f8a6d"),
     ]
 }
@@ -211,7 +224,7 @@ async fn vonage_receipts_need_their_signature_and_reconcile_the_price(backend: B
     let signed = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/sms/json"))
-        .and(body_string_contains("status-report-req=1"))
+        .and(body_string_contains("status-report-req=true"))
         .and(body_string_contains("sig="))
         .respond_with(ResponseTemplate::new(200).set_body_raw(
             r#"{"message-count":"1","messages":[{"to":"254711000001","message-id":"0C000000217B7F02","status":"0","remaining-balance":"15.53590000","message-price":"0.03330000","network":"63902"}]}"#,
@@ -270,8 +283,9 @@ async fn vonage_receipts_need_their_signature_and_reconcile_the_price(backend: B
     };
 
     // Forged: a sig over other fields, no sig at all: refused, nothing written.
-    let good = dlr("0C000000217B7F02", "delivered", "0.03200000");
-    let mut forged = owned(&dlr("0C000000217B7F02", "failed", "0.03200000"));
+    let now = s.t.clock.now().timestamp().to_string();
+    let good = dlr("0C000000217B7F02", "delivered", "0.03200000", &now);
+    let mut forged = owned(&dlr("0C000000217B7F02", "failed", "0.03200000", &now));
     forged.push(("sig".into(), vonage_sig(&good)));
     assert_eq!(post(forged, "/v1/callbacks/vonage").await, 403);
     assert_eq!(post(owned(&good), "/v1/callbacks/vonage").await, 403);
@@ -429,8 +443,9 @@ async fn a_long_vonage_message_keeps_every_part_and_its_receipts_find_it(backend
     };
 
     // Forged, for part 3: refused, nothing written.
-    let part3 = dlr(PART_IDS[2], "failed", "0.04125000");
-    let mut forged = signed_dlr(&dlr(PART_IDS[2], "delivered", "0.04125000"));
+    let now = s.t.clock.now().timestamp().to_string();
+    let part3 = dlr(PART_IDS[2], "failed", "0.04125000", &now);
+    let mut forged = signed_dlr(&dlr(PART_IDS[2], "delivered", "0.04125000", &now));
     forged.retain(|(k, _)| k != "status");
     forged.push(("status".into(), "failed".into()));
     assert_eq!(post(forged).await, 403);
@@ -442,7 +457,13 @@ async fn a_long_vonage_message_keeps_every_part_and_its_receipts_find_it(backend
     // first to say delivered, moves it; its one-part price does not replace
     // the summed price.
     assert_eq!(
-        post(signed_dlr(&dlr(PART_IDS[1], "delivered", "0.04120000"))).await,
+        post(signed_dlr(&dlr(
+            PART_IDS[1],
+            "delivered",
+            "0.04120000",
+            &now
+        )))
+        .await,
         200
     );
     let shown = show().await;
@@ -467,7 +488,8 @@ async fn a_long_vonage_message_keeps_every_part_and_its_receipts_find_it(backend
         post(signed_dlr(&dlr(
             "0C0000000000FFFF",
             "delivered",
-            "0.04120000"
+            "0.04120000",
+            &now
         )))
         .await,
         200
@@ -555,7 +577,8 @@ async fn a_barred_number_and_a_receipt_saying_it_is_inactive_suppress_the_recipi
         .unwrap()
         .to_owned();
     s.t.drain().await;
-    let mut report = dlr("0C0000002A7B7F42", "failed", "0.03330000");
+    let now = s.t.clock.now().timestamp().to_string();
+    let mut report = dlr("0C0000002A7B7F42", "failed", "0.03330000", &now);
     report.retain(|(k, _)| *k != "err-code" && *k != "msisdn");
     report.push(("err-code", "3"));
     report.push(("msisdn", "254711000042"));
@@ -609,3 +632,171 @@ async fn a_barred_number_and_a_receipt_saying_it_is_inactive_suppress_the_recipi
     s.stop().await;
 }
 on_both_backends!(a_barred_number_and_a_receipt_saying_it_is_inactive_suppress_the_recipient);
+
+/// A Vonage double that accepts every message as `0C000000217B7F02`.
+async fn accepting_double() -> MockServer {
+    let double = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/sms/json"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(
+            r#"{"message-count":"1","messages":[{"to":"254711000001","message-id":"0C000000217B7F02","status":"0","remaining-balance":"15.53590000","message-price":"0.03330000","network":"63902"}]}"#,
+            "application/json",
+        ))
+        .mount(&double)
+        .await;
+    double
+}
+
+/// Sends an OTP through the Vonage provider; returns its id once sent.
+async fn sent_otp(s: &TestServer, key: &str) -> String {
+    let r = s
+        .post(
+            "/v1/otp",
+            key,
+            &json!({ "to": "+254711000001", "code": "482913" }),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.t.drain().await;
+    assert_eq!(s.t.delivery(&id).await.status, DeliveryStatus::Sent);
+    id
+}
+
+/// The query string of a DLR signed as Vonage signs it.
+fn signed_query(fields: &[(&str, &str)]) -> String {
+    let sig = vonage_sig(fields);
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .append_pair("sig", &sig)
+        .finish()
+}
+
+async fn callbacks_counted(s: &TestServer) -> String {
+    s.client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn a_vonage_receipt_sent_by_get_moves_its_delivery_and_a_forged_or_stale_one_does_not(
+    backend: Backend,
+) {
+    let double = accepting_double().await;
+    let s = spawn_app_with(backend, &receipts_config(&double.uri())).await;
+    let key = s.key("receipts", &["send", "read"]).await;
+    let id = sent_otp(&s, &key).await;
+    let get = |query: String, url: &'static str| {
+        let client = s.client.clone();
+        let url = s.url(&format!("{url}?{query}"));
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    let now = s.t.clock.now().timestamp();
+    let fresh = now.to_string();
+    let stale = (now - 600).to_string();
+    let good = dlr("0C000000217B7F02", "delivered", "0.03200000", &fresh);
+
+    // A sig over other fields; a sig over a receipt ten minutes old.
+    let mut forged = dlr("0C000000217B7F02", "failed", "0.03200000", &fresh);
+    let sig = vonage_sig(&good);
+    forged.push(("sig", &sig));
+    let forged = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(&forged)
+        .finish();
+    assert_eq!(get(forged, "/v1/callbacks/vonage").await, 403);
+    let old = dlr("0C000000217B7F02", "delivered", "0.03200000", &stale);
+    assert_eq!(get(signed_query(&old), "/v1/callbacks/vonage").await, 403);
+    assert_eq!(s.t.delivery(&id).await.status, DeliveryStatus::Sent);
+
+    // Signed now, by GET to the kind's path and to the provider's name.
+    assert_eq!(get(signed_query(&good), "/v1/callbacks/vonage").await, 200);
+    let r = s.get(&format!("/v1/deliveries/{id}"), &key).await;
+    let shown: Value = r.json().await.unwrap();
+    assert_eq!(shown["status"], "delivered");
+    assert_eq!(shown["cost"]["amount"], "0.032", "the receipt's price");
+    let receipts = shown["receipts"].as_array().unwrap();
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0]["fields"]["network-code"], "63902");
+    assert!(receipts[0]["fields"].get("sig").is_none());
+    assert_eq!(
+        get(signed_query(&good), "/v1/callbacks/vonage-eu").await,
+        200
+    );
+
+    let metrics = callbacks_counted(&s).await;
+    for line in [
+        "tuma_callbacks_total{provider=\"vonage\",outcome=\"bad_signature\"} 2",
+        "tuma_callbacks_total{provider=\"vonage\",outcome=\"applied\"} 1",
+        "tuma_callbacks_total{provider=\"vonage\",outcome=\"unchanged\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    s.stop().await;
+}
+on_both_backends!(
+    a_vonage_receipt_sent_by_get_moves_its_delivery_and_a_forged_or_stale_one_does_not
+);
+
+async fn a_signed_vonage_receipt_older_than_receipt_max_age_is_refused_like_a_forged_one(
+    backend: Backend,
+) {
+    let double = accepting_double().await;
+    let s = spawn_app_with(
+        backend,
+        &receipts_config_with(&double.uri(), "receipt_max_age = \"2m\""),
+    )
+    .await;
+    let key = s.key("receipts", &["send", "read"]).await;
+    let id = sent_otp(&s, &key).await;
+    let post = |fields: Vec<(&str, &str)>| {
+        let client = s.client.clone();
+        let url = s.url("/v1/callbacks/vonage");
+        let mut form: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        form.push(("sig".into(), vonage_sig(&fields)));
+        async move {
+            client
+                .post(url)
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // Signed, then held back three minutes: past the provider's two.
+    let signed_at = s.t.clock.now().timestamp().to_string();
+    let held = dlr("0C000000217B7F02", "failed", "0.03330000", &signed_at);
+    s.t.advance(Duration::from_secs(180)).await;
+    assert_eq!(post(held).await, 403);
+    let r = s.get(&format!("/v1/deliveries/{id}"), &key).await;
+    let shown: Value = r.json().await.unwrap();
+    assert_eq!(shown["status"], "sent", "a stale receipt changes nothing");
+    assert_eq!(shown["receipts"].as_array().unwrap().len(), 0);
+    // One signed now is taken.
+    let now = s.t.clock.now().timestamp().to_string();
+    assert_eq!(
+        post(dlr("0C000000217B7F02", "delivered", "0.03330000", &now)).await,
+        200
+    );
+    assert_eq!(s.t.delivery(&id).await.status, DeliveryStatus::Delivered);
+    let metrics = callbacks_counted(&s).await;
+    for line in [
+        "tuma_callbacks_total{provider=\"vonage\",outcome=\"bad_signature\"} 1",
+        "tuma_callbacks_total{provider=\"vonage\",outcome=\"applied\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+    s.stop().await;
+}
+on_both_backends!(a_signed_vonage_receipt_older_than_receipt_max_age_is_refused_like_a_forged_one);

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::config::AfricasTalkingConfig;
 use crate::domain::money::Money;
 use crate::domain::provider_text::scrub;
+use crate::domain::unknown::UnknownCause;
 use crate::providers::{Accepted, Content, OutgoingMessage, Provider, SendError};
 
 /// The header that carries the API key.
@@ -227,8 +228,11 @@ pub fn recipient_gone(code: Option<&str>, _message: &str) -> Option<&'static str
 /// HTTP level: 2xx → the first recipient's `statusCode` decides (the
 /// `RECIPIENT_STATUS` table); 401 → permanent, bad API key, logged as an error;
 /// 408 and 429 → transient; other 4xx → permanent; 5xx and anything else →
-/// transient. A body that cannot be read is transient, quoted (500 chars at
-/// most). Never panics. The body must already have the API key masked.
+/// transient. A 2xx that neither accepts nor refuses the message by the
+/// table (a body that is not the expected JSON, an accepted recipient
+/// without a `messageId`, a recipient without a readable `statusCode`) is an
+/// unknown outcome, quoted (500 chars at most): Africa's Talking may have
+/// taken it. Never panics. The body must already have the API key masked.
 pub fn classify(status: StatusCode, body: &str) -> Result<Accepted, SendError> {
     let http_code = || Some(format!("HTTP {}", status.as_u16()));
     match status.as_u16() {
@@ -284,24 +288,28 @@ pub fn classify(status: StatusCode, body: &str) -> Result<Accepted, SendError> {
 
 /// Reads `SMSMessageData.Recipients[0]` of a 2xx answer.
 fn classify_recipient(status: StatusCode, body: &str) -> Result<Accepted, SendError> {
-    let malformed = |what: &str| {
-        SendError::transient(format!(
-            "Africa's Talking answered HTTP {} but {what}: {}",
-            status.as_u16(),
-            truncate(body)
-        ))
+    // A 2xx may mean the message was taken: what cannot be read is unknown.
+    let unreadable = |what: &str| {
+        SendError::unknown(
+            UnknownCause::UnreadableAnswer,
+            format!(
+                "Africa's Talking answered HTTP {} but {what}: {}",
+                status.as_u16(),
+                truncate(body)
+            ),
+        )
     };
     // The content type is not trusted: JSON has come as text/plain and text/html.
     let json: Value = serde_json::from_str(body.trim())
-        .map_err(|_| malformed("the body is not the expected JSON"))?;
+        .map_err(|_| unreadable("the body is not the expected JSON"))?;
     let data = json
         .get("SMSMessageData")
         .filter(|d| d.is_object())
-        .ok_or_else(|| malformed("the body has no SMSMessageData"))?;
+        .ok_or_else(|| unreadable("the body has no SMSMessageData"))?;
     let recipients = match data.get("Recipients") {
         None | Some(Value::Null) => &[][..],
         Some(Value::Array(list)) => list.as_slice(),
-        Some(_) => return Err(malformed("Recipients is not a list")),
+        Some(_) => return Err(unreadable("Recipients is not a list")),
     };
     let Some(recipient) = recipients.first() else {
         // With no recipient, `Message` carries the reason (`InvalidSenderId`,
@@ -313,6 +321,7 @@ fn classify_recipient(status: StatusCode, body: &str) -> Result<Accepted, SendEr
         {
             return refused(code, name, class, alert);
         }
+        // Every message it made is listed: an empty list says it made none.
         return Err(SendError::transient(format!(
             "Africa's Talking sent to no recipient: {}",
             truncate(if said.is_empty() { body } else { said })
@@ -321,13 +330,25 @@ fn classify_recipient(status: StatusCode, body: &str) -> Result<Accepted, SendEr
     let code = recipient
         .get("statusCode")
         .and_then(|c| c.as_u64().or_else(|| c.as_str()?.trim().parse().ok()))
-        .ok_or_else(|| malformed("the recipient has no numeric statusCode"))?;
+        .ok_or_else(|| unreadable("the recipient has no numeric statusCode"))?;
     let word = recipient
         .get("status")
         .and_then(Value::as_str)
         .filter(|w| !w.trim().is_empty());
+    let message_id = recipient
+        .get("messageId")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|id| !id.is_empty() && *id != "None");
 
     let Some(&(_, name, class, alert)) = RECIPIENT_STATUS.iter().find(|row| row.0 == code) else {
+        // A code not in the table with a real message id may be a message
+        // taken; with "None" for its id Africa's Talking made none.
+        if message_id.is_some() {
+            return Err(unreadable(&format!(
+                "the recipient's statusCode {code} is not in tuma's table and it has a messageId"
+            )));
+        }
         return Err(SendError::Transient {
             code: Some(code.to_string()),
             message: format!(
@@ -340,12 +361,8 @@ fn classify_recipient(status: StatusCode, body: &str) -> Result<Accepted, SendEr
     match class {
         Class::Permanent | Class::Transient => refused(code, word, class, alert),
         Class::Accepted => {
-            let id = recipient
-                .get("messageId")
-                .and_then(Value::as_str)
-                .map(str::trim)
-                .filter(|id| !id.is_empty() && *id != "None")
-                .ok_or_else(|| malformed("the accepted recipient has no messageId"))?;
+            let id =
+                message_id.ok_or_else(|| unreadable("the accepted recipient has no messageId"))?;
             Ok(Accepted {
                 provider_message_id: id.to_owned(),
                 provider_status: Some(word.to_owned()),

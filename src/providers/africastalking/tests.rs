@@ -17,6 +17,7 @@ use crate::domain::DeliveryKind;
 use crate::domain::email::EmailAddress;
 use crate::domain::money::Money;
 use crate::domain::phone::PhoneNumber;
+use crate::domain::unknown::UnknownCause;
 use crate::providers::{Accepted, Content, OutgoingMessage, Provider, SendError};
 
 const KEY: &str = "atsk_0f1e2d3c4b5a69788796a5b4c3d2e1f0";
@@ -198,6 +199,20 @@ fn assert_transient(result: Result<Accepted, SendError>, code: Option<&str>, mes
             assert!(m.contains(message), "{m:?} should contain {message:?}");
         }
         other => panic!("expected a transient error {code:?}, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_unknown(result: Result<Accepted, SendError>, cause: UnknownCause, message: &str) {
+    match result {
+        Err(SendError::Unknown {
+            cause: c,
+            message: m,
+        }) => {
+            assert_eq!(c, cause);
+            assert!(m.contains(message), "{m:?} should contain {message:?}");
+        }
+        other => panic!("expected an unknown outcome {cause:?}, got {other:?}"),
     }
 }
 
@@ -721,7 +736,7 @@ async fn a_redirect_is_not_followed_and_is_transient() {
 }
 
 #[tokio::test]
-async fn no_answer_within_the_timeout_is_transient() {
+async fn no_answer_within_the_timeout_is_unknown_since_the_request_went_out() {
     let server = MockServer::start().await;
     the_send_request()
         .respond_with(
@@ -738,7 +753,13 @@ async fn no_answer_within_the_timeout_is_transient() {
         started.elapsed() < Duration::from_secs(2),
         "gave up in time"
     );
-    assert_transient(result, None, "no answer from Africa's Talking within 300ms");
+    assert_unknown(
+        result,
+        UnknownCause::NoAnswer {
+            timeout: Duration::from_millis(300),
+        },
+        "no answer from Africa's Talking within 300ms",
+    );
 }
 
 #[tokio::test]
@@ -753,24 +774,28 @@ async fn a_refused_connection_is_transient() {
     )
     .expect("builds");
     let result = provider.send(&sms(TEXT)).await;
-    assert_transient(result.clone(), None, "cannot connect to Africa's Talking");
+    assert_transient(result.clone(), None, "cannot reach Africa's Talking");
     assert_no_key(&result.expect_err("refused").to_string());
 }
 
 #[tokio::test]
-async fn a_201_with_malformed_json_is_transient_with_the_body() {
+async fn a_201_with_malformed_json_is_unknown_with_the_body() {
     let result = send_against(ResponseTemplate::new(201).set_body_raw(
         "{\"SMSMessageData\": {\"Recipients\": [",
         "application/json",
     ))
     .await;
-    assert_transient(result, None, "not the expected JSON: {\"SMSMessageData\"");
+    assert_unknown(
+        result,
+        UnknownCause::UnreadableAnswer,
+        "not the expected JSON: {\"SMSMessageData\"",
+    );
 }
 
 #[tokio::test]
-async fn a_201_with_an_empty_body_is_transient() {
+async fn a_201_with_an_empty_body_is_unknown() {
     let result = send_against(ResponseTemplate::new(201)).await;
-    assert_transient(result, None, "(empty body)");
+    assert_unknown(result, UnknownCause::UnreadableAnswer, "(empty body)");
 }
 
 #[tokio::test]
@@ -784,18 +809,18 @@ async fn a_201_with_no_recipients_is_transient_and_quotes_africas_talking() {
 }
 
 #[test]
-fn a_201_without_sms_message_data_is_transient() {
+fn a_201_without_sms_message_data_is_unknown() {
     let result = classify(StatusCode::CREATED, "{\"error\":\"unexpected\"}");
-    assert_transient(result, None, "no SMSMessageData");
+    assert_unknown(result, UnknownCause::UnreadableAnswer, "no SMSMessageData");
 }
 
 #[test]
-fn an_accepted_recipient_without_a_message_id_is_transient() {
+fn an_accepted_recipient_without_a_message_id_is_unknown() {
     let result = classify(
         StatusCode::CREATED,
         &answer(101, "Success", "KES 0.8000", "None"),
     );
-    assert_transient(result, None, "no messageId");
+    assert_unknown(result, UnknownCause::UnreadableAnswer, "no messageId");
 }
 
 #[test]
@@ -819,7 +844,7 @@ fn a_long_unexpected_body_is_cut_to_500_characters() {
 }
 
 #[test]
-fn classify_never_panics_on_odd_bodies() {
+fn classify_never_panics_nor_accepts_on_odd_bodies() {
     let bodies = [
         "",
         "null",
@@ -837,11 +862,33 @@ fn classify_never_panics_on_odd_bodies() {
     for body in bodies {
         for status in [StatusCode::OK, StatusCode::CREATED] {
             assert!(
-                matches!(classify(status, body), Err(SendError::Transient { .. })),
+                matches!(
+                    classify(status, body),
+                    Err(SendError::Unknown {
+                        cause: UnknownCause::UnreadableAnswer,
+                        ..
+                    })
+                ),
                 "{status} {body}"
             );
         }
     }
+}
+
+#[test]
+fn a_2xx_whose_recipient_has_an_unlisted_code_and_a_message_id_is_unknown() {
+    let body = answer(199, "SomethingNew", "KES 0.8000", "ATXid_9");
+    assert_unknown(
+        classify(StatusCode::CREATED, &body),
+        UnknownCause::UnreadableAnswer,
+        "statusCode 199 is not in tuma's table",
+    );
+    // With "None" for its id, Africa's Talking made no message: the table's default.
+    assert_transient(
+        recipient(199, "SomethingNew"),
+        Some("199"),
+        "not in tuma's table",
+    );
 }
 
 #[tokio::test]

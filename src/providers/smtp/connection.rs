@@ -17,20 +17,30 @@
 //! A send owns its connection until it ends. A send cut short (its timeout,
 //! or its caller dropping it) drops the connection, which closes it: a late
 //! reply can never be read as the answer to a later command.
+//!
+//! A send is spoken here step by step (MAIL, RCPT, DATA, the message), as
+//! lettre's `send` does, so a failure says where it happened: the stream
+//! under lettre ([`Watched`]) marks when the reply to the message's final
+//! `.` starts being read. A connection lost from then on, or no reply in
+//! time, may follow a message the server took ([`Progress`]).
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use lettre::address::Envelope;
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{
     AsyncSmtpConnection, AsyncTokioStream, Certificate, CertificateStore, TlsParameters,
 };
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::response::Response;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -60,6 +70,169 @@ pub enum ConnectError {
     Smtp(SmtpError),
 }
 
+/// How far the current send on a connection has got, as its stream sees it.
+#[derive(Debug, Default)]
+pub struct Progress(AtomicU8);
+
+/// Commands, or nothing yet: a failure here changed nothing at the server.
+const BEFORE_DATA: u8 = 0;
+/// The message is being written; its final `.` may not be out yet.
+const WRITING_DATA: u8 = 1;
+/// The message and its final `.` were written and flushed; the reply is
+/// being read: the server may have taken the message.
+const AWAITING_REPLY: u8 = 2;
+
+impl Progress {
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::SeqCst);
+    }
+
+    /// A read began: if the message was being written, all of it was (lettre
+    /// writes the message and its `.`, flushes, then reads the reply).
+    fn read_started(&self) {
+        let _ = self.0.compare_exchange(
+            WRITING_DATA,
+            AWAITING_REPLY,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Whether the message's final `.` went out and its reply is awaited.
+    pub fn awaiting_reply(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == AWAITING_REPLY
+    }
+}
+
+/// The stream under lettre, telling [`Progress`] when the reply to the
+/// message starts being read. It sits under STARTTLS's encryption, on the
+/// TCP stream, and above implicit TLS; either way the first read after the
+/// message's writes is the reply's.
+#[derive(Debug)]
+struct Watched {
+    inner: Box<dyn AsyncTokioStream>,
+    progress: Arc<Progress>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.progress.read_started();
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl AsyncTokioStream for Watched {
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.peer_addr()
+    }
+}
+
+/// A ready connection and what its current send has got to.
+pub struct Connection {
+    smtp: AsyncSmtpConnection,
+    progress: Arc<Progress>,
+}
+
+/// Why a message did not get a positive reply to its final `.`.
+#[derive(Debug)]
+pub enum TransferError {
+    /// A step the server cannot do (an address needing SMTPUTF8, 8-bit
+    /// content without 8BITMIME): nothing was sent.
+    Unsupported(&'static str),
+    /// A refusal at any step (a 4yz or 5yz reply, the message's own
+    /// included), or a failure before the message's final `.` went out.
+    Failed(SmtpError),
+    /// No reply code after the message's final `.` went out: the
+    /// connection broke, or the reply could not be read.
+    LostAfterData(SmtpError),
+}
+
+impl Connection {
+    /// What the current send on it has got to (for a send cut short).
+    pub fn progress(&self) -> Arc<Progress> {
+        Arc::clone(&self.progress)
+    }
+
+    /// MAIL, RCPT for each recipient, DATA, then the message and its final
+    /// `.`, as lettre's `send` does; a failure closes the connection.
+    pub async fn transfer(
+        &mut self,
+        envelope: &Envelope,
+        email: &[u8],
+    ) -> Result<Response, TransferError> {
+        self.progress.set(BEFORE_DATA);
+        let info = self.smtp.server_info();
+        let mut options = Vec::new();
+        let ascii = |a: &lettre::Address| <lettre::Address as AsRef<str>>::as_ref(a).is_ascii();
+        let addresses_ascii = envelope.from().is_none_or(ascii) && envelope.to().iter().all(ascii);
+        if !addresses_ascii {
+            if !info.supports_feature(Extension::SmtpUtfEight) {
+                return Err(TransferError::Unsupported(
+                    "an address needs SMTPUTF8, which the server does not offer",
+                ));
+            }
+            options.push(MailParameter::SmtpUtfEight);
+        }
+        if !email.is_ascii() {
+            if !info.supports_feature(Extension::EightBitMime) {
+                return Err(TransferError::Unsupported(
+                    "the message has 8-bit content and the server does not offer 8BITMIME",
+                ));
+            }
+            options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        let mut commands = vec![Mail::new(envelope.from().cloned(), options).to_string()];
+        commands.extend(
+            envelope
+                .to()
+                .iter()
+                .map(|to| Rcpt::new(to.clone(), Vec::new()).to_string()),
+        );
+        commands.push(Data.to_string());
+        for command in commands {
+            if let Err(e) = self.smtp.command(command).await {
+                self.smtp.abort().await;
+                return Err(TransferError::Failed(e));
+            }
+        }
+        self.progress.set(WRITING_DATA);
+        match self.smtp.message(email).await {
+            Ok(reply) => Ok(reply),
+            Err(e) => {
+                let lost = e.status().is_none() && self.progress.awaiting_reply();
+                self.smtp.abort().await;
+                Err(if lost {
+                    TransferError::LostAfterData(e)
+                } else {
+                    TransferError::Failed(e)
+                })
+            }
+        }
+    }
+}
+
 /// Opens ready connections: connected, greeted, encrypted, logged in.
 struct Connector {
     host: String,
@@ -72,7 +245,7 @@ struct Connector {
 }
 
 impl Connector {
-    async fn connect(&self) -> Result<AsyncSmtpConnection, ConnectError> {
+    async fn connect(&self) -> Result<Connection, ConnectError> {
         let at = format!("{}:{}", self.host, self.port);
         let tcp = tokio::time::timeout(
             self.connect_timeout,
@@ -97,6 +270,11 @@ impl Connector {
             }
             Security::None | Security::StartTls(_) => Box::new(tcp),
         };
+        let progress = Arc::new(Progress::default());
+        let stream = Box::new(Watched {
+            inner: stream,
+            progress: Arc::clone(&progress),
+        });
         let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
             .await
             .map_err(ConnectError::Smtp)?;
@@ -116,7 +294,10 @@ impl Connector {
             conn.abort().await;
             return Err(ConnectError::Smtp(e));
         }
-        Ok(conn)
+        Ok(Connection {
+            smtp: conn,
+            progress,
+        })
     }
 }
 
@@ -213,7 +394,7 @@ fn security(config: &SmtpConfig) -> Result<Security, String> {
 pub struct Pool {
     connector: Connector,
     /// Connections between sends, the most recently used last.
-    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
+    idle: Mutex<Vec<(Connection, Instant)>>,
     /// One permit per connection the server may see.
     permits: Semaphore,
 }
@@ -256,7 +437,7 @@ impl Pool {
     pub async fn checkout(
         &self,
         _permit: &SemaphorePermit<'_>,
-    ) -> Result<AsyncSmtpConnection, ConnectError> {
+    ) -> Result<Connection, ConnectError> {
         loop {
             let parked = self
                 .idle
@@ -266,19 +447,19 @@ impl Pool {
             let Some((mut conn, since)) = parked else {
                 break;
             };
-            if since.elapsed() < IDLE_TIMEOUT && conn.test_connected().await {
+            if since.elapsed() < IDLE_TIMEOUT && conn.smtp.test_connected().await {
                 return Ok(conn);
             }
             tracing::debug!("SMTP: closing an idle connection that is stale or broken");
-            conn.abort().await;
+            conn.smtp.abort().await;
         }
         self.connector.connect().await
     }
 
     /// Puts a connection back for the next send, unless it broke (lettre
     /// closes a connection after an error).
-    pub fn checkin(&self, conn: AsyncSmtpConnection, _permit: SemaphorePermit<'_>) {
-        if conn.has_broken() {
+    pub fn checkin(&self, conn: Connection, _permit: SemaphorePermit<'_>) {
+        if conn.smtp.has_broken() {
             return;
         }
         self.idle

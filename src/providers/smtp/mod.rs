@@ -12,7 +12,9 @@
 //! [`classify`] is the one table of what a reply means: 5yz permanent, and a
 //! step the server cannot do (STARTTLS not offered) permanent; 4yz,
 //! connection, TLS and timeout transient; refused logins and missing
-//! STARTTLS also alert.
+//! STARTTLS also alert. Once the message's final `.` went out, a lost
+//! connection, a reply that does not parse or no reply in time is unknown:
+//! the server may have taken it.
 
 mod config;
 mod connection;

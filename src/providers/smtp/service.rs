@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,7 +15,8 @@ use secrecy::ExposeSecret;
 use tokio::sync::SemaphorePermit;
 
 use super::config::{SmtpConfig, SmtpTls};
-use super::connection::{ConnectError, Pool};
+use super::connection::{ConnectError, Pool, Progress, TransferError};
+use crate::domain::unknown::UnknownCause;
 use crate::providers::{Accepted, OutgoingMessage, Provider, SendError};
 
 use crate::providers::MAX_CONNECT_TIMEOUT;
@@ -78,15 +80,24 @@ impl Smtp {
 
     /// One conversation on a pooled connection; a connection that ends it
     /// in good order goes back to the pool before the permit is released.
-    async fn attempt(&self, email: &Message, permit: SemaphorePermit<'_>) -> Outcome {
+    /// `progress` is given the connection's, for a send cut short.
+    async fn attempt(
+        &self,
+        email: &Message,
+        permit: SemaphorePermit<'_>,
+        progress: &OnceLock<Arc<Progress>>,
+    ) -> Outcome {
         let mut conn = match self.pool.checkout(&permit).await {
             Ok(conn) => conn,
             Err(ConnectError::Network(reason)) => return Outcome::Unreachable(reason),
             Err(ConnectError::Smtp(error)) => return Outcome::Failed(error),
         };
-        let outcome = match conn.send(email.envelope(), &email.formatted()).await {
+        let _ = progress.set(conn.progress());
+        let outcome = match conn.transfer(email.envelope(), &email.formatted()).await {
             Ok(reply) => Outcome::Replied(reply),
-            Err(error) => Outcome::Failed(error),
+            Err(TransferError::Unsupported(what)) => Outcome::Unsupported(what),
+            Err(TransferError::Failed(error)) => Outcome::Failed(error),
+            Err(TransferError::LostAfterData(error)) => Outcome::LostAfterData(error),
         };
         self.pool.checkin(conn, permit);
         outcome
@@ -182,13 +193,21 @@ impl Provider for Smtp {
                 humantime::format_duration(self.timeout)
             )));
         };
-        let outcome = match tokio::time::timeout_at(deadline, self.attempt(&email, permit)).await {
+        let progress = OnceLock::new();
+        let attempt = self.attempt(&email, permit, &progress);
+        let outcome = match tokio::time::timeout_at(deadline, attempt).await {
             Ok(outcome) => outcome,
+            Err(_) if progress.get().is_some_and(|p| p.awaiting_reply()) => {
+                Outcome::NoReplyAfterData(self.timeout)
+            }
             Err(_) => Outcome::TimedOut(self.timeout),
         };
-        if let Outcome::Failed(error) = &outcome
-            && error.is_client()
-        {
+        let cannot = match &outcome {
+            Outcome::Failed(error) if error.is_client() => Some(error.to_string()),
+            Outcome::Unsupported(what) => Some((*what).to_owned()),
+            _ => None,
+        };
+        if let Some(error) = cannot {
             let c = &self.config;
             tracing::error!(
                 host = %c.host,
@@ -228,11 +247,19 @@ pub enum Outcome {
     /// The server's (positive) reply to the end of DATA.
     Replied(Response),
     /// lettre gave up: a 4yz or 5yz reply at any step, or a connection, TLS
-    /// or protocol failure.
+    /// or protocol failure before the message's final `.` went out.
     Failed(SmtpError),
+    /// A step the server cannot do, found before sending anything.
+    Unsupported(&'static str),
+    /// The message and its final `.` went out, then the connection broke or
+    /// the reply could not be read: the server may have taken it.
+    LostAfterData(SmtpError),
     /// No final answer within the provider's timeout (waiting for a free
-    /// connection included).
+    /// connection included), before the message's final `.` went out.
     TimedOut(Duration),
+    /// The message and its final `.` went out and no reply came within the
+    /// provider's timeout: the server may have taken it.
+    NoReplyAfterData(Duration),
     /// No connection: TCP connect or TLS handshake failed.
     Unreachable(String),
 }
@@ -248,30 +275,33 @@ pub fn recipient_gone(code: Option<&str>, message: &str) -> Option<&'static str>
     (code? == "550" && mailbox_unknown).then_some("the mailbox does not exist (SMTP 550 5.1.1)")
 }
 
-/// The one table that turns a send's outcome into accepted, permanent or
-/// transient.
+/// The one table that turns a send's outcome into accepted, permanent,
+/// transient or unknown.
 ///
 /// | outcome                                   | class                                    |
 /// |-------------------------------------------|------------------------------------------|
 /// | 2yz reply to the end of DATA              | accepted: id after "queued as ", else our Message-ID; status = the code |
-/// | any other positive reply (3yz)            | transient, with the code                 |
+/// | any other positive reply (3yz) to the end of DATA | unknown (unreadable answer), with the code |
 /// | 5yz at any step                           | permanent, with the code (530, 534, 535, 538: the login; `send` alerts) |
 /// | 4yz at any step                           | transient, with the code                 |
 /// | a step the server cannot do (STARTTLS not offered, no AUTH mechanism, SMTPUTF8 needed) | permanent, no code; `send` alerts |
-/// | timeout                                   | transient                                |
-/// | connection, TLS, protocol, anything else  | transient                                |
+/// | after the final `.` went out: the connection lost | unknown (connection lost)        |
+/// | after the final `.` went out: a reply that does not parse | unknown (unreadable answer) |
+/// | after the final `.` went out: no reply in time | unknown (no answer)                 |
+/// | timeout before that                       | transient                                |
+/// | connection, TLS, protocol, anything else before that | transient                     |
 pub fn classify(outcome: Outcome, message_id: &str) -> Result<Accepted, SendError> {
     match outcome {
         Outcome::Replied(reply) => {
             let code = reply.code().to_string();
             if !code.starts_with('2') {
-                return Err(SendError::Transient {
-                    message: truncate(&format!(
-                        "unexpected reply to the end of the message: {code} {}",
+                return Err(SendError::unknown(
+                    UnknownCause::UnreadableAnswer,
+                    truncate(&format!(
+                        "unexpected reply {code} to the end of the message, which was sent: {}",
                         reply.message().collect::<Vec<_>>().join(" ")
                     )),
-                    code: Some(code),
-                });
+                ));
             }
             Ok(Accepted {
                 provider_message_id: queued_as(&reply).unwrap_or_else(|| message_id.to_owned()),
@@ -317,6 +347,38 @@ pub fn classify(outcome: Outcome, message_id: &str) -> Result<Accepted, SendErro
                 }),
             }
         }
+        Outcome::Unsupported(what) => Err(SendError::permanent(format!(
+            "the server cannot do what is asked: {what}"
+        ))),
+        // lettre's "incomplete response" is the connection closing before a
+        // whole reply line; any other response error is a reply that does
+        // not parse.
+        Outcome::LostAfterData(error) => {
+            let unreadable =
+                error.is_response() && !error.to_string().contains("incomplete response");
+            let (cause, what) = if unreadable {
+                (
+                    UnknownCause::UnreadableAnswer,
+                    "the server's reply to the end of the message cannot be read",
+                )
+            } else {
+                (
+                    UnknownCause::ConnectionLost,
+                    "the connection broke after the message was sent, before the server's reply",
+                )
+            };
+            Err(SendError::unknown(
+                cause,
+                truncate(&format!("{what}: {error}")),
+            ))
+        }
+        Outcome::NoReplyAfterData(after) => Err(SendError::unknown(
+            UnknownCause::NoAnswer { timeout: after },
+            format!(
+                "the message was sent and the SMTP server did not reply within {}",
+                humantime::format_duration(after)
+            ),
+        )),
         Outcome::TimedOut(after) => Err(SendError::transient(format!(
             "no answer from the SMTP server within {}",
             humantime::format_duration(after)

@@ -14,6 +14,7 @@ use super::{DEFAULT_MAX_CONNECTIONS, Outcome, Smtp, SmtpAuth, SmtpConfig, SmtpTl
 use crate::domain::DeliveryKind;
 use crate::domain::email::EmailAddress;
 use crate::domain::phone::PhoneNumber;
+use crate::domain::unknown::UnknownCause;
 use crate::providers::{Accepted, Content, OutgoingMessage, Provider, SendError};
 
 const PASSWORD: &str = "s3cret-pa55word";
@@ -124,6 +125,14 @@ fn transient(result: Result<Accepted, SendError>) -> (Option<String>, String) {
     match result {
         Err(SendError::Transient { code, message }) => (code, message),
         other => panic!("expected a transient error, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn unknown(result: Result<Accepted, SendError>, cause: UnknownCause) -> String {
+    match result {
+        Err(SendError::Unknown { cause: c, message }) if c == cause => message,
+        other => panic!("expected an unknown outcome {cause:?}, got {other:?}"),
     }
 }
 
@@ -818,11 +827,79 @@ async fn a_password_echoed_by_the_server_is_masked_in_the_error() {
 }
 
 #[tokio::test]
-async fn a_connection_dropped_after_data_is_transient() {
+async fn a_connection_dropped_after_the_final_dot_is_unknown_and_one_lost_before_stays_transient() {
     let server = SmtpDouble::start().await;
     server.script(Step::EndOfData, Answer::Drop);
+    let message = unknown(
+        provider(config(server.addr)).send(&email()).await,
+        UnknownCause::ConnectionLost,
+    );
+    assert!(message.contains("after the message was sent"), "{message}");
+    assert_eq!(server.messages().len(), 1, "the server had it whole");
+    for step in [Step::Rcpt, Step::Data] {
+        let server = SmtpDouble::start().await;
+        server.script(step, Answer::Drop);
+        let (code, _) = transient(provider(config(server.addr)).send(&email()).await);
+        assert_eq!(code, None, "{step:?}");
+        assert!(server.messages().is_empty());
+    }
+    let server = SmtpDouble::start().await;
+    server.script(Step::Data, Answer::Hang);
+    let smtp = Smtp::new(config(server.addr), Duration::from_millis(300)).expect("builds");
+    transient(smtp.send(&email()).await);
+    // A refusal of the message itself is an answer, not a loss.
+    let server = SmtpDouble::start().await;
+    server.reply(Step::EndOfData, "451 4.3.0 Error: queue file write error");
     let (code, _) = transient(provider(config(server.addr)).send(&email()).await);
-    assert_eq!(code, None);
+    assert_eq!(code.as_deref(), Some("451"));
+}
+
+#[tokio::test]
+async fn a_connection_dropped_after_the_final_dot_over_tls_or_starttls_is_unknown_too() {
+    let ca = test_ca();
+    for (tls, mode) in [
+        (DoubleTls::Implicit(ca.acceptor.clone()), "tls"),
+        (DoubleTls::StartTls(ca.acceptor.clone()), "starttls"),
+    ] {
+        let server = SmtpDouble::start_with(tls).await;
+        server.script(Step::EndOfData, Answer::Drop);
+        let (_dir, config) = parse_with_ca_file(
+            &format!(
+                "host = \"127.0.0.1\"\nport = {}\ntls = \"{mode}\"\nca_file = \"ca.pem\"\nfrom = \"MtaaDAO <no-reply@mtaadao.org>\"\n",
+                server.addr.port()
+            ),
+            &ca,
+        );
+        unknown(
+            provider(config).send(&email()).await,
+            UnknownCause::ConnectionLost,
+        );
+        assert!(server.messages()[0].tls, "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn no_reply_to_the_message_s_final_dot_within_the_timeout_is_unknown_no_answer() {
+    let server = SmtpDouble::start().await;
+    server.script(Step::EndOfData, Answer::Hang);
+    let smtp = Smtp::new(config(server.addr), Duration::from_millis(300)).expect("builds");
+    let message = unknown(
+        smtp.send(&email()).await,
+        UnknownCause::NoAnswer {
+            timeout: Duration::from_millis(300),
+        },
+    );
+    assert!(message.contains("did not reply within 300ms"), "{message}");
+}
+
+#[tokio::test]
+async fn a_reply_to_the_final_dot_that_does_not_parse_is_unknown_unreadable() {
+    let server = SmtpDouble::start().await;
+    server.reply(Step::EndOfData, "hello there");
+    unknown(
+        provider(config(server.addr)).send(&email()).await,
+        UnknownCause::UnreadableAnswer,
+    );
 }
 
 #[tokio::test]
@@ -1016,7 +1093,12 @@ async fn a_reply_that_comes_after_the_timeout_is_not_read_as_the_next_sends_answ
     );
     server.reply(Step::EndOfData, "250 2.0.0 Ok: queued as NEXT02");
     let smtp = Smtp::new(config(server.addr), Duration::from_millis(300)).expect("builds");
-    transient(smtp.send(&email()).await);
+    unknown(
+        smtp.send(&email()).await,
+        UnknownCause::NoAnswer {
+            timeout: Duration::from_millis(300),
+        },
+    );
     // Let the late reply arrive on the first connection.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let accepted = smtp
@@ -1056,13 +1138,15 @@ async fn a_send_cancelled_by_its_caller_leaves_no_connection_to_misread() {
 }
 
 #[test]
-fn a_positive_reply_other_than_2yz_at_the_end_of_data_is_transient() {
+fn a_positive_reply_other_than_2yz_at_the_end_of_data_is_unknown() {
     let reply = "354 End data with <CR><LF>.<CR><LF>\r\n"
         .parse()
         .expect("a reply");
-    let (code, message) = transient(classify(Outcome::Replied(reply), MESSAGE_ID));
-    assert_eq!(code.as_deref(), Some("354"));
-    assert!(message.contains("unexpected reply"), "{message}");
+    let message = unknown(
+        classify(Outcome::Replied(reply), MESSAGE_ID),
+        UnknownCause::UnreadableAnswer,
+    );
+    assert!(message.contains("unexpected reply 354"), "{message}");
 }
 
 #[test]

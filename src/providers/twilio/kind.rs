@@ -1,5 +1,5 @@
 //! Twilio in the registry: its keys, its description, its adapter, its
-//! signed status callbacks and its message fetch.
+//! signed status callbacks, its message fetch and its message lookup.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -65,8 +65,8 @@ impl KindConfig for TwilioConfig {
         let twilio = Arc::new(Twilio::new(self.clone(), timeout)?);
         Ok(Adapter {
             provider: twilio.clone(),
-            status: Some(twilio),
-            lookup: None,
+            status: Some(twilio.clone()),
+            lookup: Some(twilio),
         })
     }
 

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::config::{TwilioConfig, TwilioSender};
 use crate::domain::money::{Currency, Money, parse_decimal_micros};
 use crate::domain::provider_text::{self, MAX_STATUS_CHARS, Secrets, scrub};
+use crate::domain::unknown::UnknownCause;
 use crate::providers::{Accepted, Content, OutgoingMessage, Provider, SendError, install_crypto};
 
 /// The longest `Body` Twilio takes, in characters.
@@ -23,13 +24,16 @@ const MAX_VALIDITY_SECS: u64 = 36_000;
 /// How much of an unexpected body goes into an error message.
 const SHOWN_BODY_CHARS: usize = 500;
 
+/// How much of a sid that is not Twilio's goes into an error message.
+const SHOWN_SID_CHARS: usize = 64;
+
 /// The Twilio provider: one HTTP client (and its connection pool) per instance.
 #[derive(Debug)]
 pub struct Twilio {
     /// Account, credentials, sender and URLs.
-    config: TwilioConfig,
+    pub(super) config: TwilioConfig,
     /// Shared by every send, so connections are reused.
-    client: reqwest::Client,
+    pub(super) client: reqwest::Client,
     /// The total request timeout, for error messages.
     timeout: Duration,
 }
@@ -81,7 +85,7 @@ impl Twilio {
     }
 
     /// `{base_url}/2010-04-01/Accounts/{AccountSid}/{tail}`.
-    fn account_url(&self, tail: &str) -> String {
+    pub(super) fn account_url(&self, tail: &str) -> String {
         format!(
             "{}/2010-04-01/Accounts/{}/{tail}",
             self.config.base_url.as_str().trim_end_matches('/'),
@@ -89,7 +93,7 @@ impl Twilio {
         )
     }
 
-    fn authorized(&self, builder: RequestBuilder) -> RequestBuilder {
+    pub(super) fn authorized(&self, builder: RequestBuilder) -> RequestBuilder {
         let auth = &self.config.auth;
         builder
             .basic_auth(
@@ -99,7 +103,7 @@ impl Twilio {
             .header(ACCEPT, "application/json")
     }
 
-    fn build(&self, builder: RequestBuilder) -> Result<Request, SendError> {
+    pub(super) fn build(&self, builder: RequestBuilder) -> Result<Request, SendError> {
         builder.build().map_err(|e| {
             SendError::permanent(format!("cannot build the request: {}", e.without_url()))
         })
@@ -154,7 +158,7 @@ impl Twilio {
     }
 
     /// Sends a request and reads the whole answer; failing to get one is transient.
-    async fn call(&self, request: Request) -> Result<(StatusCode, String), SendError> {
+    pub(super) async fn call(&self, request: Request) -> Result<(StatusCode, String), SendError> {
         let response = self
             .client
             .execute(request)
@@ -304,14 +308,25 @@ pub fn recipient_gone(code: Option<&str>, _message: &str) -> Option<&'static str
         .map(|(_, reason)| *reason)
 }
 
-/// Maps Twilio's answer to a send: `2xx` with a message `sid` is accepted;
-/// anything else goes through the table. Never panics, whatever the body.
+/// Maps Twilio's answer to a send: `2xx` with a message `sid` of the
+/// documented form is accepted; anything else goes through the table. A
+/// `2xx` that cannot be read as an accepted message with its sid (not a JSON
+/// object, no `sid`, a `sid` that is not Twilio's) is an unknown outcome:
+/// Twilio may have taken the message. Never panics, whatever the body.
 pub fn classify(status: StatusCode, body: &str) -> Result<Accepted, SendError> {
     if !status.is_success() {
         return Err(classify_error(status, body));
     }
-    let value = success_json(status, body)?;
-    let provider_message_id = required_str(&value, "sid", status, body)?;
+    let unreadable = |what: String| SendError::unknown(UnknownCause::UnreadableAnswer, what);
+    let value = success_json(status, body).map_err(unreadable)?;
+    let provider_message_id = required_str(&value, "sid", status, body).map_err(unreadable)?;
+    if let Some(fault) = sid_fault(&provider_message_id) {
+        return Err(unreadable(format!(
+            "Twilio answered HTTP {} with a message sid that {fault}: {:?}",
+            status.as_u16(),
+            provider_text::clean_to(&provider_message_id, &Secrets::none(), SHOWN_SID_CHARS)
+        )));
+    }
     Ok(Accepted {
         provider_message_id,
         provider_status: value
@@ -324,22 +339,40 @@ pub fn classify(status: StatusCode, body: &str) -> Result<Accepted, SendError> {
     })
 }
 
-/// Maps Twilio's answer to a message fetch, with the same table for errors.
+/// Why `sid` is not a message sid as Twilio documents it (`^(SM|MM)[0-9a-fA-F]{32}$`,
+/// 34 characters: the `sid` of `api.v2010.account.message` in Twilio's
+/// OpenAPI description, twilio-oai), or None when it is one.
+pub(super) fn sid_fault(sid: &str) -> Option<&'static str> {
+    let Some(digits) = sid.strip_prefix("SM").or_else(|| sid.strip_prefix("MM")) else {
+        return Some("does not start with SM or MM");
+    };
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Some("has characters other than hexadecimal digits after SM or MM");
+    }
+    if digits.len() != 32 {
+        return Some("does not have exactly 32 hexadecimal digits after SM or MM");
+    }
+    None
+}
+
+/// Maps Twilio's answer to a message fetch, with the same table for errors;
+/// an unreadable success is transient (ask again later).
 pub fn classify_fetched(status: StatusCode, body: &str) -> Result<FetchedMessage, SendError> {
     if !status.is_success() {
         return Err(classify_error(status, body));
     }
-    let value = success_json(status, body)?;
+    let value = success_json(status, body).map_err(SendError::transient)?;
     // Quoted without the message body it carries.
     let mut shown = value.clone();
     if let Some(map) = shown.as_object_mut() {
         map.remove("body");
     }
     let shown = shown.to_string();
-    let status_word = required_str(&value, "status", status, &shown)?;
+    let status_word =
+        required_str(&value, "status", status, &shown).map_err(SendError::transient)?;
     Ok(FetchedMessage {
         sid: provider_text::clean_id(
-            &required_str(&value, "sid", status, &shown)?,
+            &required_str(&value, "sid", status, &shown).map_err(SendError::transient)?,
             &Secrets::none(),
         ),
         status: provider_text::clean_to(&status_word, &Secrets::none(), MAX_STATUS_CHARS),
@@ -349,7 +382,7 @@ pub fn classify_fetched(status: StatusCode, body: &str) -> Result<FetchedMessage
     })
 }
 
-fn classify_error(status: StatusCode, body: &str) -> SendError {
+pub(super) fn classify_error(status: StatusCode, body: &str) -> SendError {
     let json = serde_json::from_str::<Value>(body)
         .ok()
         .filter(Value::is_object);
@@ -379,8 +412,8 @@ fn classify_error(status: StatusCode, body: &str) -> SendError {
     }
 }
 
-/// The JSON object of a success, or a transient error quoting the body.
-fn success_json(status: StatusCode, body: &str) -> Result<Value, SendError> {
+/// The JSON object of a success, or what is wrong with it (quoting the body).
+fn success_json(status: StatusCode, body: &str) -> Result<Value, String> {
     match serde_json::from_str::<Value>(body) {
         Ok(value) if value.is_object() => Ok(value),
         _ if body.trim().is_empty() => Err(malformed(status, "an empty body", body)),
@@ -393,7 +426,7 @@ fn required_str(
     field: &str,
     status: StatusCode,
     body: &str,
-) -> Result<String, SendError> {
+) -> Result<String, String> {
     value
         .get(field)
         .and_then(Value::as_str)
@@ -402,17 +435,17 @@ fn required_str(
         .ok_or_else(|| malformed(status, &format!("no message `{field}`"), body))
 }
 
-fn malformed(status: StatusCode, what: &str, body: &str) -> SendError {
-    SendError::transient(format!(
+fn malformed(status: StatusCode, what: &str, body: &str) -> String {
+    format!(
         "Twilio answered HTTP {} with {what}: {}",
         status.as_u16(),
         truncate(body)
-    ))
+    )
 }
 
 /// `price` (a decimal string, negative for a charge, or null) in `price_unit`,
 /// as a positive amount; None when absent or unreadable.
-fn price(value: &Value) -> Option<Money> {
+pub(super) fn price(value: &Value) -> Option<Money> {
     let amount = value.get("price").and_then(Value::as_str)?;
     let unit = value.get("price_unit").and_then(Value::as_str);
     let parsed = parse_decimal_micros(amount)
@@ -433,7 +466,7 @@ fn price(value: &Value) -> Option<Money> {
 }
 
 /// `num_segments`: Twilio writes a string ("1"); a number is accepted too.
-fn count(value: Option<&Value>) -> Option<u32> {
+pub(super) fn count(value: Option<&Value>) -> Option<u32> {
     match value? {
         Value::String(s) => s.trim().parse().ok(),
         Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),

@@ -15,6 +15,7 @@ use super::*;
 use crate::domain::DeliveryKind;
 use crate::domain::email::EmailAddress;
 use crate::domain::phone::PhoneNumber;
+use crate::domain::unknown::UnknownCause;
 use crate::providers::{Content, OutgoingMessage, Provider, SendError};
 
 const ACCOUNT_SID: &str = "ACa1b2c3d4e5f60718293a4b5c6d7e8f90";
@@ -262,6 +263,17 @@ fn assert_transient(result: &Result<crate::providers::Accepted, SendError>, code
     match result {
         Err(SendError::Transient { code: got, .. }) => assert_eq!(got.as_deref(), code),
         other => panic!("expected a transient error with code {code:?}, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn assert_unreadable(result: &Result<crate::providers::Accepted, SendError>) {
+    match result {
+        Err(SendError::Unknown {
+            cause: UnknownCause::UnreadableAnswer,
+            ..
+        }) => {}
+        other => panic!("expected an unknown outcome (unreadable answer), got {other:?}"),
     }
 }
 
@@ -680,29 +692,88 @@ async fn an_unreadable_price_or_segment_count_leaves_them_unknown() {
 }
 
 #[tokio::test]
-async fn a_success_without_a_sid_is_transient_and_quotes_the_body() {
+async fn a_success_without_a_sid_is_unknown_and_quotes_the_body() {
     let body = created_body().replace("\"sid\"", "\"message_sid\"");
     let result = send_answered(json_answer(201, &body)).await;
-    assert_transient(&result, None);
+    assert_unreadable(&result);
     let message = message_of(&result);
     assert!(message.contains("no message `sid`"), "{message}");
     assert!(message.contains("message_sid"), "{message}");
 }
 
 #[tokio::test]
-async fn a_malformed_json_success_is_transient_and_quotes_the_body() {
+async fn a_malformed_json_success_is_unknown_and_quotes_the_body() {
     let result = send_answered(json_answer(201, "{\"sid\": \"SM3f1c")).await;
-    assert_transient(&result, None);
+    assert_unreadable(&result);
+    // A fetch that cannot be read is only asked again later.
+    for body in ["", "<html>", "{\"status\":\"sent\"}"] {
+        assert!(
+            matches!(
+                classify_fetched(StatusCode::OK, body),
+                Err(SendError::Transient { .. })
+            ),
+            "{body}"
+        );
+    }
     let message = message_of(&result);
     assert!(message.contains("not a JSON object"), "{message}");
     assert!(message.contains("{\"sid\": \"SM3f1c"), "{message}");
 }
 
 #[tokio::test]
-async fn an_empty_success_body_is_transient() {
+async fn an_empty_success_body_is_unknown() {
     let result = send_answered(ResponseTemplate::new(201)).await;
-    assert_transient(&result, None);
+    assert_unreadable(&result);
     assert!(message_of(&result).contains("an empty body"));
+}
+
+#[test]
+fn a_201_whose_sid_is_not_sm_or_mm_and_32_hex_digits_is_unknown_naming_what_is_wrong() {
+    let hex = "0123456789abcdef0123456789ABCDEF";
+    for (sid, fault) in [
+        ("SM123".to_owned(), "exactly 32 hexadecimal digits"),
+        (format!("SM{hex}0"), "exactly 32 hexadecimal digits"),
+        (format!("XX{hex}"), "does not start with SM or MM"),
+        (format!("MG{hex}"), "does not start with SM or MM"),
+        (format!("sm{hex}"), "does not start with SM or MM"),
+        (
+            "SM\"<x>\"".to_owned(),
+            "characters other than hexadecimal digits",
+        ),
+        (
+            format!("SM{}g", &hex[1..]),
+            "characters other than hexadecimal digits",
+        ),
+        (
+            format!("SM{}", "f".repeat(5_000)),
+            "exactly 32 hexadecimal digits",
+        ),
+    ] {
+        let body = serde_json::json!({"sid": sid, "status": "queued"}).to_string();
+        let result = classify(StatusCode::CREATED, &body);
+        assert_unreadable(&result);
+        let message = message_of(&result);
+        assert!(message.contains(fault), "{sid}: {message}");
+        assert!(message.contains("HTTP 201"), "{message}");
+        assert!(
+            message.chars().count() < 300,
+            "the sid is capped: {} characters",
+            message.chars().count()
+        );
+    }
+    let shown = message_of(&classify(StatusCode::CREATED, r#"{"sid":"SM\"<x>\u0007"}"#));
+    assert!(shown.contains(r#""SM\"<x>""#), "quoted, cleaned: {shown}");
+    assert!(!shown.contains('\u{7}'), "{shown}");
+    // Both documented prefixes, either case of hex digit.
+    for sid in [format!("SM{hex}"), format!("MM{hex}")] {
+        let body = serde_json::json!({"sid": sid}).to_string();
+        assert_eq!(
+            classify(StatusCode::CREATED, &body)
+                .expect("accepted")
+                .provider_message_id,
+            sid
+        );
+    }
 }
 
 #[tokio::test]
@@ -925,10 +996,10 @@ fn no_body_of_any_shape_makes_classify_panic() {
         "{\"sid\":5}",
         "{\"sid\":\"\"}",
         "\u{0}\u{1}",
-        "{\"price\":\"-99999999999999999999\",\"price_unit\":\"USD\",\"sid\":\"SM1\"}",
-        "{\"price\":\"-9223372036854.775808\",\"price_unit\":\"USD\",\"sid\":\"SM1\"}",
-        "{\"num_segments\":\"-1\",\"sid\":\"SM1\"}",
-        "{\"num_segments\":99999999999,\"sid\":\"SM1\"}",
+        "{\"price\":\"-99999999999999999999\",\"price_unit\":\"USD\",\"sid\":\"SM3f1c2b7a9e8d4c6b5a4f3e2d1c0b9a87\"}",
+        "{\"price\":\"-9223372036854.775808\",\"price_unit\":\"USD\",\"sid\":\"SM3f1c2b7a9e8d4c6b5a4f3e2d1c0b9a87\"}",
+        "{\"num_segments\":\"-1\",\"sid\":\"SM3f1c2b7a9e8d4c6b5a4f3e2d1c0b9a87\"}",
+        "{\"num_segments\":99999999999,\"sid\":\"SM3f1c2b7a9e8d4c6b5a4f3e2d1c0b9a87\"}",
     ];
     for status in [200, 201, 204, 302, 400, 401, 404, 429, 500, 503, 599] {
         let status = StatusCode::from_u16(status).expect("status");
@@ -942,7 +1013,7 @@ fn no_body_of_any_shape_makes_classify_panic() {
 // ------------------------------------------------------- network failures
 
 #[tokio::test]
-async fn a_timeout_is_transient() {
+async fn no_answer_within_the_timeout_is_unknown_since_the_request_went_out() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path(messages_path()))
@@ -951,9 +1022,18 @@ async fn a_timeout_is_transient() {
         .await;
     let twilio = Twilio::new(config(&server.uri()), Duration::from_millis(300)).expect("client");
     let result = twilio.send(&sms(TEXT)).await;
-    assert_transient(&result, None);
+    assert!(
+        matches!(
+            &result,
+            Err(SendError::Unknown {
+                cause: UnknownCause::NoAnswer { timeout },
+                ..
+            }) if *timeout == Duration::from_millis(300)
+        ),
+        "{result:?}"
+    );
     let message = message_of(&result);
-    assert!(message.contains("did not answer within 300ms"), "{message}");
+    assert!(message.contains("within 300ms"), "{message}");
     assert_no_secret(&message);
 }
 
@@ -967,7 +1047,7 @@ async fn a_refused_connection_is_transient() {
     let result = twilio.send(&sms(TEXT)).await;
     assert_transient(&result, None);
     let message = message_of(&result);
-    assert!(message.contains("no answer from 127.0.0.1"), "{message}");
+    assert!(message.contains("cannot reach 127.0.0.1"), "{message}");
     assert_no_secret(&message);
     assert_no_secret(&format!("{result:?}"));
 }
@@ -1377,4 +1457,513 @@ async fn invalid_unsubscribed_and_landline_numbers_are_marked_for_suppression() 
             "{code}"
         );
     }
+}
+
+// ------------------------------------------------------------ message lookup
+
+use chrono::{DateTime, TimeDelta, Utc};
+use wiremock::matchers::query_param;
+
+use crate::providers::capability::{FoundMessage, Lookup, MessageLookup};
+
+/// A message as Twilio's list resource shows it (`api.v2010.account.message`):
+/// dates in RFC 2822, `date_sent` null until sent, `price` null until known.
+fn listed(
+    sid: &str,
+    body: &str,
+    created: DateTime<Utc>,
+    sent: Option<DateTime<Utc>>,
+    status: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "account_sid": ACCOUNT_SID,
+        "api_version": "2010-04-01",
+        "body": body,
+        "date_created": created.to_rfc2822(),
+        "date_sent": sent.map(|d| d.to_rfc2822()),
+        "date_updated": created.to_rfc2822(),
+        "direction": "outbound-api",
+        "error_code": null,
+        "error_message": null,
+        "from": FROM,
+        "messaging_service_sid": null,
+        "num_media": "0",
+        "num_segments": "1",
+        "price": null,
+        "price_unit": "USD",
+        "sid": sid,
+        "status": status,
+        "subresource_uris": {
+            "media": format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{sid}/Media.json")
+        },
+        "to": TO,
+        "uri": format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{sid}.json")
+    })
+}
+
+/// The query of page `page` of the list tuma asks for.
+fn page_query(page: u32, token: Option<&str>) -> String {
+    let mut query = format!("To=%2B254711000001&PageSize=50&Page={page}");
+    if let Some(token) = token {
+        query.push_str(&format!("&PageToken={token}"));
+    }
+    query
+}
+
+/// A list page as Twilio writes it: `messages`, the paging URIs, `page`,
+/// `page_size`, `start`, `end`.
+fn list_page(page: u32, messages: Vec<serde_json::Value>, next_token: Option<&str>) -> String {
+    let list = format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json");
+    let count = u32::try_from(messages.len()).expect("a small page");
+    serde_json::json!({
+        "end": page * 50 + count.saturating_sub(1),
+        "first_page_uri": format!("{list}?{}", page_query(0, None)),
+        "next_page_uri": next_token.map(|t| format!("{list}?{}", page_query(page + 1, Some(t)))),
+        "page": page,
+        "page_size": 50,
+        "previous_page_uri": (page > 0).then(|| format!("{list}?{}", page_query(page - 1, None))),
+        "messages": messages,
+        "start": page * 50,
+        "uri": format!("{list}?{}", page_query(page, None)),
+    })
+    .to_string()
+}
+
+/// Mounts the list's first page (`To` and `PageSize`, no page token).
+async fn expect_first_page(server: &MockServer, answer: ResponseTemplate, times: u64) {
+    Mock::given(method("GET"))
+        .and(path(messages_path()))
+        .and(header("authorization", AUTH_HEADER))
+        .and(header("accept", "application/json"))
+        .and(query_param("To", TO))
+        .and(query_param("PageSize", "50"))
+        .and(NoPageToken)
+        .respond_with(answer)
+        .expect(times)
+        .mount(server)
+        .await;
+}
+
+/// Matches a request without a `PageToken`: the first page.
+struct NoPageToken;
+
+impl Match for NoPageToken {
+    fn matches(&self, request: &Request) -> bool {
+        !request.url.query_pairs().any(|(k, _)| k == "PageToken")
+    }
+}
+
+/// Mounts page `page` reached by `token`.
+async fn expect_page(server: &MockServer, page: u32, token: &str, answer: ResponseTemplate) {
+    Mock::given(method("GET"))
+        .and(path(messages_path()))
+        .and(header("authorization", AUTH_HEADER))
+        .and(query_param("To", TO))
+        .and(query_param("Page", page.to_string()))
+        .and(query_param("PageToken", token))
+        .respond_with(answer)
+        .expect(1)
+        .mount(server)
+        .await;
+}
+
+/// A whole second, as Twilio's dates are.
+fn second(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(at.timestamp(), 0).expect("a date")
+}
+
+#[tokio::test]
+async fn a_send_whose_answer_never_came_is_found_by_a_lookup_without_a_second_post() {
+    let server = MockServer::start().await;
+    // Twilio takes the message but answers after the adapter stopped waiting.
+    Mock::given(method("POST"))
+        .and(path(messages_path()))
+        .and(FormIs::new(&[("To", TO), ("From", FROM), ("Body", TEXT)]))
+        .respond_with(json_answer(201, &created_body()).set_delay(Duration::from_secs(3)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let since = Utc::now();
+    let twilio = Twilio::new(config(&server.uri()), Duration::from_millis(300)).expect("client");
+    let sent = twilio.send(&sms(TEXT)).await;
+    assert!(
+        matches!(
+            sent,
+            Err(SendError::Unknown {
+                cause: UnknownCause::NoAnswer { .. },
+                ..
+            })
+        ),
+        "{sent:?}"
+    );
+    // Still queued (no date_sent), listed beside an older message to the same number.
+    let created = second(since) + TimeDelta::seconds(1);
+    let page = list_page(
+        0,
+        vec![
+            listed(MESSAGE_SID, TEXT, created, None, "queued"),
+            listed(
+                "SM00000000000000000000000000000001",
+                "Your MtaaDAO code is 111111. It expires in 5 minutes.",
+                created - TimeDelta::hours(2),
+                Some(created - TimeDelta::hours(2)),
+                "delivered",
+            ),
+        ],
+        None,
+    );
+    expect_first_page(&server, json_answer(200, &page), 1).await;
+    let found = twilio
+        .find_sent(&sms(TEXT), since)
+        .await
+        .expect("an answer");
+    assert_eq!(
+        found,
+        Lookup::Found(FoundMessage {
+            provider_message_id: MESSAGE_SID.into(),
+            provider_status: Some("queued".into()),
+            cost: None,
+            segments: Some(1),
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_lookup_follows_next_page_uri_and_reads_the_price_as_the_positive_charge() {
+    let server = MockServer::start().await;
+    let since = second(Utc::now());
+    let other = |n: u32| {
+        listed(
+            &format!("SM{n:032x}"),
+            "Your order 2219 has shipped.",
+            since + TimeDelta::seconds(30),
+            Some(since + TimeDelta::seconds(31)),
+            "sent",
+        )
+    };
+    expect_first_page(
+        &server,
+        json_answer(
+            200,
+            &list_page(0, vec![other(1), other(2)], Some("PAMMc2622385")),
+        ),
+        1,
+    )
+    .await;
+    let mut ours = listed(
+        MESSAGE_SID,
+        TEXT,
+        since,
+        Some(since + TimeDelta::seconds(2)),
+        "delivered",
+    );
+    ours["price"] = "-0.01500".into();
+    ours["num_segments"] = "2".into();
+    expect_page(
+        &server,
+        1,
+        "PAMMc2622385",
+        json_answer(200, &list_page(1, vec![ours], None)),
+    )
+    .await;
+    let Lookup::Found(found) = provider(&server)
+        .find_sent(&sms(TEXT), since)
+        .await
+        .expect("an answer")
+    else {
+        panic!("found on the second page");
+    };
+    assert_eq!(found.provider_message_id, MESSAGE_SID);
+    assert_eq!(found.provider_status.as_deref(), Some("delivered"));
+    let cost = found.cost.expect("a price");
+    assert_eq!((cost.micros, cost.currency.as_str()), (15_000, "USD"));
+    assert_eq!(found.segments, Some(2));
+}
+
+#[tokio::test]
+async fn a_lookup_matches_only_tumas_text_to_the_number_created_since_the_send() {
+    let server = MockServer::start().await;
+    let since = second(Utc::now());
+    let mut inbound = listed(
+        "SM00000000000000000000000000000003",
+        TEXT,
+        since + TimeDelta::seconds(5),
+        Some(since + TimeDelta::seconds(5)),
+        "received",
+    );
+    inbound["direction"] = "inbound".into();
+    let mut elsewhere = listed(
+        "SM00000000000000000000000000000004",
+        TEXT,
+        since,
+        None,
+        "queued",
+    );
+    elsewhere["to"] = "+254711000009".into();
+    let page = list_page(
+        0,
+        vec![
+            // The same text an hour before the send: an earlier message.
+            listed(
+                "SM00000000000000000000000000000001",
+                TEXT,
+                since - TimeDelta::hours(1),
+                None,
+                "queued",
+            ),
+            // Another text since the send.
+            listed(
+                "SM00000000000000000000000000000002",
+                "Your MtaaDAO code is 493818. It expires in 5 minutes.",
+                since + TimeDelta::seconds(1),
+                None,
+                "queued",
+            ),
+            inbound,
+            elsewhere,
+        ],
+        None,
+    );
+    expect_first_page(&server, json_answer(200, &page), 1).await;
+    assert_eq!(
+        provider(&server).find_sent(&sms(TEXT), since).await,
+        Ok(Lookup::NotFound)
+    );
+}
+
+#[tokio::test]
+async fn a_lookup_allows_for_twilio_s_clock_running_a_little_behind() {
+    let server = MockServer::start().await;
+    let since = Utc::now();
+    let page = list_page(
+        0,
+        vec![listed(
+            MESSAGE_SID,
+            TEXT,
+            second(since) - TimeDelta::seconds(20),
+            None,
+            "accepted",
+        )],
+        None,
+    );
+    expect_first_page(&server, json_answer(200, &page), 1).await;
+    assert!(matches!(
+        provider(&server).find_sent(&sms(TEXT), since).await,
+        Ok(Lookup::Found(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_lookup_stops_at_the_first_message_sent_before_the_send() {
+    let server = MockServer::start().await;
+    let since = second(Utc::now());
+    let old = listed(
+        "SM00000000000000000000000000000001",
+        "An older message",
+        since - TimeDelta::days(1),
+        Some(since - TimeDelta::days(1)),
+        "delivered",
+    );
+    expect_first_page(
+        &server,
+        json_answer(200, &list_page(0, vec![old], Some("PAold"))),
+        1,
+    )
+    .await;
+    Mock::given(method("GET"))
+        .and(query_param("PageToken", "PAold"))
+        .respond_with(json_answer(200, &list_page(1, vec![], None)))
+        .expect(0)
+        .mount(&server)
+        .await;
+    assert_eq!(
+        provider(&server).find_sent(&sms(TEXT), since).await,
+        Ok(Lookup::NotFound)
+    );
+}
+
+#[tokio::test]
+async fn a_lookup_reads_at_most_three_pages_then_says_twilio_cannot_say() {
+    let server = MockServer::start().await;
+    let since = second(Utc::now());
+    let recent = |n: u32| {
+        listed(
+            &format!("SM{n:032x}"),
+            "Another message",
+            since + TimeDelta::seconds(1),
+            Some(since + TimeDelta::seconds(1)),
+            "sent",
+        )
+    };
+    expect_first_page(
+        &server,
+        json_answer(200, &list_page(0, vec![recent(1)], Some("PA1"))),
+        1,
+    )
+    .await;
+    expect_page(
+        &server,
+        1,
+        "PA1",
+        json_answer(200, &list_page(1, vec![recent(2)], Some("PA2"))),
+    )
+    .await;
+    expect_page(
+        &server,
+        2,
+        "PA2",
+        json_answer(200, &list_page(2, vec![recent(3)], Some("PA3"))),
+    )
+    .await;
+    Mock::given(method("GET"))
+        .and(query_param("PageToken", "PA3"))
+        .respond_with(json_answer(200, &list_page(3, vec![], None)))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let result = provider(&server).find_sent(&sms(TEXT), since).await;
+    match result {
+        Err(SendError::Permanent { message, .. }) => {
+            assert!(message.contains("150 messages"), "{message}")
+        }
+        other => panic!("expected a permanent error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_next_page_uri_of_another_host_account_or_resource_is_not_followed() {
+    for next in [
+        "https://elsewhere.example/2010-04-01/Accounts/ACa1b2c3d4e5f60718293a4b5c6d7e8f90/Messages.json?Page=1".to_owned(),
+        "/2010-04-01/Accounts/AC00000000000000000000000000000000/Messages.json?Page=1".to_owned(),
+        format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Calls.json?Page=1"),
+        format!("//elsewhere.example/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json?Page=1"),
+    ] {
+        let server = MockServer::start().await;
+        let since = second(Utc::now());
+        let mut page: serde_json::Value =
+            serde_json::from_str(&list_page(0, vec![], Some("PA1"))).expect("JSON");
+        page["next_page_uri"] = next.clone().into();
+        expect_first_page(&server, json_answer(200, &page.to_string()), 1).await;
+        let result = provider(&server).find_sent(&sms(TEXT), since).await;
+        assert!(
+            matches!(result, Err(SendError::Permanent { .. })),
+            "{next}: {result:?}"
+        );
+        assert_eq!(
+            server.received_requests().await.expect("recorded").len(),
+            1,
+            "{next}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn lookup_errors_5xx_429_and_no_answer_are_transient_and_401_403_404_permanent() {
+    for (status, code, transient) in [
+        (500, 20500, true),
+        (503, 20500, true),
+        (429, 20429, true),
+        (401, 20003, false),
+        (403, 20403, false),
+        (404, 20404, false),
+    ] {
+        let server = MockServer::start().await;
+        expect_first_page(
+            &server,
+            json_answer(status, &error_body(code, "refused", status)),
+            1,
+        )
+        .await;
+        let result = provider(&server).find_sent(&sms(TEXT), Utc::now()).await;
+        match (&result, transient) {
+            (Err(SendError::Transient { .. }), true)
+            | (Err(SendError::Permanent { .. }), false) => {}
+            _ => panic!("HTTP {status}: {result:?}"),
+        }
+    }
+    // A list that is not a page: ask again later.
+    let server = MockServer::start().await;
+    expect_first_page(&server, json_answer(200, "{\"messages\":7}"), 1).await;
+    assert!(matches!(
+        provider(&server).find_sent(&sms(TEXT), Utc::now()).await,
+        Err(SendError::Transient { .. })
+    ));
+    // No answer in time: a read changes nothing, so it is only transient.
+    let server = MockServer::start().await;
+    expect_first_page(
+        &server,
+        json_answer(200, &list_page(0, vec![], None)).set_delay(Duration::from_secs(3)),
+        1,
+    )
+    .await;
+    let twilio = Twilio::new(config(&server.uri()), Duration::from_millis(300)).expect("client");
+    assert!(matches!(
+        twilio.find_sent(&sms(TEXT), Utc::now()).await,
+        Err(SendError::Transient { .. })
+    ));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    drop(listener);
+    let nobody =
+        Twilio::new(config(&format!("http://{address}")), Duration::from_secs(2)).expect("client");
+    assert!(matches!(
+        nobody.find_sent(&sms(TEXT), Utc::now()).await,
+        Err(SendError::Transient { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_lookup_never_quotes_the_page_or_the_code() {
+    let server = MockServer::start().await;
+    let since = second(Utc::now());
+    let mut bad = listed("SM\"<x>\"", TEXT, since, None, "queued");
+    bad["to"] = TO.into();
+    expect_first_page(&server, json_answer(200, &list_page(0, vec![bad], None)), 1).await;
+    let error = provider(&server)
+        .find_sent(&sms(TEXT), since)
+        .await
+        .expect_err("a sid tuma cannot record");
+    let shown = error.to_string();
+    assert!(matches!(error, SendError::Permanent { .. }), "{shown}");
+    assert!(
+        !shown.contains("493817") && !shown.contains("MtaaDAO"),
+        "{shown}"
+    );
+    let server = MockServer::start().await;
+    expect_first_page(
+        &server,
+        json_answer(500, &format!("{{\"code\":20500,\"message\":\"{TEXT}\"}}")),
+        1,
+    )
+    .await;
+    let shown = provider(&server)
+        .find_sent(&sms(TEXT), since)
+        .await
+        .expect_err("an outage")
+        .to_string();
+    assert!(!shown.contains("493817"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_lookup_of_an_email_is_permanent_and_asks_twilio_nothing() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(json_answer(200, &list_page(0, vec![], None)))
+        .expect(0)
+        .mount(&server)
+        .await;
+    assert!(matches!(
+        provider(&server).find_sent(&email(), Utc::now()).await,
+        Err(SendError::Permanent { .. })
+    ));
+}
+
+#[test]
+fn the_twilio_kind_gives_its_adapter_a_message_lookup() {
+    use crate::providers::registry::KindConfig;
+    let adapter = config("https://api.twilio.com")
+        .build(Duration::from_secs(5))
+        .expect("builds");
+    assert!(adapter.lookup.is_some());
+    assert!(adapter.status.is_some());
 }

@@ -1,6 +1,7 @@
 //! The `[[provider]]` keys of `kind = "vonage"`, parsed and checked at load.
 
 use std::path::Path;
+use std::time::Duration;
 
 use reqwest::Url;
 use secrecy::SecretString;
@@ -13,6 +14,20 @@ pub const DEFAULT_BASE_URL: &str = "https://rest.nexmo.com";
 
 /// The longest alphanumeric sender id Vonage takes in `from`.
 const MAX_SENDER_ID_CHARS: usize = 11;
+
+/// The longest `callback` Vonage takes: 100 characters (the `callback` of
+/// `SmsMessage` in Vonage's Python SDK, `max_length=100`; a longer one is
+/// refused with status 23, "Invalid Callback Url").
+pub const MAX_CALLBACK_URL_CHARS: usize = 100;
+
+/// How old a signed receipt may be (its `timestamp`) unless
+/// `receipt_max_age` says otherwise.
+pub const DEFAULT_RECEIPT_MAX_AGE: Duration = Duration::from_secs(5 * 60);
+
+/// The shortest and longest `receipt_max_age`.
+pub const MIN_RECEIPT_MAX_AGE: Duration = Duration::from_secs(30);
+/// See [`MIN_RECEIPT_MAX_AGE`].
+pub const MAX_RECEIPT_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Vonage settings.
 #[derive(Debug, Clone)]
@@ -30,8 +45,13 @@ pub struct VonageConfig {
     pub currency: Currency,
     /// The API root, `https://rest.nexmo.com` unless a test or proxy says otherwise.
     pub base_url: Url,
-    /// Where Vonage posts delivery receipts (`callback` with `status-report-req=1`).
+    /// Where Vonage posts delivery receipts (`callback` with
+    /// `status-report-req=true`); at most 100 characters.
     pub callback_url: Option<Url>,
+    /// How old a signed receipt's `timestamp` may be when it arrives (either
+    /// way, for clocks that disagree): an older one is refused like a forged
+    /// one, so a captured receipt cannot be replayed later.
+    pub receipt_max_age: Duration,
 }
 
 /// How a send proves who it is from; Debug never shows a secret.
@@ -91,6 +111,7 @@ struct RawVonage {
     currency: String,
     base_url: Option<String>,
     callback_url: Option<String>,
+    receipt_max_age: Option<String>,
 }
 
 type KeyError = (String, String);
@@ -186,6 +207,30 @@ impl VonageConfig {
             .map(|u| parse_url(u, true))
             .transpose()
             .map_err(|reason| refuse("callback_url", reason))?;
+        if let Some(url) = &callback_url {
+            let chars = url.as_str().chars().count();
+            if chars > MAX_CALLBACK_URL_CHARS {
+                return Err(refuse(
+                    "callback_url",
+                    format!(
+                        "is {chars} characters; Vonage takes a callback of at most {MAX_CALLBACK_URL_CHARS}"
+                    ),
+                ));
+            }
+        }
+        let receipt_max_age = match (&raw.receipt_max_age, &signature) {
+            (None, _) => DEFAULT_RECEIPT_MAX_AGE,
+            (Some(text), Some(_)) => {
+                crate::settings::parse_duration_in(text, MIN_RECEIPT_MAX_AGE, MAX_RECEIPT_MAX_AGE)
+                    .map_err(|reason| refuse("receipt_max_age", reason))?
+            }
+            (Some(_), None) => {
+                return Err(refuse(
+                    "receipt_max_age",
+                    "needs signature_secret_env: only signed receipts carry the timestamp it checks",
+                ));
+            }
+        };
         Ok(VonageConfig {
             api_key: api_key.to_owned(),
             auth,
@@ -194,6 +239,7 @@ impl VonageConfig {
             currency,
             base_url,
             callback_url,
+            receipt_max_age,
         })
     }
 }

@@ -6,7 +6,8 @@
 //! `messages[]` entry per part; each part's `status` decides ([`classify`]
 //! holds the one table), and an accepted message's price is known at once
 //! (`message-price`, in the account's `currency`). Delivery receipts
-//! (`receipt.rs`) are checked by their `sig` when a signature secret is set.
+//! (`receipt.rs`), by POST or GET, are checked by their `sig` and the age of
+//! their signed `timestamp` when a signature secret is set.
 //! A refusal saying the number is barred or de-activated, and a receipt whose
 //! `err-code` says the number is inactive, barred by its user or refuses
 //! the sender, suppress the recipient (`recipient_gone`, `receipt_gone`).
@@ -21,7 +22,8 @@
 //! signature_method = "md5hash"                     # md5hash (default), md5, sha1, sha256, sha512
 //! from = "MTAADAO"                                 # a number or an alphanumeric sender id
 //! currency = "EUR"                                 # the account's currency
-//! callback_url = "https://tuma.example.org/v1/callbacks/vonage"
+//! callback_url = "https://tuma.example.org/v1/callbacks/vonage" # at most 100 characters
+//! receipt_max_age = "5m"                           # signed receipts: how old their timestamp may be
 //! ```
 //!
 //! What this adapter never does: follow redirects, put a secret in an

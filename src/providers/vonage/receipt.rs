@@ -1,8 +1,10 @@
 //! Vonage's delivery receipts (DLRs) for the SMS API: `msisdn`, `to`,
 //! `network-code`, `messageId`, `price`, `status`, `err-code`, `scts`,
 //! `message-timestamp`, `client-ref`, `api-key` and, when the account signs
-//! its webhooks, `timestamp`, `nonce` and `sig`; form-encoded (`POST`) or
-//! JSON (`POST-JSON`), as the dashboard's webhook method says.
+//! its webhooks, `timestamp`, `nonce` and `sig`; form-encoded (`POST`), JSON
+//! (`POST-JSON`) or a query string (`GET`), as the dashboard's webhook
+//! method says. A signed one whose `timestamp` is further than
+//! `receipt_max_age` from its arrival is refused like a forged one.
 //!
 //! `delivered` → delivered; `expired`, `failed`, `rejected` → undelivered,
 //! with `err-code`; anything else (`accepted`, `buffered`, `unknown`)
@@ -129,8 +131,12 @@ impl ReceiptCapability for VonageConfig {
     }
 
     /// With `signature_secret_env` set, a DLR must carry a valid `sig`
-    /// (Vonage's signed webhooks); without it DLRs are taken unsigned. A DLR
-    /// naming another account's `api-key` is never this provider's.
+    /// (Vonage's signed webhooks) and a signed `timestamp` no further than
+    /// `receipt_max_age` from its arrival; without it DLRs are taken
+    /// unsigned. A DLR naming another account's `api-key` is never this
+    /// provider's. The fields are a POST's form or JSON body, or a GET's
+    /// query string (the dashboard's webhook method), which the route hands
+    /// over as the body.
     fn receive(&self, request: &ReceiptRequest<'_>) -> Result<VerifiedReceipt, ReceiptRefusal> {
         let fields = dlr_fields(request.body);
         let other_account = fields
@@ -140,6 +146,9 @@ impl ReceiptCapability for VonageConfig {
             Some(s) => verify(&fields, s.secret.expose_secret(), s.method),
             None => true,
         };
+        if signed && !other_account && self.signature.is_some() {
+            stale(&fields, request.received_at, self.receipt_max_age)?;
+        }
         if other_account || !signed {
             return Err(ReceiptRefusal::BadSignature {
                 detail:
@@ -158,4 +167,45 @@ impl ReceiptCapability for VonageConfig {
         from_vonage(request.provider, self, &fields, request.received_at)
             .map_err(ReceiptRefusal::Malformed)
     }
+}
+
+/// Refuses a signed DLR whose `timestamp` (Unix seconds, "only included if
+/// you have signatures enabled", Vonage's SMS API `DeliveryReceipt`) is
+/// missing, unreadable, or further than `max_age` from `received_at`: a
+/// captured receipt replayed later is refused like a forged one.
+fn stale(
+    fields: &[(String, String)],
+    received_at: DateTime<Utc>,
+    max_age: std::time::Duration,
+) -> Result<(), ReceiptRefusal> {
+    let max = humantime::format_duration(max_age);
+    let refused = |log: String| ReceiptRefusal::BadSignature {
+        detail: format!(
+            "the receipt's signed timestamp is missing or more than {max} from now (a replayed receipt?)"
+        ),
+        log,
+    };
+    let signed_at = fields
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "timestamp")
+        .and_then(|(_, v)| v.trim().parse::<i64>().ok())
+        .and_then(|secs| DateTime::<Utc>::from_timestamp(secs, 0))
+        .ok_or_else(|| {
+            refused("Vonage receipt refused: signed, but without a readable timestamp".to_owned())
+        })?;
+    let age = received_at.signed_duration_since(signed_at);
+    let limit = chrono::TimeDelta::from_std(max_age).unwrap_or(chrono::TimeDelta::MAX);
+    if age > limit || -age > limit {
+        return Err(refused(format!(
+            "Vonage receipt refused: signed {}s {} it arrived, over receipt_max_age ({max})",
+            age.num_seconds().abs(),
+            if age >= chrono::TimeDelta::zero() {
+                "before"
+            } else {
+                "after"
+            }
+        )));
+    }
+    Ok(())
 }

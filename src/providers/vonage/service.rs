@@ -13,6 +13,7 @@ use super::signing::sign;
 use crate::domain::money::{Currency, Money};
 use crate::domain::provider_text::scrub;
 use crate::domain::segments::{SmsEncoding, count_segments};
+use crate::domain::unknown::UnknownCause;
 use crate::providers::{Accepted, Content, OutgoingMessage, Provider, SendError};
 
 /// What replaces a secret wherever one would show.
@@ -69,8 +70,8 @@ impl Vonage {
 
     /// The form of one send: `api_key`, `from`, `to` (E.164 digits without
     /// `+`), `text`, `type=unicode` when the text needs UCS-2, `client-ref` =
-    /// the delivery id, `status-report-req=1` and `callback` when a callback
-    /// URL is set, `ttl` = an OTP's time left (20 s at least), then
+    /// the delivery id, `status-report-req=true` (the SMS API's boolean) and
+    /// `callback` when a callback URL is set, `ttl` = an OTP's time left (20 s at least), then
     /// `api_secret`, or `timestamp` and `sig` when requests are signed.
     fn form(&self, message: &OutgoingMessage) -> Result<Vec<(String, String)>, SendError> {
         let Content::Sms { to, text } = &message.content else {
@@ -90,7 +91,7 @@ impl Vonage {
             form.push(("type".into(), "unicode".into()));
         }
         if let Some(url) = &self.config.callback_url {
-            form.push(("status-report-req".into(), "1".into()));
+            form.push(("status-report-req".into(), "true".into()));
             form.push(("callback".into(), url.to_string()));
         }
         if let Some(left) = message.valid_for {
@@ -321,9 +322,11 @@ pub struct VonageAccepted {
 /// decides by [`STATUS`] when no part was accepted; when some were (the
 /// carrier already has them, so a retry would send them twice) it is
 /// accepted as far as it went, with a warning. HTTP 401 permanent and
-/// alerted; 429 and 5xx transient; other 4xx permanent; a body that cannot
-/// be read transient, quoted. Never panics. The body must already have the
-/// API secret masked.
+/// alerted; 429 and 5xx transient; other 4xx permanent. A 2xx that neither
+/// accepts nor refuses by the table (not JSON, no `messages`, an accepted
+/// part without its `message-id`, no part with a `status`) is an unknown
+/// outcome, quoted: Vonage may have taken the message. Never panics. The
+/// body must already have the API secret masked.
 pub fn classify(
     status: StatusCode,
     body: &str,
@@ -361,12 +364,16 @@ pub fn classify(
             });
         }
     }
+    // A 2xx may mean the message was taken: what cannot be read is unknown.
     let malformed = |what: &str| {
-        SendError::transient(format!(
-            "Vonage answered HTTP {} but {what}: {}",
-            status.as_u16(),
-            truncate(body)
-        ))
+        SendError::unknown(
+            UnknownCause::UnreadableAnswer,
+            format!(
+                "Vonage answered HTTP {} but {what}: {}",
+                status.as_u16(),
+                truncate(body)
+            ),
+        )
     };
     let json: Value = serde_json::from_str(body).map_err(|_| malformed("not with JSON"))?;
     let messages = json
@@ -387,6 +394,10 @@ pub fn classify(
     let (sent, refused): (Vec<&Value>, Vec<&Value>) =
         messages.iter().partition(|m| status_of(m) == "0");
     if sent.is_empty() {
+        // Refused only when every part says so by its status.
+        if refused.iter().any(|m| status_of(m).is_empty()) {
+            return Err(malformed("a part has no status"));
+        }
         let first = refused.first().copied().unwrap_or(&Value::Null);
         return Err(refusal(&status_of(first), text(first, "error-text")));
     }

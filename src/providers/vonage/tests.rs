@@ -23,6 +23,7 @@ use crate::domain::email::EmailAddress;
 use crate::domain::money::Currency;
 use crate::domain::phone::PhoneNumber;
 use crate::domain::receipt::ReceiptVerdict;
+use crate::domain::unknown::UnknownCause;
 use crate::providers::capability::{ReceiptCapability, ReceiptRefusal, ReceiptRequest};
 use crate::providers::{Content, OutgoingMessage, Provider, SendError};
 
@@ -46,6 +47,7 @@ fn config(base_url: &str) -> VonageConfig {
         callback_url: Some(
             Url::parse("https://tuma.example.org/v1/callbacks/vonage").expect("URL"),
         ),
+        receipt_max_age: super::config::DEFAULT_RECEIPT_MAX_AGE,
     }
 }
 
@@ -209,7 +211,7 @@ async fn an_accepted_message_records_its_id_exact_price_and_sends_the_documented
         .and(body_string_contains(
             "client-ref=019ac1d2-0000-7000-8000-000000000001",
         ))
-        .and(body_string_contains("status-report-req=1"))
+        .and(body_string_contains("status-report-req=true"))
         .and(body_string_contains(
             "callback=https%3A%2F%2Ftuma.example.org%2Fv1%2Fcallbacks%2Fvonage",
         ))
@@ -241,6 +243,11 @@ async fn an_accepted_message_records_its_id_exact_price_and_sends_the_documented
         "an OTP lives only its TTL"
     );
     assert_eq!(value(&form, "sig"), None);
+    assert_eq!(
+        value(&form, "status-report-req"),
+        Some("true"),
+        "the SMS API's boolean, as its spec writes it"
+    );
 }
 
 #[tokio::test]
@@ -388,20 +395,13 @@ async fn every_status_of_the_table_is_classified_through_the_adapter() {
 }
 
 #[tokio::test]
-async fn http_errors_and_unreadable_answers_are_classified() {
+async fn http_errors_are_classified() {
     for (http, body, permanent) in [
         (401, "{\"type\":\"unauthorized\"}".to_owned(), true),
         (400, "bad".to_owned(), true),
         (429, "slow down".to_owned(), false),
         (500, "oops".to_owned(), false),
         (503, String::new(), false),
-        (200, "<html>".to_owned(), false),
-        (
-            200,
-            "{\"message-count\":\"0\",\"messages\":[]}".to_owned(),
-            false,
-        ),
-        (200, "{\"messages\":[{\"status\":\"0\"}]}".to_owned(), false),
     ] {
         let server = double(http, body.clone()).await;
         let vonage = Vonage::new(config(&server.uri()), Duration::from_secs(5)).expect("builds");
@@ -415,6 +415,44 @@ async fn http_errors_and_unreadable_answers_are_classified() {
     assert!(matches!(
         nobody.send(&sms(TEXT)).await,
         Err(SendError::Transient { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_200_that_neither_accepts_nor_refuses_by_the_table_is_unknown() {
+    for (body, said) in [
+        ("<html>", "not with JSON"),
+        ("", "not with JSON"),
+        (
+            "{\"message-count\":\"0\",\"messages\":[]}",
+            "with no messages",
+        ),
+        ("{\"message-count\":\"1\"}", "with no messages"),
+        (
+            "{\"messages\":[{\"status\":\"0\"}]}",
+            "a part has no message-id",
+        ),
+        (
+            "{\"messages\":[{\"to\":\"254711000001\",\"message-id\":\"0C01\"}]}",
+            "a part has no status",
+        ),
+    ] {
+        let server = double(200, body.to_owned()).await;
+        let vonage = Vonage::new(config(&server.uri()), Duration::from_secs(5)).expect("builds");
+        match vonage.send(&sms(TEXT)).await {
+            Err(SendError::Unknown {
+                cause: UnknownCause::UnreadableAnswer,
+                message,
+            }) => assert!(message.contains(said), "{body}: {message}"),
+            other => panic!("HTTP 200 {body}: {other:?}"),
+        }
+    }
+    // A 200 whose every part says no by its status stays a refusal.
+    let server = double(200, refused("2", "Missing to param")).await;
+    let vonage = Vonage::new(config(&server.uri()), Duration::from_secs(5)).expect("builds");
+    assert!(matches!(
+        vonage.send(&sms(TEXT)).await,
+        Err(SendError::Permanent { code: Some(c), .. }) if c == "2"
     ));
 }
 
@@ -480,19 +518,36 @@ fn receive(
     config: &VonageConfig,
     body: &[u8],
 ) -> Result<crate::providers::capability::VerifiedReceipt, ReceiptRefusal> {
+    receive_at(config, body, Utc::now())
+}
+
+fn receive_at(
+    config: &VonageConfig,
+    body: &[u8],
+    received_at: chrono::DateTime<Utc>,
+) -> Result<crate::providers::capability::VerifiedReceipt, ReceiptRefusal> {
     let headers = HeaderMap::new();
     config.receive(&ReceiptRequest {
         provider: "vonage",
         headers: &headers,
         url: "/v1/callbacks/vonage",
         body,
-        received_at: Utc::now(),
+        received_at,
     })
 }
 
-/// Signs a DLR as Vonage does: `timestamp` and `nonce` added, then `sig`.
-fn signed(mut fields: Vec<(String, String)>, method: SignatureMethod) -> Vec<(String, String)> {
-    fields.push(("timestamp".into(), "1796466243".into()));
+/// Signs a DLR as Vonage does: `timestamp` (now) and `nonce` added, then `sig`.
+fn signed(fields: Vec<(String, String)>, method: SignatureMethod) -> Vec<(String, String)> {
+    signed_at(fields, method, Utc::now().timestamp())
+}
+
+/// Signs a DLR with the given `timestamp`.
+fn signed_at(
+    mut fields: Vec<(String, String)>,
+    method: SignatureMethod,
+    timestamp: i64,
+) -> Vec<(String, String)> {
+    fields.push(("timestamp".into(), timestamp.to_string()));
     fields.push((
         "nonce".into(),
         "7a4e3a4c-4c2b-4f0a-9d7e-2b1c0e9f8a6d".into(),
@@ -660,4 +715,92 @@ fn an_undelivered_receipt_whose_err_code_says_the_number_is_gone_marks_it() {
             .map(|r| r.contains("err-code 9")),
         Some(true)
     );
+}
+
+#[test]
+fn a_signed_receipt_further_than_receipt_max_age_from_its_arrival_is_refused_like_a_forged_one() {
+    let config = signed_config("https://rest.nexmo.com", SignatureMethod::Sha256);
+    assert_eq!(
+        config.receipt_max_age,
+        Duration::from_secs(300),
+        "5 minutes by default"
+    );
+    let now = Utc::now();
+    let at = |offset: i64| {
+        encode(&signed_at(
+            dlr("delivered", "0.03330000"),
+            SignatureMethod::Sha256,
+            now.timestamp() + offset,
+        ))
+    };
+    receive_at(&config, &at(-299), now).expect("within five minutes");
+    receive_at(&config, &at(120), now).expect("a clock a little ahead");
+    for (offset, why) in [
+        (-301, "five minutes old"),
+        (-86_400, "a day old"),
+        (301, "from the future"),
+    ] {
+        match receive_at(&config, &at(offset), now) {
+            Err(ReceiptRefusal::BadSignature { detail, log }) => {
+                assert!(detail.contains("5m"), "{why}: {detail}");
+                assert!(log.contains("receipt_max_age"), "{why}: {log}");
+            }
+            other => panic!("{why}: {other:?}"),
+        }
+    }
+    // Signed without a timestamp, or with one that is not a number.
+    let mut fields = dlr("delivered", "0.0333");
+    fields.push(("nonce".into(), "n-1".into()));
+    let sig = sign(&fields, SIG_SECRET, SignatureMethod::Sha256);
+    fields.push(("sig".into(), sig));
+    assert!(matches!(
+        receive_at(&config, &encode(&fields), now),
+        Err(ReceiptRefusal::BadSignature { .. })
+    ));
+    let mut fields = dlr("delivered", "0.0333");
+    fields.push(("timestamp".into(), "yesterday".into()));
+    let sig = sign(&fields, SIG_SECRET, SignatureMethod::Sha256);
+    fields.push(("sig".into(), sig));
+    assert!(matches!(
+        receive_at(&config, &encode(&fields), now),
+        Err(ReceiptRefusal::BadSignature { .. })
+    ));
+    // A longer window, as receipt_max_age sets it.
+    let patient = VonageConfig {
+        receipt_max_age: Duration::from_secs(600),
+        ..config
+    };
+    receive_at(&patient, &at(-599), now).expect("within ten minutes");
+    assert!(receive_at(&patient, &at(-601), now).is_err());
+}
+
+#[test]
+fn receipt_max_age_is_read_bounded_and_only_with_a_signature_secret() {
+    let signed = "api_key = \"a1b2c3d4\"\nsignature_secret_env = \"VONAGE_SIGNATURE_SECRET\"\nfrom = \"MTAADAO\"\ncurrency = \"EUR\"\n";
+    let c = parse(&format!("{signed}receipt_max_age = \"10m\"\n")).expect("parses");
+    assert_eq!(c.receipt_max_age, Duration::from_secs(600));
+    for bad in ["\"1s\"", "\"2d\"", "\"soon\"", "5"] {
+        let (key, reason) = parse(&format!("{signed}receipt_max_age = {bad}\n")).expect_err(bad);
+        assert_eq!(key, "receipt_max_age", "{bad}: {reason}");
+    }
+    let unsigned = "api_key = \"a1b2c3d4\"\napi_secret_env = \"VONAGE_API_SECRET\"\nfrom = \"MTAADAO\"\ncurrency = \"EUR\"\n";
+    let (key, reason) =
+        parse(&format!("{unsigned}receipt_max_age = \"10m\"\n")).expect_err("unsigned");
+    assert_eq!(key, "receipt_max_age");
+    assert!(reason.contains("signature_secret_env"), "{reason}");
+}
+
+#[test]
+fn a_callback_url_over_vonage_s_100_characters_is_refused_naming_the_key() {
+    let base = "api_key = \"a1b2c3d4\"\napi_secret_env = \"VONAGE_API_SECRET\"\nfrom = \"MTAADAO\"\ncurrency = \"EUR\"\n";
+    let url = |chars: usize| {
+        let head = "https://tuma.example.org/v1/callbacks/";
+        format!("{head}{}", "v".repeat(chars - head.len()))
+    };
+    let c = parse(&format!("{base}callback_url = \"{}\"\n", url(100))).expect("100 is the most");
+    assert_eq!(c.callback_url.map(|u| u.as_str().len()), Some(100));
+    let (key, reason) =
+        parse(&format!("{base}callback_url = \"{}\"\n", url(101))).expect_err("101");
+    assert_eq!(key, "callback_url");
+    assert!(reason.contains("101") && reason.contains("100"), "{reason}");
 }
