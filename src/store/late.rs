@@ -146,6 +146,12 @@ impl Db {
                     .await?
                 {
                     Some(DeliveryStatus::Pending)
+                } else if self
+                    .settle_unknown(id, DeliveryStatus::Failed, result.error.as_deref(), now)
+                    .await?
+                {
+                    // An OTP left unknown has no code left to send again.
+                    Some(DeliveryStatus::Failed)
                 } else {
                     // A retry waiting for this answer need wait no longer.
                     on_pool!(self, pool => {
@@ -206,7 +212,8 @@ impl Db {
     }
 
     /// Moves an `unknown` delivery to `to` (`failed`, or `pending` and due
-    /// at `now`) after a late refusal.
+    /// at `now`: a notification only, since an OTP's code was wiped when it
+    /// became `unknown`) after a late refusal.
     async fn settle_unknown(
         &self,
         id: &str,
@@ -222,7 +229,8 @@ impl Db {
         let moved = on_pool!(self, pool => {
             sqlx::query(
                 "UPDATE deliveries SET status = $2, next_attempt_at = $3, job_id = $4, \
-                 last_error = $5, updated_at = $6 WHERE id = $1 AND status = 'unknown'",
+                 last_error = $5, updated_at = $6 WHERE id = $1 AND status = 'unknown' \
+                 AND ($2 <> 'pending' OR kind = 'notification')",
             )
             .bind(id)
             .bind(to.as_str())
