@@ -12,7 +12,11 @@ use crate::domain::segments::count_segments;
 pub(super) fn run(config: Config) -> anyhow::Result<()> {
     let templates = crate::templates::Templates::load(&config.templates)?;
     crate::providers::Providers::from_config(&config)?;
-    let otp_key = match crate::secrets::OtpKeys::from_env(&config.otp)? {
+    let keys = crate::secrets::OtpKeys::from_env(&config.otp).map_err(|e| {
+        e.in_config(&config.file)
+            .map_or_else(anyhow::Error::from, anyhow::Error::from)
+    })?;
+    let otp_key = match keys {
         Some(keys) => keys.describe(),
         None => "a key file beside the SQLite database (made on first run); \
                  Postgres needs otp.key_env"

@@ -69,6 +69,44 @@ pub enum DbFile {
     Postgres,
 }
 
+impl DbFile {
+    /// Where the database `url` names lives, read from the URL alone: what
+    /// must sit beside it is found before the database is opened (and, for
+    /// a SQLite file, created).
+    pub fn of_url(url: &str) -> Result<DbFile, StoreError> {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url).map_err(|e| StoreError::BadUrl {
+                url: mask_password(url),
+                reason: e.to_string(),
+            })?;
+            Ok(DbFile::of_sqlite(&options))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(DbFile::Postgres)
+        } else {
+            Err(bad_scheme(url))
+        }
+    }
+
+    fn of_sqlite(options: &SqliteConnectOptions) -> DbFile {
+        let in_memory = sqlx::ConnectOptions::to_url_lossy(options)
+            .query_pairs()
+            .any(|(k, v)| k == "mode" && v == "memory");
+        if in_memory {
+            DbFile::InMemory
+        } else {
+            DbFile::Sqlite(options.get_filename().to_owned())
+        }
+    }
+}
+
+/// The error for a URL that is neither SQLite nor Postgres.
+fn bad_scheme(url: &str) -> StoreError {
+    StoreError::BadUrl {
+        url: mask_password(url),
+        reason: "it must start with sqlite:// (for example sqlite://tuma.db) or postgres://".into(),
+    }
+}
+
 /// The database behind tuma.
 #[derive(Debug, Clone)]
 pub enum Db {
@@ -259,9 +297,7 @@ impl Db {
                 .map_err(|e| bad(e.to_string()))?;
             Ok(Db::Postgres(pool))
         } else {
-            Err(bad(
-                "it must start with sqlite:// (for example sqlite://tuma.db) or postgres://".into(),
-            ))
+            Err(bad_scheme(url))
         }
     }
 
@@ -290,17 +326,9 @@ impl Db {
 
     /// Where the database lives, for what must sit beside it (the OTP key file).
     pub fn file(&self) -> DbFile {
-        let Db::Sqlite(pool) = self else {
-            return DbFile::Postgres;
-        };
-        let options = pool.connect_options();
-        let in_memory = sqlx::ConnectOptions::to_url_lossy(&*options)
-            .query_pairs()
-            .any(|(k, v)| k == "mode" && v == "memory");
-        if in_memory {
-            DbFile::InMemory
-        } else {
-            DbFile::Sqlite(options.get_filename().to_owned())
+        match self {
+            Db::Sqlite(pool) => DbFile::of_sqlite(&pool.connect_options()),
+            Db::Postgres(_) => DbFile::Postgres,
         }
     }
 
