@@ -105,13 +105,7 @@ impl App {
     /// stops a command as every configuration error does, naming the file
     /// and the key, with no database created or touched.
     pub fn check_parts(config: &Config, url: &str) -> Result<Parts, StartError> {
-        let in_file = |key: &str, reason: String| crate::config::ConfigError {
-            file: config.file.clone(),
-            key: key.to_owned(),
-            reason,
-        };
-        let templates = Templates::load(&config.templates)
-            .map_err(|e| in_file("templates.dir", e.to_string()))?;
+        let templates = Templates::load_configured(config)?;
         let db_file = crate::store::DbFile::of_url(url)?;
         let otp_keys = OtpKeys::load(&config.otp, &db_file).map_err(|e| {
             e.in_config(&config.file)

@@ -712,3 +712,119 @@ fn a_closed_stdout_ends_every_short_command_quietly_and_logs_are_not_coloured_in
     assert!(!err.is_empty(), "the worker logged something");
     assert!(!err.contains('\u{1b}'), "ANSI codes in a pipe: {err:?}");
 }
+
+/// A copy of the shipped templates in `dir/templates`, changed by `change`,
+/// and a configuration using it: the configuration file.
+fn config_with_templates(dir: &Path, change: impl Fn(&Path)) -> std::path::PathBuf {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    let templates = dir.join("templates");
+    let _ = std::fs::remove_dir_all(&templates);
+    copy(&templates_dir(), &templates);
+    change(&templates);
+    let text = config_text(dir, 6).replace(
+        &templates_dir().display().to_string(),
+        &templates.display().to_string(),
+    );
+    let file = dir.join("providers.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_serve_refuse_the_same_bad_templates_and_accept_the_same_good_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let url = format!("sqlite://{}", db.display());
+    fn write(file: &'static str, text: &'static str) -> impl Fn(&Path) {
+        move |t: &Path| {
+            let path = t.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+    }
+    fn remove(file: &'static str) -> impl Fn(&Path) {
+        move |t: &Path| std::fs::remove_file(t.join(file)).unwrap()
+    }
+    let bad: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+        (
+            "a locale missing one channel",
+            Box::new(|t: &Path| {
+                for part in ["email.subject.txt", "email.txt", "email.html"] {
+                    std::fs::remove_file(t.join("welcome/sw").join(part)).unwrap();
+                }
+            }),
+            "welcome: is sent by email in en but not in sw",
+        ),
+        (
+            "an email without its subject",
+            Box::new(remove("welcome/en/email.subject.txt")),
+            "welcome/en: an email needs email.subject.txt and email.txt, and email.subject.txt is missing",
+        ),
+        (
+            "no default locale",
+            Box::new(|t: &Path| std::fs::remove_dir_all(t.join("welcome/en")).unwrap()),
+            "welcome: has no locale `en` (templates.default_locale)",
+        ),
+        (
+            "a filter that does not exist",
+            Box::new(write("welcome/sw/sms.txt", "Karibu {{ name | shout }}")),
+            "welcome/sw/sms.txt: unknown filter",
+        ),
+        (
+            "a part that does not parse",
+            Box::new(write("welcome/en/sms.txt", "Welcome {{ name ")),
+            "welcome/en/sms.txt: syntax error",
+        ),
+        (
+            "a locale folder with no template in it",
+            Box::new(write("welcome/fr/sms.text", "Bienvenue {{ name }}")),
+            "welcome/fr: holds none of sms.txt",
+        ),
+    ];
+    for (what, change, problem) in &bad {
+        let config = config_with_templates(dir.path(), change);
+        for args in [&["check"][..], &["serve", "--listen", "127.0.0.1:0"][..]] {
+            let out = tuma_command(&config, &url)
+                .args(args)
+                .output()
+                .await
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} accepted {what}");
+            assert!(
+                err.contains("providers.toml: templates.dir: ") && err.contains(problem),
+                "{args:?} with {what}: {err}"
+            );
+            assert!(!db.exists(), "{args:?} with {what} touched the database");
+        }
+    }
+
+    // A template whose variables the samples lack is fine for both: `check`
+    // says its length depends on them, and `serve` starts.
+    let config = config_with_templates(dir.path(), |t: &Path| {
+        write(
+            "invoice/en/sms.txt",
+            "Invoice {{ number }}: {{ amount }} due",
+        )(t);
+        write("invoice/sw/sms.txt", "Ankara {{ number }}: {{ amount }}")(t);
+    });
+    let checked = tuma_ok(tuma_command(&config, &url).arg("check")).await;
+    assert!(
+        checked.contains("invoice      en   not counted: its length depends on `amount`"),
+        "{checked}"
+    );
+    let (serve, _) =
+        spawn_serve(tuma_command(&config, &url).args(["serve", "--listen", "127.0.0.1:0"])).await;
+    stop_child(serve).await;
+}
