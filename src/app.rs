@@ -199,13 +199,10 @@ impl App {
         crate::housekeeping::Housekeeping::start(self.clone())
     }
 
-    /// The size of the database pool: a connection per worker slot, up to
-    /// 16, and six for the queue's fetches and acks, the sweeper and the API.
-    /// It need not grow with more slots: their statements go through the
-    /// batch tasks (`store/batch.rs`), each of which uses one connection at a
-    /// time.
-    pub fn pool_size(config: &Config) -> u32 {
-        let workers = config.worker.otp_concurrency + config.worker.notification_concurrency;
-        u32::try_from(workers.min(16) + 6).unwrap_or(u32::MAX)
+    /// The size of the database pool of a process on the database at
+    /// `url`: `[database] max_connections`, or the backend's default
+    /// ([`crate::config::DatabaseConfig::pool_size`]).
+    pub fn pool_size(config: &Config, url: &str) -> u32 {
+        config.database.pool_size(&config.worker, url)
     }
 }

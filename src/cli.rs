@@ -228,7 +228,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn open(url: &str, config: &Config) -> anyhow::Result<Db> {
-    let db = Db::connect(url, App::pool_size(config)).await?;
+    let db = Db::connect(url, App::pool_size(config, url)).await?;
     db.migrate().await?;
     Ok(db)
 }

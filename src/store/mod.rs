@@ -44,9 +44,6 @@ pub use suppression::*;
 pub use views::*;
 pub use webhooks::*;
 
-/// The connections of a SQLite pool (see `Db::connect`).
-const SQLITE_CONNECTIONS: u32 = 4;
-
 /// Expands `$body` once per backend with `$pool` bound to that backend's pool.
 macro_rules! on_pool {
     ($db:expr, $pool:ident => $body:expr) => {
@@ -247,10 +244,14 @@ async fn install_busy_handler(conn: &mut sqlx::SqliteConnection) -> Result<(), s
 }
 
 impl Db {
-    /// Opens a pool (SQLite keeps it small, see below). SQLite files are
-    /// created if missing and every connection gets WAL, `synchronous=NORMAL`,
-    /// tuma's busy handler ([`sqlite_busy`]), foreign keys and `secure_delete`
-    /// (so a wiped OTP code does not linger in free pages).
+    /// Opens a pool of at most `max_connections` connections, on either
+    /// backend (`[database] max_connections`, or each backend's default:
+    /// `config::DatabaseConfig::pool_size`); no other connection to the
+    /// database is ever opened (the Postgres LISTEN holds one of the pool's).
+    /// SQLite files are created if missing and every connection gets WAL,
+    /// `synchronous=NORMAL`, tuma's busy handler ([`sqlite_busy`]), foreign
+    /// keys and `secure_delete` (so a wiped OTP code does not linger in free
+    /// pages).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db, StoreError> {
         let bad = |reason: String| StoreError::BadUrl {
             url: mask_password(url),
@@ -266,14 +267,13 @@ impl Db {
                 .foreign_keys(true)
                 .pragma("secure_delete", "ON")
                 .pragma("temp_store", "MEMORY");
-            // Few connections: SQLite runs one writer at a time anyway, so
-            // many only add waiting for the write lock; too few leave the
-            // batch tasks and the lanes' claims waiting for a connection
-            // (four measured best; see benches/README.md). Never one: a claim
-            // parked on a connection while a worker shuts down would starve
-            // the in-flight sends it waits for.
+            // Few connections by default (`config::SQLITE_CONNECTIONS`):
+            // SQLite runs one writer at a time anyway. Never one in a
+            // process that works (the configuration's minimum is three): a
+            // claim parked on a connection while a worker shuts down would
+            // starve the in-flight sends it waits for.
             let pool = SqlitePoolOptions::new()
-                .max_connections(SQLITE_CONNECTIONS)
+                .max_connections(max_connections)
                 .after_connect(|conn, _| Box::pin(install_busy_handler(conn)))
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(options)

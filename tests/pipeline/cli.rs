@@ -828,3 +828,180 @@ async fn check_and_serve_refuse_the_same_bad_templates_and_accept_the_same_good_
         spawn_serve(tuma_command(&config, &url).args(["serve", "--listen", "127.0.0.1:0"])).await;
     stop_child(serve).await;
 }
+
+#[test]
+fn the_database_pool_size_is_validated_naming_the_key_and_defaults_to_what_tuma_always_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("providers.toml");
+    let base = config_text(dir.path(), 6);
+    let load = |extra: &str| {
+        std::fs::write(&path, format!("{base}\n{extra}\n")).unwrap();
+        tuma::config::Config::load(&path)
+    };
+    let pg = "postgres://tuma@db/tuma";
+    let sqlite = "sqlite://tuma.db";
+    // The defaults: a connection per worker slot up to 16, and six more, on
+    // Postgres (22 with the default [worker]); four on SQLite.
+    let c = load("").unwrap();
+    assert_eq!(c.database.max_connections, None);
+    assert_eq!(tuma::app::App::pool_size(&c, sqlite), 4);
+    assert_eq!(tuma::app::App::pool_size(&c, pg), 22);
+    let c = load("[database]\nmax_connections = 3\n").unwrap();
+    assert_eq!(tuma::app::App::pool_size(&c, pg), 3);
+    assert_eq!(tuma::app::App::pool_size(&c, sqlite), 3);
+    assert!(load("[database]\nmax_connections = 1000\n").is_ok());
+    for (extra, reason) in [
+        ("max_connections = 2", "2 is below the minimum 3"),
+        ("max_connections = 0", "0 is below the minimum 3"),
+        ("max_connections = 1001", "1001 is above the maximum 1000"),
+        ("max_connection = 10", "unknown field `max_connection`"),
+    ] {
+        let e = load(&format!("[database]\n{extra}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("providers.toml: "), "{extra}: {e}");
+        if !extra.starts_with("max_connection ") {
+            assert!(e.contains("database.max_connections: "), "{extra}: {e}");
+        }
+        assert!(e.contains(reason), "{extra}: {e}");
+    }
+    // As every configuration error: before the database is touched.
+    let db = dir.path().join("t.db");
+    std::fs::write(&path, format!("{base}\n[database]\nmax_connections = 2\n")).unwrap();
+    let out = tuma(&path, &format!("sqlite://{}", db.display()))
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database.max_connections"));
+    assert!(!db.exists());
+}
+
+/// The backends of the process connected as `application_name` to the
+/// database of `admin` (a connection of the test's own).
+async fn backends_of(admin: &mut sqlx::PgConnection, application_name: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = $1",
+    )
+    .bind(application_name)
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_with_max_connections_3_never_holds_more_than_3_postgres_connections() {
+    use sqlx::Connection;
+    if postgres_admin_url().is_none() {
+        return;
+    }
+    let db = TestDb::new(Backend::Postgres).await;
+    let path = db.path().join("providers.toml");
+    // A request waits at most 2 s on the database, for a connection or a lock.
+    let text = format!(
+        "{}\n[database]\nmax_connections = 3\n\n[api]\nrequest_timeout = \"2s\"\n",
+        config_text(db.path(), 6)
+    );
+    std::fs::write(&path, text).unwrap();
+    let key = tuma_ok(tuma_command(&path, &db.url).args([
+        "keys", "create", "--name", "pool", "--scope", "send", "--scope", "read",
+    ]))
+    .await;
+    let key = key.trim().to_owned();
+    // The serving process, and only it, connects under this name.
+    let name = "tuma-pool-under-test";
+    let url = format!("{}?application_name={name}", db.url);
+    let (serve, base) =
+        spawn_serve(tuma_command(&path, &url).args(["serve", "--listen", "127.0.0.1:0"])).await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+
+    // Work: sends through the API, delivered by its workers.
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let answer = client
+            .post(format!("{base}/v1/notifications"))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({
+                "to": format!("amina+{i}@example.org"),
+                "template": "welcome",
+                "vars": {"name": "Amina"},
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 202);
+        let body: serde_json::Value = answer.json().await.unwrap();
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let started = Instant::now();
+    for id in &ids {
+        loop {
+            let d: serde_json::Value = client
+                .get(format!("{base}/v1/deliveries/{id}"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if d["status"] == "sent" {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "not sent: {d}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(backends_of(&mut admin, name).await <= 3);
+
+    // A jam: every statement on `deliveries` waits behind the test's lock,
+    // and twelve requests each want a connection for one. Each answers 503
+    // after waiting its 2 s, for the lock or for a connection; by then each
+    // has had every chance to open one, and a pool of 22 would hold twelve.
+    let mut lock = admin.begin().await.unwrap();
+    sqlx::query("LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let answers = futures::future::join_all((0..12).map(|i| {
+        let (client, base, key) = (client.clone(), base.clone(), key.clone());
+        async move {
+            client
+                .get(format!("{base}/v1/deliveries/{}", ids_or(i)))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    }))
+    .await;
+    assert!(answers.iter().all(|s| *s == 503), "{answers:?}");
+    let mut counter = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let held = backends_of(&mut counter, name).await;
+    assert_eq!(
+        held, 3,
+        "the process holds {held} connections; it may hold 3"
+    );
+    lock.rollback().await.unwrap();
+
+    // The jam over, the same three serve as before.
+    let d = client
+        .get(format!("{base}/v1/deliveries/{}", ids[0]))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.status(), 200);
+    assert!(backends_of(&mut counter, name).await <= 3);
+    stop_child(serve).await;
+}
+
+/// A delivery id no delivery has: the lookup runs, and finds nothing.
+fn ids_or(i: usize) -> String {
+    format!("00000000-0000-7000-8000-{i:012}")
+}

@@ -63,6 +63,16 @@ pub fn postgres_admin_url() -> Option<String> {
     }
 }
 
+/// The pool size of the tests' own connections: tuma's default on SQLite
+/// (one writer at a time: more would only wait), ten on Postgres.
+pub fn test_pool(url: &str) -> u32 {
+    if url.starts_with("sqlite") {
+        tuma::config::SQLITE_CONNECTIONS
+    } else {
+        10
+    }
+}
+
 /// A fresh, empty database, and a folder for files.
 pub struct TestDb {
     pub url: String,
@@ -137,7 +147,9 @@ impl TestDb {
 
     /// Opens and migrates the database.
     pub async fn connect(&self) -> Db {
-        let db = Db::connect(&self.url, 10).await.expect("connect");
+        let db = Db::connect(&self.url, test_pool(&self.url))
+            .await
+            .expect("connect");
         db.migrate().await.expect("migrate");
         db
     }
@@ -738,7 +750,7 @@ pub async fn spawn_app_with_text(db: TestDb, url: &str, text: &str) -> TestServe
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).expect("valid test config");
     let clock = new_clock();
-    let store = Db::connect(url, 10).await.expect("connect");
+    let store = Db::connect(url, test_pool(url)).await.expect("connect");
     let providers = Providers::from_config(&config).expect("providers");
     let app = Arc::new(App::with_parts(config, store, providers, clock.clone()).expect("app"));
     let state = tuma::api::ApiState::new(app.clone());
