@@ -460,6 +460,7 @@ fn note(to: String) -> NotificationRequest {
         locale: None,
         vars: Map::from_iter([("name".to_owned(), json!("Amina"))]),
         send_at: None,
+        expires: None,
     }
 }
 

@@ -256,6 +256,7 @@ async fn a_worker_killed_mid_run_finishes_every_delivery_after_a_restart(backend
                 locale: None,
                 vars: serde_json::Map::from_iter([("name".to_owned(), serde_json::json!("Amina"))]),
                 send_at: None,
+                expires: None,
             })
             .await
             .unwrap();
@@ -756,7 +757,8 @@ async fn check_and_serve_refuse_the_same_bad_templates_and_accept_the_same_good_
     fn remove(file: &'static str) -> impl Fn(&Path) {
         move |t: &Path| std::fs::remove_file(t.join(file)).unwrap()
     }
-    let bad: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    type Change = Box<dyn Fn(&Path)>;
+    let bad: Vec<(&str, Change, &str)> = vec![
         (
             "a locale missing one channel",
             Box::new(|t: &Path| {
@@ -1005,3 +1007,110 @@ async fn a_process_with_max_connections_3_never_holds_more_than_3_postgres_conne
 fn ids_or(i: usize) -> String {
     format!("00000000-0000-7000-8000-{i:012}")
 }
+
+async fn send_notification_takes_its_own_deadline_from_ttl_or_expires_at(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (config, _) = write_config(db.path(), 6);
+    let send = |extra: &[&str]| {
+        let mut cmd = tuma(&config, &db.url);
+        cmd.args([
+            "send",
+            "notification",
+            "--to",
+            "+254711000720",
+            "--template",
+            "welcome",
+            "--var",
+            "name=Amina",
+            "--format",
+            "json",
+        ])
+        .args(extra);
+        cmd
+    };
+    let expiry = |json: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(json["expires_at"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let before = chrono::Utc::now();
+    let by_ttl: serde_json::Value =
+        serde_json::from_str(&run_ok(&mut send(&["--ttl", "1m"]))).unwrap();
+    let after = chrono::Utc::now();
+    let at = expiry(&by_ttl);
+    assert!(
+        at >= before + chrono::Duration::seconds(60) && at <= after + chrono::Duration::seconds(60),
+        "{by_ttl}"
+    );
+    let until = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let by_time: serde_json::Value =
+        serde_json::from_str(&run_ok(&mut send(&["--expires-at", &until]))).unwrap();
+    assert_eq!(
+        expiry(&by_time),
+        chrono::DateTime::parse_from_rfc3339(&until).unwrap()
+    );
+    let shown = run_ok(tuma(&config, &db.url).args([
+        "deliveries",
+        "show",
+        by_time["id"].as_str().unwrap(),
+    ]));
+    assert!(shown.contains("expires    "), "{shown}");
+
+    let past = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    for (extra, says) in [
+        (&["--expires-at", past.as_str()][..], "expires_at: "),
+        (&["--expires-at", past.as_str()][..], "is not in the future"),
+        (&["--ttl", "10s"][..], "10s is below the minimum 30s"),
+        (&["--ttl", "40d"][..], "is above the maximum"),
+        (
+            &["--ttl", "1m", "--expires-at", until.as_str()][..],
+            "cannot be used with",
+        ),
+    ] {
+        let out = send(extra).output().unwrap();
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{extra:?}: {err}");
+    }
+
+    // A file: each row gets the deadline.
+    let csv = db.path().join("rows.csv");
+    std::fs::write(&csv, "to,name\n+254711000721,Juma\n+254711000722,Neema\n").unwrap();
+    let summary = run_ok(tuma(&config, &db.url).args([
+        "send",
+        "notification",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--template",
+        "welcome",
+        "--ttl",
+        "2h",
+    ]));
+    assert!(summary.starts_with("accepted 2, refused 0"), "{summary}");
+    let listed: serde_json::Value = serde_json::from_str(&run_ok(tuma(&config, &db.url).args([
+        "deliveries",
+        "list",
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    let rows = listed.as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{listed}");
+    assert!(rows.iter().all(|d| d["expires_at"].is_string()), "{listed}");
+
+    // In time, they are sent.
+    run_ok(tuma(&config, &db.url).args(["worker", "--drain"]));
+    let listed: serde_json::Value = serde_json::from_str(&run_ok(tuma(&config, &db.url).args([
+        "deliveries",
+        "list",
+        "--status",
+        "sent",
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 4, "{listed}");
+}
+on_both_backends!(send_notification_takes_its_own_deadline_from_ttl_or_expires_at);

@@ -233,6 +233,7 @@ async fn enqueue(app: &Arc<App>, first: usize, n: usize) {
                         serde_json::json!("Amina"),
                     )]),
                     send_at: None,
+                    expires: None,
                 })
                 .await
                 .unwrap();
