@@ -444,7 +444,7 @@ async fn app_with(
 ) -> anyhow::Result<Arc<App>> {
     let dir = tempfile::tempdir()?;
     let config = config_with(dir.path(), concurrency, extra)?;
-    let db = Db::connect(url, App::pool_size(&config)).await?;
+    let db = Db::connect(url, App::pool_size(&config, url)).await?;
     db.migrate().await?;
     let mut providers = Providers::default();
     providers.insert("fast", provider, unlimited(), Duration::from_secs(10));
@@ -460,6 +460,7 @@ fn note(to: String) -> NotificationRequest {
         locale: None,
         vars: Map::from_iter([("name".to_owned(), json!("Amina"))]),
         send_at: None,
+        expires: None,
     }
 }
 
@@ -548,7 +549,7 @@ const APALIS_PLANNER_STATS: &str = "\
 /// The queue alone: `n` no-op jobs through bare apalis, same backend, pool and concurrency.
 async fn floor(url: &str, n: usize, concurrency: usize) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
-    let db = Db::connect(url, App::pool_size(&config(dir.path(), concurrency)?)).await?;
+    let db = Db::connect(url, App::pool_size(&config(dir.path(), concurrency)?, url)).await?;
     // apalis's own tables, on tuma's connections (WAL, `synchronous=NORMAL`).
     match &db {
         Db::Sqlite(pool) => {

@@ -66,19 +66,70 @@ pub enum StartError {
     /// The OTP key is missing or unusable.
     #[error(transparent)]
     OtpKey(#[from] crate::secrets::KeyError),
+    /// The configuration names something unusable (templates, the OTP key).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// What an app is built from besides its database and clock: the
+/// templates, the provider adapters and the OTP keys, each read and checked
+/// by [`App::check_parts`] before the database is opened.
+#[derive(Debug)]
+pub struct Parts {
+    templates: Templates,
+    providers: Providers,
+    otp_keys: OtpKeys,
+}
+
+/// The providers of a configuration: none when its secrets were not read.
+fn providers_of(config: &Config) -> Result<Providers, StartError> {
+    Ok(match config.secrets {
+        crate::config::Secrets::Read => Providers::from_config(config)?,
+        // `send` and `replay` only enqueue: no adapter is built, so no
+        // placeholder secret can reach a provider.
+        crate::config::Secrets::Skip => Providers::default(),
+    })
 }
 
 impl App {
     /// Builds the app from a configuration and an open, migrated database,
     /// with the configured providers and the system clock.
     pub fn new(config: Config, db: Db) -> Result<App, StartError> {
-        let providers = match config.secrets {
-            crate::config::Secrets::Read => Providers::from_config(&config)?,
-            // `send` and `replay` only enqueue: no adapter is built, so no
-            // placeholder secret can reach a provider.
-            crate::config::Secrets::Skip => Providers::default(),
-        };
+        let providers = providers_of(&config)?;
         App::with_parts(config, db, providers, Arc::new(SystemClock))
+    }
+
+    /// Reads and checks what an app on the database at `url` needs from its
+    /// configuration: the templates (`Templates::load`, whose checks `tuma
+    /// check` makes too), the providers and the OTP keys (from `otp.key_env`,
+    /// or the SQLite key file beside the database). Called before the
+    /// database is opened, so a bad template set or an unset or wrong key
+    /// stops a command as every configuration error does, naming the file
+    /// and the key, with no database created or touched.
+    pub fn check_parts(config: &Config, url: &str) -> Result<Parts, StartError> {
+        let templates = Templates::load_configured(config)?;
+        let db_file = crate::store::DbFile::of_url(url)?;
+        let otp_keys = OtpKeys::load(&config.otp, &db_file).map_err(|e| {
+            e.in_config(&config.file)
+                .map_or_else(StartError::OtpKey, StartError::Config)
+        })?;
+        let providers = providers_of(config)?;
+        Ok(Parts {
+            templates,
+            providers,
+            otp_keys,
+        })
+    }
+
+    /// Builds the app from [`App::check_parts`]'s parts and an open, migrated
+    /// database. Starts the batch tasks, on the current Tokio runtime.
+    pub fn from_parts(config: Config, db: Db, parts: Parts, clock: Arc<dyn Clock>) -> App {
+        let Parts {
+            templates,
+            providers,
+            otp_keys,
+        } = parts;
+        App::assemble(config, db, templates, providers, otp_keys, clock)
     }
 
     /// Builds the app with the given providers and clock (tests, benchmarks).
@@ -90,15 +141,28 @@ impl App {
         clock: Arc<dyn Clock>,
     ) -> Result<App, StartError> {
         let templates = Templates::load(&config.templates)?;
+        let otp_keys = OtpKeys::load(&config.otp, &db.file())?;
+        Ok(App::assemble(
+            config, db, templates, providers, otp_keys, clock,
+        ))
+    }
+
+    fn assemble(
+        config: Config,
+        db: Db,
+        templates: Templates,
+        providers: Providers,
+        otp_keys: OtpKeys,
+        clock: Arc<dyn Clock>,
+    ) -> App {
         let router = Router::new(&config);
         let pricing = Pricing::new(config.prices.clone());
-        let otp_keys = OtpKeys::load(&config.otp, &db)?;
         let circuits = crate::shared_circuits::SharedCircuits::start(
             db.clone(),
             providers.clone(),
             clock.clone(),
         );
-        Ok(App {
+        App {
             pricing,
             config,
             batcher: Batcher::start(db.clone()),
@@ -118,7 +182,7 @@ impl App {
             ),
             global_rate: Default::default(),
             circuits,
-        })
+        }
     }
 
     /// Stops the app's background tasks (the batch tasks, once they have run
@@ -138,13 +202,10 @@ impl App {
         crate::housekeeping::Housekeeping::start(self.clone())
     }
 
-    /// The size of the database pool: a connection per worker slot, up to
-    /// 16, and six for the queue's fetches and acks, the sweeper and the API.
-    /// It need not grow with more slots: their statements go through the
-    /// batch tasks (`store/batch.rs`), each of which uses one connection at a
-    /// time.
-    pub fn pool_size(config: &Config) -> u32 {
-        let workers = config.worker.otp_concurrency + config.worker.notification_concurrency;
-        u32::try_from(workers.min(16) + 6).unwrap_or(u32::MAX)
+    /// The size of the database pool of a process on the database at
+    /// `url`: `[database] max_connections`, or the backend's default
+    /// ([`crate::config::DatabaseConfig::pool_size`]).
+    pub fn pool_size(config: &Config, url: &str) -> u32 {
+        config.database.pool_size(&config.worker, url)
     }
 }

@@ -228,14 +228,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn open(url: &str, config: &Config) -> anyhow::Result<Db> {
-    let db = Db::connect(url, App::pool_size(config)).await?;
+    let db = Db::connect(url, App::pool_size(config, url)).await?;
     db.migrate().await?;
     Ok(db)
 }
 
+/// An app for the commands that send or enqueue. Its templates, providers
+/// and OTP key are checked before the database is opened: a bad one stops
+/// the command with no database created or touched.
 async fn start(url: &str, config: Config) -> anyhow::Result<Arc<App>> {
+    let parts = App::check_parts(&config, url)?;
     let db = open(url, &config).await?;
-    let app = Arc::new(App::new(config, db)?);
+    let app = Arc::new(App::from_parts(
+        config,
+        db,
+        parts,
+        Arc::new(crate::clock::SystemClock),
+    ));
     // Circuits other processes hold open count from this process's first send.
     crate::shared_circuits::refresh(&app.db, &app.providers, app.clock.now()).await?;
     Ok(app)

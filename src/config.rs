@@ -23,6 +23,7 @@ pub use crate::settings::{
 
 mod api;
 mod circuit_breaker;
+mod database;
 mod otp;
 mod prices;
 mod providers;
@@ -116,6 +117,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// Budgets (`[[budget]]`), the spend guard's limits.
     pub spend: SpendConfig,
+    /// The database pool.
+    pub database: DatabaseConfig,
     /// Whether provider secrets were read from the environment. Without them
     /// (commands that never talk to a provider) every secret holds a
     /// placeholder, and [`crate::providers::Providers`] must not be built.
@@ -257,6 +260,41 @@ pub struct TemplatesConfig {
     pub vars: BTreeMap<String, String>,
 }
 
+/// The database pool (`[database]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatabaseConfig {
+    /// The most connections one process opens to the database; `None` is
+    /// each backend's default (see [`DatabaseConfig::pool_size`]).
+    pub max_connections: Option<u32>,
+}
+
+/// The connections of a SQLite pool unless `[database] max_connections`
+/// says otherwise: SQLite runs one writer at a time, so more only add
+/// waiting for the write lock, and too few leave the batch tasks and the
+/// lanes' claims waiting for a connection (four measured best; see
+/// benches/README.md).
+pub const SQLITE_CONNECTIONS: u32 = 4;
+
+impl DatabaseConfig {
+    /// The pool size of a process on the database at `url`:
+    /// `max_connections` when set; else, on SQLite, [`SQLITE_CONNECTIONS`];
+    /// on Postgres a connection per worker slot up to 16, and six for the
+    /// queue's fetches and acks, the LISTEN, housekeeping and the API (22
+    /// with the default `[worker]`). It need not grow with more slots: their
+    /// statements go through the batch tasks (`store/batch.rs`), each of
+    /// which uses one connection at a time.
+    pub fn pool_size(&self, worker: &WorkerConfig, url: &str) -> u32 {
+        if let Some(n) = self.max_connections {
+            return n;
+        }
+        if url.starts_with("sqlite:") {
+            return SQLITE_CONNECTIONS;
+        }
+        let slots = worker.otp_concurrency + worker.notification_concurrency;
+        u32::try_from(slots.min(16) + 6).unwrap_or(u32::MAX)
+    }
+}
+
 /// Queue and worker settings.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerConfig {
@@ -335,6 +373,7 @@ impl Config {
         routes::check_every_channel(&routes, &cx)?;
         let api = api::check(raw.api, &cx)?;
         let receipts = receipts::check(raw.receipts, &cx)?;
+        let database = database::check(raw.database, &cx)?;
 
         let webhooks = webhooks::parse(raw.webhooks).map_err(|(k, r)| cx.err(&k, r))?;
         let spend = spend::parse(
@@ -360,6 +399,7 @@ impl Config {
             circuit_breaker,
             api,
             receipts,
+            database,
             secrets,
         })
     }
@@ -482,6 +522,14 @@ struct RawConfig {
     country_limit: Vec<spend::RawCountryLimit>,
     #[serde(default)]
     range_burst: spend::RawRangeBurst,
+    #[serde(default)]
+    database: RawDatabase,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawDatabase {
+    max_connections: Option<u32>,
 }
 
 #[derive(Deserialize)]

@@ -38,7 +38,8 @@ impl PartialSchema for DeliveryStatus {
     fn schema() -> RefOr<Schema> {
         string_enum(
             "pending → sending → sent → delivered / undelivered; or failed, expired \
-             (an OTP past its TTL) or canceled (taken back before any provider had it)",
+             (its expires_at passed first: an OTP's TTL, a notification's own deadline) \
+             or canceled (taken back before any provider had it)",
             DeliveryStatus::ALL.map(DeliveryStatus::as_str),
         )
     }
@@ -387,7 +388,8 @@ pub struct DeliveryView {
     pub sent_at: Option<DateTime<Utc>>,
     /// When a receipt said it arrived.
     pub delivered_at: Option<DateTime<Utc>>,
-    /// After this an OTP is expired rather than sent.
+    /// From then on it is expired rather than sent: an OTP's TTL, or a
+    /// notification's own deadline (null for one without).
     pub expires_at: Option<DateTime<Utc>>,
     /// When the next attempt is due (pending only).
     pub next_attempt_at: Option<DateTime<Utc>>,

@@ -71,7 +71,10 @@ pub async fn handle_claimed(
                 id,
                 &job.job_id,
                 DeliveryStatus::Expired,
-                "the code expired before it could be sent",
+                match delivery.kind {
+                    DeliveryKind::Otp => "the code expired before it could be sent",
+                    DeliveryKind::Notification => "its own deadline passed before it could be sent",
+                },
                 now,
             )
             .await?
@@ -865,9 +868,13 @@ fn after_transient(
             };
         }
         AfterFailure::OutOfAttempts => format!("gave up after {attempt} attempts"),
-        AfterFailure::OutOfTime if delivery.row.expires_at.is_some() => {
-            format!("gave up after {attempt} attempts: the code expired")
-        }
+        AfterFailure::OutOfTime if delivery.row.expires_at == Some(deadline) => match delivery.kind
+        {
+            DeliveryKind::Otp => format!("gave up after {attempt} attempts: the code expired"),
+            DeliveryKind::Notification => {
+                format!("gave up after {attempt} attempts: its own deadline passed")
+            }
+        },
         AfterFailure::OutOfTime => format!(
             "gave up after {attempt} attempts over {} (retry.give_up_after)",
             humantime::format_duration(app.config.retry.give_up_after)

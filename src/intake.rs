@@ -42,6 +42,91 @@ pub struct OtpRequest {
     pub ttl: Option<Duration>,
 }
 
+/// Shortest own deadline a notification may have, from its acceptance.
+pub const MIN_NOTIFICATION_TTL: Duration = Duration::from_secs(30);
+/// Longest own deadline a notification may have, from its acceptance: as
+/// long as `retry.give_up_after` may keep one going.
+pub const MAX_NOTIFICATION_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// A notification's own deadline: past it, it is `expired`, never sent late
+/// (stored as its `expires_at`, which the dispatcher checks before every
+/// send, as for an OTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// This long after it is accepted (`ttl`).
+    Ttl(Duration),
+    /// At this time (`expires_at`).
+    At(DateTime<Utc>),
+}
+
+impl Deadline {
+    /// The request field that gave it.
+    fn field(self) -> &'static str {
+        match self {
+            Deadline::Ttl(_) => "ttl",
+            Deadline::At(_) => "expires_at",
+        }
+    }
+
+    /// When it falls, for a notification accepted at `now` and first tried
+    /// at `send_at`: between [`MIN_NOTIFICATION_TTL`] and
+    /// [`MAX_NOTIFICATION_TTL`] from now, and after `send_at`.
+    fn resolve(
+        self,
+        now: DateTime<Utc>,
+        send_at: Option<DateTime<Utc>>,
+    ) -> Result<DateTime<Utc>, IntakeError> {
+        let range = format!(
+            "a notification's own deadline is {} to {} from now",
+            humantime::format_duration(MIN_NOTIFICATION_TTL),
+            humantime::format_duration(MAX_NOTIFICATION_TTL)
+        );
+        let at = match self {
+            Deadline::Ttl(ttl) => {
+                if !(MIN_NOTIFICATION_TTL..=MAX_NOTIFICATION_TTL).contains(&ttl) {
+                    return Err(invalid(
+                        "ttl",
+                        format!(
+                            "{} is out of range: {range}",
+                            humantime::format_duration(ttl)
+                        ),
+                    ));
+                }
+                now + chrono::Duration::from_std(ttl).map_err(|e| invalid("ttl", e.to_string()))?
+            }
+            Deadline::At(at) => {
+                let shown = at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+                if at <= now {
+                    return Err(invalid(
+                        "expires_at",
+                        format!("{shown} is not in the future"),
+                    ));
+                }
+                let ahead = (at - now).to_std().unwrap_or_default();
+                if !(MIN_NOTIFICATION_TTL..=MAX_NOTIFICATION_TTL).contains(&ahead) {
+                    return Err(invalid(
+                        "expires_at",
+                        format!("{shown} is out of range: {range}"),
+                    ));
+                }
+                at
+            }
+        };
+        if let Some(send_at) = send_at.filter(|s| *s >= at) {
+            return Err(invalid(
+                self.field(),
+                format!(
+                    "falls at {}, not after send_at ({}): the notification would expire before \
+                     its first attempt",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                    send_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                ),
+            ));
+        }
+        Ok(at)
+    }
+}
+
 /// A request to send a templated notification.
 #[derive(Debug, Clone)]
 pub struct NotificationRequest {
@@ -55,6 +140,8 @@ pub struct NotificationRequest {
     pub vars: Map<String, Value>,
     /// Not before this time.
     pub send_at: Option<DateTime<Utc>>,
+    /// Not after this: its own deadline, if it has one.
+    pub expires: Option<Deadline>,
 }
 
 pub use crate::refusal::IntakeError;
@@ -407,6 +494,10 @@ impl App {
         }
         self.check_vars(&req.vars)?;
         let recipient = self.parse_recipient(&req.to, None)?;
+        let expires_at = req
+            .expires
+            .map(|d| d.resolve(self.clock.now(), req.send_at))
+            .transpose()?;
         self.prepare(
             DeliveryKind::Notification,
             recipient,
@@ -414,7 +505,7 @@ impl App {
             req.locale,
             req.vars,
             None,
-            None,
+            expires_at,
             req.send_at,
             api,
             id,

@@ -67,6 +67,9 @@ pub enum RefusalReason {
     OtpExpired,
     /// An OTP within its TTL whose code is no longer stored.
     OtpCodeGone,
+    /// A notification past its own deadline (`ttl`, `expires_at`): a replay
+    /// would send it late.
+    DeadlinePassed,
     /// The last attempt failed permanently and `force` was not given.
     PermanentError,
     /// It already has a replay that is going or went through.
@@ -347,6 +350,16 @@ impl App {
                 ),
             }));
         }
+        if let Some(at) = d.row.expires_at.filter(|at| *at <= self.clock.now()) {
+            return Ok(Err(refuse(
+                id,
+                RefusalReason::DeadlinePassed,
+                format!(
+                    "its own deadline passed at {}; a replay would send it late",
+                    at.to_rfc3339()
+                ),
+            )));
+        }
         let attempts = self.db.attempts(id).await?;
         let last = attempts.last();
         if !force && last.and_then(|a| a.outcome) == Some(Outcome::Permanent) {
@@ -478,7 +491,8 @@ impl App {
             body_html: rendered.html,
             otp_code: None,
             max_attempts: self.config.retry.max_attempts,
-            expires_at: None,
+            // A notification's own deadline holds for its replay too.
+            expires_at: row.expires_at,
             created_at: now,
             send_at: now,
             segments,

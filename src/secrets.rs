@@ -25,7 +25,7 @@ use sha2::Digest;
 
 use crate::config::OtpConfig;
 use crate::domain::otp::OtpCode;
-use crate::store::{Db, DbFile};
+use crate::store::DbFile;
 
 /// The format tag every sealed code starts with.
 const VERSION: &str = "v1";
@@ -58,13 +58,35 @@ pub enum KeyError {
         reason: String,
     },
     /// Postgres and no `otp.key_env`.
-    #[error(
-        "otp.key_env: not set, and Postgres needs it: every worker must seal and open OTP codes \
-         with one key, which a key file on one machine cannot give; set `[otp] key_env = \
-         \"TUMA_OTP_KEY\"` and put 32 random bytes in that variable, base64 or hex \
-         (for example `openssl rand -base64 32`)"
-    )]
+    #[error("otp.key_env: {POSTGRES_NEEDS_ENV}")]
     PostgresNeedsEnv,
+}
+
+/// Why Postgres needs `otp.key_env`.
+const POSTGRES_NEEDS_ENV: &str = "not set, and Postgres needs it: every worker must seal and \
+    open OTP codes with one key, which a key file on one machine cannot give; set `[otp] \
+    key_env = \"TUMA_OTP_KEY\"` and put 32 random bytes in that variable, base64 or hex (for \
+    example `openssl rand -base64 32`)";
+
+impl KeyError {
+    /// The error as a configuration error of `file`, naming the file as
+    /// every configuration error does, when the configuration is at fault (a
+    /// variable unset or not holding a key, Postgres without `key_env`);
+    /// itself for the key file, which names itself.
+    pub fn in_config(self, file: &Path) -> Result<crate::config::ConfigError, KeyError> {
+        let (key, reason) = match self {
+            KeyError::Env { key, var, reason } => {
+                (key, format!("environment variable {var} {reason}"))
+            }
+            KeyError::PostgresNeedsEnv => ("otp.key_env", POSTGRES_NEEDS_ENV.to_owned()),
+            KeyError::File { .. } => return Err(self),
+        };
+        Ok(crate::config::ConfigError {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            reason,
+        })
+    }
 }
 
 /// Why a stored code did not open. No message holds the code.
@@ -160,10 +182,12 @@ impl OtpKeys {
         }))
     }
 
-    /// The keys for an app on `db`: from `otp.key_env`; else, on SQLite, the
-    /// key file beside the database (created on first run), or a key of
-    /// this process alone for an in-memory database; on Postgres, an error.
-    pub fn load(config: &OtpConfig, db: &Db) -> Result<OtpKeys, KeyError> {
+    /// The keys for an app on the database at `db`: from `otp.key_env`;
+    /// else, on SQLite, the key file beside the database (created on first
+    /// run), or a key of this process alone for an in-memory database; on
+    /// Postgres, an error. Read before the database is opened
+    /// ([`DbFile::of_url`]), so a bad key touches no database.
+    pub fn load(config: &OtpConfig, db: &DbFile) -> Result<OtpKeys, KeyError> {
         if let Some(keys) = OtpKeys::from_env(config)? {
             return Ok(keys);
         }
@@ -172,11 +196,11 @@ impl OtpKeys {
             .as_deref()
             .map(|var| key_from_env("otp.previous_key_env", var))
             .transpose()?;
-        let (current, source) = match db.file() {
+        let (current, source) = match db {
             DbFile::Postgres => return Err(KeyError::PostgresNeedsEnv),
             DbFile::InMemory => (rand::random(), "this process (in-memory database)".into()),
             DbFile::Sqlite(file) => {
-                let path = key_file_path(&file);
+                let path = key_file_path(file);
                 let key = key_from_file(&path)?;
                 (key, format!("key file {}", path.display()))
             }

@@ -141,7 +141,8 @@ pub fn log_crossings(crossed: &[Crossing]) {
 pub struct SpendSweep {
     /// Held deliveries released because their period rolled over.
     pub released: u64,
-    /// Held OTPs expired.
+    /// Held deliveries expired (an OTP past its TTL, a notification past
+    /// its own deadline).
     pub expired: u64,
     /// Reservations left by a lost process, settled or released.
     pub settled: u64,
@@ -150,7 +151,8 @@ pub struct SpendSweep {
 /// How many held deliveries one statement releases.
 const RELEASE_BATCH: i64 = 500;
 
-/// Run by the sweeper: expires held OTPs past their TTL, releases held
+/// Run by the sweeper: expires held deliveries past their `expires_at` (an
+/// OTP's TTL, a notification's own deadline), releases held
 /// deliveries whose period has ended, and settles reservations a lost
 /// process left behind (by what the delivery became).
 pub async fn sweep(app: &App, now: DateTime<Utc>) -> Result<SpendSweep, StoreError> {

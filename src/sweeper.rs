@@ -6,8 +6,8 @@
 //!   else as `unknown` with its own cause (`UnknownCause`), and is retried;
 //!   whichever process finds it first does it, guarded by its token;
 //! - Idempotency-Keys older than 24 h are deleted;
-//! - held deliveries whose budget period ended are released, held OTPs past
-//!   their TTL expired, and budget reservations a lost process left settled
+//! - held deliveries whose budget period ended are released, held ones past
+//!   their `expires_at` (an OTP's TTL, a notification's deadline) expired, and budget reservations a lost process left settled
 //!   (`spend::sweep`); suppressions lapse;
 //! - the apalis queue an earlier tuma kept is retired once empty.
 //!
@@ -57,7 +57,7 @@ pub async fn sweep(app: &App) -> Result<SweepReport, StoreError> {
             report.resolved += 1;
         }
     }
-    // Held deliveries whose budget period ended; held OTPs past their TTL.
+    // Held deliveries whose budget period ended; held ones past their expires_at.
     crate::spend::sweep(app, now).await?;
     crate::suppression::sweep(app, now).await?;
     app.db.retire_apalis_queue().await?;

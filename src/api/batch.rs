@@ -18,7 +18,7 @@ use super::ApiState;
 use super::auth::{Caller, Scope};
 use super::body::{MAX_IDEMPOTENCY_KEY, canonical, from_value, read_json, request_hash};
 use super::error::ApiError;
-use super::handlers::{check_purpose, origin};
+use super::handlers::{check_purpose, deadline, origin};
 use crate::delivery_view::VarValue;
 use crate::intake::{Enqueued, IdempotencyKey, NotificationRequest, control_character};
 
@@ -49,6 +49,16 @@ pub struct BatchItem {
     /// RFC 3339: the first attempt waits until then.
     #[schema(value_type = Option<String>, format = DateTime)]
     send_at: Option<String>,
+    /// Its own deadline, from now: a duration of 30s to 30d (`90s`, `10m`,
+    /// `1h 30m`, `7d`). Past it the notification is `expired`, never sent
+    /// late. Not with `expires_at`; with `send_at`, it must fall after it.
+    #[schema(example = "1h")]
+    ttl: Option<String>,
+    /// Its own deadline as an RFC 3339 time, 30 s to 30 days from now. Past
+    /// it the notification is `expired`, never sent late. Not with `ttl`;
+    /// with `send_at`, it must fall after it.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    expires_at: Option<String>,
     /// What the notification is for: carried in its webhooks.
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", example = "welcome")]
     purpose: Option<String>,
@@ -87,6 +97,9 @@ pub struct BatchItemResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^pending$")]
     pub status: Option<String>,
+    /// Accepted with its own deadline (`ttl`, `expires_at`): when it falls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
     /// The item repeated an earlier send with its `idempotency_key`: `id`
     /// is that send's, and nothing was written.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -109,6 +122,14 @@ pub struct BatchResult {
     pub refused: usize,
     /// One answer per item, in the order of `items`.
     pub items: Vec<BatchItemResult>,
+}
+
+/// The `expires_at` of a send's answer (`intake::receipt`), if it has one.
+fn expiry(receipt: &Value) -> Option<DateTime<Utc>> {
+    let at = receipt.get("expires_at")?.as_str()?;
+    DateTime::parse_from_rfc3339(at)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The problem of a refused item, its field named within the batch.
@@ -169,12 +190,14 @@ fn read_item(
                 })
         })
         .transpose()?;
+    let expires = deadline(b.ttl.as_deref(), b.expires_at.as_deref())?;
     let req = NotificationRequest {
         to: b.to,
         template: b.template,
         locale: b.locale,
         vars: b.vars,
         send_at,
+        expires,
     };
     Ok((req, b.purpose, idempotency))
 }
@@ -267,6 +290,7 @@ pub async fn post_batch(
                 index,
                 id: None,
                 status: None,
+                expires_at: None,
                 replayed: false,
                 problem: Some(item_problem(index, &e)),
             })),
@@ -278,10 +302,11 @@ pub async fn post_batch(
             .await?;
         for (index, outcome) in positions.into_iter().zip(outcomes) {
             let answer = match outcome {
-                Ok(Enqueued::Created { id, .. }) => BatchItemResult {
+                Ok(Enqueued::Created { id, receipt, .. }) => BatchItemResult {
                     index,
                     id: Some(id),
                     status: Some("pending".into()),
+                    expires_at: expiry(&receipt),
                     replayed: false,
                     problem: None,
                 },
@@ -291,6 +316,7 @@ pub async fn post_batch(
                         index,
                         id: saved["id"].as_str().map(str::to_owned),
                         status: Some("pending".into()),
+                        expires_at: expiry(&saved),
                         replayed: true,
                         problem: None,
                     }
@@ -304,6 +330,7 @@ pub async fn post_batch(
                         index,
                         id: None,
                         status: None,
+                        expires_at: None,
                         replayed: false,
                         problem: Some(item_problem(index, &e)),
                     }

@@ -251,12 +251,7 @@ impl From<IntakeError> for ApiError {
     fn from(e: IntakeError) -> Self {
         match e {
             IntakeError::Invalid { field, reason } => ApiError::InvalidField {
-                // The request names it `ttl_seconds`; intake calls it `ttl`.
-                field: if field == "ttl" {
-                    "ttl_seconds".into()
-                } else {
-                    field.into_owned()
-                },
+                field: field.into_owned(),
                 reason,
             },
             IntakeError::Refused {
@@ -505,12 +500,14 @@ mod tests {
 
     #[test]
     fn intake_refusals_map_to_their_problems() {
+        // A notification's `ttl` is its own field (an OTP's is renamed
+        // `ttl_seconds` by its handler).
         let e: ApiError = IntakeError::Invalid {
             field: "ttl".into(),
             reason: "out of range".into(),
         }
         .into();
-        assert!(matches!(&e, ApiError::InvalidField { field, .. } if field == "ttl_seconds"));
+        assert!(matches!(&e, ApiError::InvalidField { field, .. } if field == "ttl"));
         let e: ApiError = IntakeError::KeyInFlight.into();
         assert_eq!(e.status(), StatusCode::CONFLICT);
         let e: ApiError = StoreError::Query {

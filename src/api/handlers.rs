@@ -22,7 +22,8 @@ use super::error::ApiError;
 use crate::delivery_view::{DeliveryView, VarValue};
 use crate::domain::{Channel, DeliveryStatus};
 use crate::intake::{
-    ApiOrigin, Enqueued, IdempotencyKey, NotificationRequest, OtpRequest, control_character,
+    ApiOrigin, Deadline, Enqueued, IdempotencyKey, IntakeError, NotificationRequest, OtpRequest,
+    control_character,
 };
 use crate::store::{Delivery, PageFilter};
 
@@ -100,9 +101,36 @@ pub struct NotificationBody {
     /// RFC 3339: the first attempt waits until then.
     #[schema(value_type = Option<String>, format = DateTime)]
     pub(crate) send_at: Option<String>,
+    /// Its own deadline, from now: a duration of 30s to 30d (`90s`, `10m`,
+    /// `1h 30m`, `7d`). Past it the notification is `expired`, never sent
+    /// late. Not with `expires_at`; with `send_at`, it must fall after it.
+    #[schema(example = "1h")]
+    pub(crate) ttl: Option<String>,
+    /// Its own deadline as an RFC 3339 time, 30 s to 30 days from now. Past
+    /// it the notification is `expired`, never sent late. Not with `ttl`;
+    /// with `send_at`, it must fall after it.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub(crate) expires_at: Option<String>,
     /// What the notification is for: carried in its webhooks.
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", example = "welcome")]
     pub(crate) purpose: Option<String>,
+}
+
+/// A notification's `ttl` or `expires_at`, read (their bounds are intake's).
+pub(crate) fn deadline(
+    ttl: Option<&str>,
+    expires_at: Option<&str>,
+) -> Result<Option<Deadline>, ApiError> {
+    match (ttl, expires_at) {
+        (Some(_), Some(_)) => Err(invalid("expires_at", "give ttl or expires_at, not both")),
+        (Some(ttl), None) => crate::config::parse_duration(ttl)
+            .map(|d| Some(Deadline::Ttl(d)))
+            .map_err(|e| invalid("ttl", e)),
+        (None, Some(at)) => DateTime::parse_from_rfc3339(at)
+            .map(|t| Some(Deadline::At(t.with_timezone(&Utc))))
+            .map_err(|e| invalid("expires_at", format!("is not an RFC 3339 time: {e}"))),
+        (None, None) => Ok(None),
+    }
 }
 
 /// A send's answer (202).
@@ -114,7 +142,9 @@ pub struct Accepted {
     /// Always `pending`.
     #[schema(value_type = String, pattern = "^pending$")]
     pub status: String,
-    /// OTP only: when the code stops being sent.
+    /// When it stops being sent: an OTP's TTL ends, or a notification's own
+    /// deadline (`ttl`, `expires_at`) falls; absent for a notification
+    /// without one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
 }
@@ -224,11 +254,22 @@ pub async fn post_otp(
         ttl: b.ttl_seconds.map(Duration::from_secs),
     };
     let outcome = state
-        .within_timeout(state.app.enqueue_otp_from_api(
-            req,
-            origin(&caller, b.purpose.as_deref()),
-            idem,
-        ))
+        .within_timeout(async {
+            state
+                .app
+                .enqueue_otp_from_api(req, origin(&caller, b.purpose.as_deref()), idem)
+                .await
+                .map_err(|e| match e {
+                    // The request names it `ttl_seconds`; intake calls it `ttl`.
+                    IntakeError::Invalid { field, reason } if field == "ttl" => {
+                        IntakeError::Invalid {
+                            field: "ttl_seconds".into(),
+                            reason,
+                        }
+                    }
+                    e => e,
+                })
+        })
         .await?;
     if let Enqueued::Created { id, channel, .. } = &outcome {
         info!(
@@ -249,7 +290,7 @@ pub async fn post_otp(
     operation_id = "sendNotification",
     tag = "sending",
     summary = "Send a templated notification",
-    description = "Scope `send`. Rendered at once, so an unknown template or a missing variable is refused here.",
+    description = "Scope `send`. Rendered at once, so an unknown template or a missing variable is refused here. With its own deadline (`ttl` or `expires_at`) it is `expired`, never sent, once the deadline has passed; the answer then carries `expires_at`.",
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "Up to 255 characters. Kept 24 h per API key: the same key and body return the original response (with `Idempotent-Replayed: true`); another body gets 422."),
     ),
@@ -279,12 +320,14 @@ pub async fn post_notification(
                 .map_err(|e| invalid("send_at", format!("is not an RFC 3339 time: {e}")))
         })
         .transpose()?;
+    let expires = deadline(b.ttl.as_deref(), b.expires_at.as_deref())?;
     let req = NotificationRequest {
         to: b.to,
         template: b.template,
         locale: b.locale,
         vars: b.vars,
         send_at,
+        expires,
     };
     let outcome = state
         .within_timeout(state.app.enqueue_notification_from_api(

@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::app::App;
-use crate::intake::{IntakeError, NotificationRequest, Suppressions};
+use crate::intake::{Deadline, IntakeError, NotificationRequest, Suppressions};
 
 /// The idempotency column used when the file has one of this name and no
 /// `--idempotency-column` is given.
@@ -181,6 +181,7 @@ pub(super) async fn send_file(
     template: &str,
     locale: Option<&str>,
     send_at: Option<DateTime<Utc>>,
+    expires: Option<Deadline>,
     fixed: &[(String, String)],
     idempotency_column: Option<&str>,
     suppressions: Suppressions,
@@ -250,6 +251,7 @@ pub(super) async fn send_file(
             locale: locale.map(str::to_owned),
             vars,
             send_at,
+            expires,
         },
         fixed,
         suppressions,

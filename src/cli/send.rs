@@ -13,7 +13,7 @@ use crate::app::App;
 use crate::config::parse_duration_in;
 use crate::delivery_view::DeliveryView;
 use crate::domain::Channel;
-use crate::intake::{IntakeError, NotificationRequest, OtpRequest, Suppressions};
+use crate::intake::{Deadline, IntakeError, NotificationRequest, OtpRequest, Suppressions};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum SendCommand {
@@ -65,11 +65,24 @@ pub(super) enum SendCommand {
         /// Send at this time (RFC 3339, e.g. 2026-12-24T08:00:00Z), as `send_at` over HTTP.
         #[arg(long, value_parser = parse_at)]
         at: Option<DateTime<Utc>>,
+        /// Its own deadline, from now (30s to 30d, e.g. 2h): past it, it is
+        /// expired, never sent late. With --csv, from each row's sending.
+        #[arg(long, value_parser = parse_notification_ttl, conflicts_with = "expires_at")]
+        ttl: Option<Duration>,
+        /// Its own deadline as an RFC 3339 time, 30 s to 30 days from now:
+        /// from then on it is expired, never sent.
+        #[arg(long, value_parser = parse_at)]
+        expires_at: Option<DateTime<Utc>>,
         #[command(flatten)]
         suppression: SuppressionArgs,
         #[command(flatten)]
         out: OutputArgs,
     },
+}
+
+/// `--ttl` or `--expires-at` of a notification, as intake takes it.
+fn deadline(ttl: Option<Duration>, expires_at: Option<DateTime<Utc>>) -> Option<Deadline> {
+    ttl.map(Deadline::Ttl).or(expires_at.map(Deadline::At))
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +131,16 @@ enum SendFormat {
 /// `send otp --ttl`: the bounds intake applies to every OTP.
 fn parse_ttl(s: &str) -> Result<Duration, String> {
     parse_duration_in(s, crate::intake::MIN_OTP_TTL, crate::intake::MAX_OTP_TTL)
+}
+
+/// `send notification --ttl`: the bounds intake applies to a notification's
+/// own deadline.
+fn parse_notification_ttl(s: &str) -> Result<Duration, String> {
+    parse_duration_in(
+        s,
+        crate::intake::MIN_NOTIFICATION_TTL,
+        crate::intake::MAX_NOTIFICATION_TTL,
+    )
 }
 
 /// `send notification --at`: an RFC 3339 time.
@@ -172,6 +195,8 @@ pub(super) async fn run(app: &App, cmd: SendCommand) -> anyhow::Result<()> {
             vars,
             locale,
             at,
+            ttl,
+            expires_at,
             suppression,
             ..
         } => {
@@ -181,6 +206,7 @@ pub(super) async fn run(app: &App, cmd: SendCommand) -> anyhow::Result<()> {
                 &template,
                 locale.as_deref(),
                 at,
+                deadline(ttl, expires_at),
                 &vars,
                 idempotency_column.as_deref(),
                 suppression.policy(),
@@ -193,6 +219,8 @@ pub(super) async fn run(app: &App, cmd: SendCommand) -> anyhow::Result<()> {
             vars,
             locale,
             at,
+            ttl,
+            expires_at,
             suppression,
             out,
             ..
@@ -210,6 +238,7 @@ pub(super) async fn run(app: &App, cmd: SendCommand) -> anyhow::Result<()> {
                         locale,
                         vars,
                         send_at: at,
+                        expires: deadline(ttl, expires_at),
                     },
                     suppression.policy(),
                 )

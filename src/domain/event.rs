@@ -21,7 +21,8 @@ pub enum EventType {
     Undelivered,
     /// Given up: a permanent error, or every attempt used.
     Failed,
-    /// An OTP whose time ran out before it could be sent.
+    /// A delivery whose `expires_at` (an OTP's TTL, a notification's own
+    /// deadline) passed before it could be sent.
     Expired,
     /// Taken back by its caller before any provider had it.
     Canceled,

@@ -44,7 +44,8 @@ pub struct NewDelivery {
     pub otp_code: Option<String>,
     /// Attempts allowed.
     pub max_attempts: u32,
-    /// After this an OTP is `expired` rather than sent.
+    /// From then on it is `expired` rather than sent: an OTP's TTL, a
+    /// notification's own deadline.
     pub expires_at: Option<DateTime<Utc>>,
     /// When it was accepted.
     pub created_at: DateTime<Utc>,

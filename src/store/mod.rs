@@ -46,9 +46,6 @@ pub use suppression::*;
 pub use views::*;
 pub use webhooks::*;
 
-/// The connections of a SQLite pool (see `Db::connect`).
-const SQLITE_CONNECTIONS: u32 = 4;
-
 /// Expands `$body` once per backend with `$pool` bound to that backend's pool.
 macro_rules! on_pool {
     ($db:expr, $pool:ident => $body:expr) => {
@@ -69,6 +66,44 @@ pub enum DbFile {
     InMemory,
     /// A Postgres server.
     Postgres,
+}
+
+impl DbFile {
+    /// Where the database `url` names lives, read from the URL alone: what
+    /// must sit beside it is found before the database is opened (and, for
+    /// a SQLite file, created).
+    pub fn of_url(url: &str) -> Result<DbFile, StoreError> {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url).map_err(|e| StoreError::BadUrl {
+                url: mask_password(url),
+                reason: e.to_string(),
+            })?;
+            Ok(DbFile::of_sqlite(&options))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(DbFile::Postgres)
+        } else {
+            Err(bad_scheme(url))
+        }
+    }
+
+    fn of_sqlite(options: &SqliteConnectOptions) -> DbFile {
+        let in_memory = sqlx::ConnectOptions::to_url_lossy(options)
+            .query_pairs()
+            .any(|(k, v)| k == "mode" && v == "memory");
+        if in_memory {
+            DbFile::InMemory
+        } else {
+            DbFile::Sqlite(options.get_filename().to_owned())
+        }
+    }
+}
+
+/// The error for a URL that is neither SQLite nor Postgres.
+fn bad_scheme(url: &str) -> StoreError {
+    StoreError::BadUrl {
+        url: mask_password(url),
+        reason: "it must start with sqlite:// (for example sqlite://tuma.db) or postgres://".into(),
+    }
 }
 
 /// The database behind tuma.
@@ -211,10 +246,14 @@ async fn install_busy_handler(conn: &mut sqlx::SqliteConnection) -> Result<(), s
 }
 
 impl Db {
-    /// Opens a pool (SQLite keeps it small, see below). SQLite files are
-    /// created if missing and every connection gets WAL, `synchronous=NORMAL`,
-    /// tuma's busy handler ([`sqlite_busy`]), foreign keys and `secure_delete`
-    /// (so a wiped OTP code does not linger in free pages).
+    /// Opens a pool of at most `max_connections` connections, on either
+    /// backend (`[database] max_connections`, or each backend's default:
+    /// `config::DatabaseConfig::pool_size`); no other connection to the
+    /// database is ever opened (the Postgres LISTEN holds one of the pool's).
+    /// SQLite files are created if missing and every connection gets WAL,
+    /// `synchronous=NORMAL`, tuma's busy handler ([`sqlite_busy`]), foreign
+    /// keys and `secure_delete` (so a wiped OTP code does not linger in free
+    /// pages).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Db, StoreError> {
         let bad = |reason: String| StoreError::BadUrl {
             url: mask_password(url),
@@ -230,14 +269,13 @@ impl Db {
                 .foreign_keys(true)
                 .pragma("secure_delete", "ON")
                 .pragma("temp_store", "MEMORY");
-            // Few connections: SQLite runs one writer at a time anyway, so
-            // many only add waiting for the write lock; too few leave the
-            // batch tasks and the lanes' claims waiting for a connection
-            // (four measured best; see benches/README.md). Never one: a claim
-            // parked on a connection while a worker shuts down would starve
-            // the in-flight sends it waits for.
+            // Few connections by default (`config::SQLITE_CONNECTIONS`):
+            // SQLite runs one writer at a time anyway. Never one in a
+            // process that works (the configuration's minimum is three): a
+            // claim parked on a connection while a worker shuts down would
+            // starve the in-flight sends it waits for.
             let pool = SqlitePoolOptions::new()
-                .max_connections(SQLITE_CONNECTIONS)
+                .max_connections(max_connections)
                 .after_connect(|conn, _| Box::pin(install_busy_handler(conn)))
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(options)
@@ -261,9 +299,7 @@ impl Db {
                 .map_err(|e| bad(e.to_string()))?;
             Ok(Db::Postgres(pool))
         } else {
-            Err(bad(
-                "it must start with sqlite:// (for example sqlite://tuma.db) or postgres://".into(),
-            ))
+            Err(bad_scheme(url))
         }
     }
 
@@ -292,17 +328,9 @@ impl Db {
 
     /// Where the database lives, for what must sit beside it (the OTP key file).
     pub fn file(&self) -> DbFile {
-        let Db::Sqlite(pool) = self else {
-            return DbFile::Postgres;
-        };
-        let options = pool.connect_options();
-        let in_memory = sqlx::ConnectOptions::to_url_lossy(&*options)
-            .query_pairs()
-            .any(|(k, v)| k == "mode" && v == "memory");
-        if in_memory {
-            DbFile::InMemory
-        } else {
-            DbFile::Sqlite(options.get_filename().to_owned())
+        match self {
+            Db::Sqlite(pool) => DbFile::of_sqlite(&pool.connect_options()),
+            Db::Postgres(_) => DbFile::Postgres,
         }
     }
 

@@ -479,13 +479,16 @@ impl Db {
         })
     }
 
-    /// Expires held OTPs whose code's TTL has passed, wiping the code.
+    /// Expires held deliveries whose `expires_at` has passed (an OTP's TTL,
+    /// a notification's own deadline), wiping any code.
     pub async fn expire_held(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         Ok(on_pool!(self, pool => {
             sqlx::query(
                 "UPDATE deliveries SET status = 'expired', otp_code = NULL, next_attempt_at = NULL, \
                  held_budget = NULL, updated_at = $1, \
-                 last_error = 'the code expired while its budget held it' \
+                 last_error = CASE WHEN kind = 'otp' \
+                   THEN 'the code expired while its budget held it' \
+                   ELSE 'its deadline passed while its budget held it' END \
                  WHERE status = 'held' AND expires_at <= $1",
             )
             .bind(now)

@@ -225,6 +225,7 @@ async fn request_variables_never_replace_configured_ones_and_must_be_plain_value
                 locale: None,
                 vars,
                 send_at: None,
+                expires: None,
             })
             .await;
     assert!(
@@ -435,6 +436,7 @@ async fn control_characters_are_refused_in_every_field_and_parameter_naming_it(b
                 locale: None,
                 vars,
                 send_at: None,
+                expires: None,
             })
             .await;
     assert!(
@@ -455,6 +457,7 @@ async fn control_characters_are_refused_in_every_field_and_parameter_naming_it(b
                     locale: locale.map(str::to_owned),
                     vars,
                     send_at: None,
+                    expires: None,
                 })
                 .await;
         match &cli {
@@ -491,3 +494,339 @@ async fn an_unknown_field_with_an_empty_name_is_named_readably(backend: Backend)
     s.stop().await;
 }
 on_both_backends!(an_unknown_field_with_an_empty_name_is_named_readably);
+
+/// A welcome notification to `to`, with its own deadline.
+fn note_until(to: &str, expires: tuma::intake::Deadline) -> NotificationRequest {
+    NotificationRequest {
+        to: to.into(),
+        template: "welcome".into(),
+        locale: None,
+        vars: Map::from_iter([("name".to_owned(), json!("Amina"))]),
+        send_at: None,
+        expires: Some(expires),
+    }
+}
+
+/// Runs `statement` with `id` bound as `$1`, as a hand-edit would.
+async fn sql(db: &tuma::store::Db, statement: &'static str, id: &str) {
+    match db {
+        tuma::store::Db::Sqlite(pool) => {
+            sqlx::query(statement).bind(id).execute(pool).await.unwrap();
+        }
+        tuma::store::Db::Postgres(pool) => {
+            sqlx::query(statement).bind(id).execute(pool).await.unwrap();
+        }
+    }
+}
+
+/// Moves the clock by `step` and drains, until `until` has passed.
+async fn run_until(t: &TestApp, until: chrono::DateTime<chrono::Utc>, step: Duration) {
+    use tuma::clock::Clock;
+    while t.clock.now() <= until {
+        t.advance(step).await;
+        t.drain().await;
+    }
+}
+
+async fn a_notification_past_its_own_deadline_is_expired_and_never_sent_one_in_time_is_sent(
+    backend: Backend,
+) {
+    use tuma::clock::Clock;
+    use tuma::domain::DeliveryStatus;
+    use tuma::intake::Deadline;
+    let minute = Duration::from_secs(60);
+
+    // Both providers of the route down: tried, retried, never accepted; at
+    // its deadline it is expired, not failed, and no call comes after it.
+    let clock = new_clock();
+    let down = |clock| Scripted::new(clock, (0..100).map(|_| transient("down")).collect());
+    let (primary, backup) = (down(clock.clone()), down(clock.clone()));
+    let t = TestApp::with(
+        backend,
+        100,
+        clock.clone(),
+        &[("primary", primary.clone()), ("backup", backup.clone())],
+    )
+    .await;
+    let d = t
+        .app
+        .enqueue_notification(note_until("+254711000701", Deadline::Ttl(minute)))
+        .await
+        .unwrap();
+    let deadline = clock.now() + chrono::Duration::seconds(60);
+    assert_eq!(d.row.expires_at, Some(deadline));
+    t.drain().await;
+    run_until(
+        &t,
+        deadline + chrono::Duration::seconds(30),
+        Duration::from_secs(5),
+    )
+    .await;
+    let d = t.delivery(&d.row.id).await;
+    assert_eq!(d.status, DeliveryStatus::Expired, "{:?}", d.row.last_error);
+    let calls: Vec<Call> = primary.calls().into_iter().chain(backup.calls()).collect();
+    assert!(calls.len() >= 3, "it was tried and retried: {calls:?}");
+    assert!(
+        calls.iter().all(|c| c.at < deadline),
+        "a call at or after the deadline: {calls:?}"
+    );
+
+    // The providers up: one in time is sent; one held back (the workers
+    // reach it only after its deadline) is expired with no call at all.
+    let clock = new_clock();
+    let up = Scripted::new(clock.clone(), vec![]);
+    let t = TestApp::with(backend, 6, clock.clone(), &[("primary", up.clone())]).await;
+    let in_time = t
+        .app
+        .enqueue_notification(note_until("+254711000702", Deadline::Ttl(minute)))
+        .await
+        .unwrap();
+    let at = clock.now() + chrono::Duration::minutes(10);
+    let in_time_at = t
+        .app
+        .enqueue_notification(note_until("+254711000703", Deadline::At(at)))
+        .await
+        .unwrap();
+    assert_eq!(in_time_at.row.expires_at, Some(at));
+    t.drain().await;
+    for id in [&in_time.row.id, &in_time_at.row.id] {
+        assert_eq!(t.delivery(id).await.status, DeliveryStatus::Sent);
+    }
+    let late = t
+        .app
+        .enqueue_notification(note_until("+254711000704", Deadline::Ttl(minute)))
+        .await
+        .unwrap();
+    t.advance(2 * minute).await;
+    t.drain().await;
+    let late = t.delivery(&late.row.id).await;
+    assert_eq!(late.status, DeliveryStatus::Expired);
+    assert_eq!(up.calls().len(), 2, "only the two in time were sent");
+    assert!(up.calls().iter().all(|c| c.delivery_id != late.row.id));
+
+    // A replay would send the expired one late: refused. One that failed
+    // within its deadline is replayed under the same deadline.
+    let report = t
+        .app
+        .replay_delivery(&late.row.id, "ops", true, false)
+        .await
+        .unwrap();
+    assert!(report.replayed.is_empty());
+    assert_eq!(
+        report.refused[0].reason,
+        tuma::replay::RefusalReason::DeadlinePassed,
+        "{:?}",
+        report.refused
+    );
+    let failed = t
+        .app
+        .enqueue_notification(note_until("+254711000706", Deadline::Ttl(30 * minute)))
+        .await
+        .unwrap();
+    sql(
+        &t.app.db,
+        "UPDATE deliveries SET status = 'failed' WHERE id = $1",
+        &failed.row.id,
+    )
+    .await;
+    let report = t
+        .app
+        .replay_delivery(&failed.row.id, "ops", true, false)
+        .await
+        .unwrap();
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+    let replay = t.delivery(&report.replayed[0].replay).await;
+    assert_eq!(replay.row.expires_at, failed.row.expires_at);
+    t.drain().await;
+    assert_eq!(
+        t.delivery(&replay.row.id).await.status,
+        DeliveryStatus::Sent
+    );
+    assert_eq!(up.calls().len(), 3);
+
+    // Held by its budget past its deadline: the spend sweep expires it, and
+    // says so without speaking of a code.
+    let held = t
+        .app
+        .enqueue_notification(note_until("+254711000705", Deadline::Ttl(minute)))
+        .await
+        .unwrap();
+    sql(
+        &t.app.db,
+        "UPDATE deliveries SET status = 'held', held_budget = 'KES/month' WHERE id = $1",
+        &held.row.id,
+    )
+    .await;
+    t.advance(2 * minute).await;
+    let swept = tuma::spend::sweep(&t.app, clock.now()).await.unwrap();
+    assert_eq!(swept.expired, 1);
+    let held = t.delivery(&held.row.id).await;
+    assert_eq!(held.status, DeliveryStatus::Expired);
+    assert_eq!(
+        held.row.last_error.as_deref(),
+        Some("its deadline passed while its budget held it")
+    );
+    assert_eq!(up.calls().len(), 3);
+}
+on_both_backends!(
+    a_notification_past_its_own_deadline_is_expired_and_never_sent_one_in_time_is_sent
+);
+
+async fn a_notification_takes_its_deadline_as_ttl_or_expires_at_and_bad_ones_are_refused_naming_the_field(
+    backend: Backend,
+) {
+    use tuma::clock::Clock;
+    let s = spawn_app(backend).await;
+    let key = s.key("app", &["send", "read"]).await;
+    let now = s.t.clock.now();
+    let note = |extra: Value| {
+        let mut body =
+            json!({"to": "+254711000710", "template": "welcome", "vars": {"name": "Amina"}});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let rfc = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339();
+    let expiry = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v["expires_at"].as_str().unwrap()).unwrap()
+    };
+
+    let by_ttl = s
+        .post("/v1/notifications", &key, &note(json!({"ttl": "1m"})))
+        .await;
+    assert_eq!(by_ttl.status(), 202);
+    let by_ttl: Value = by_ttl.json().await.unwrap();
+    assert_eq!(expiry(&by_ttl), now + chrono::Duration::seconds(60));
+    let at = now + chrono::Duration::hours(2);
+    let by_time = s
+        .post(
+            "/v1/notifications",
+            &key,
+            &note(json!({"expires_at": rfc(at)})),
+        )
+        .await;
+    assert_eq!(by_time.status(), 202);
+    let by_time: Value = by_time.json().await.unwrap();
+    assert_eq!(expiry(&by_time), at);
+    // The delivery carries it.
+    let shown: Value = s
+        .get(
+            &format!("/v1/deliveries/{}", by_ttl["id"].as_str().unwrap()),
+            &key,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(expiry(&shown), now + chrono::Duration::seconds(60));
+    let without: Value = s
+        .post("/v1/notifications", &key, &note(json!({})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(without.get("expires_at").is_none(), "{without}");
+
+    let before = s.delivery_count().await;
+    for (extra, field, reason) in [
+        (json!({"ttl": "soon"}), "ttl", "soon"),
+        (json!({"ttl": "10s"}), "ttl", "10s is out of range"),
+        (json!({"ttl": "31d"}), "ttl", "is out of range"),
+        (json!({"ttl": 60}), "ttl", "string"),
+        (
+            json!({"expires_at": "tomorrow"}),
+            "expires_at",
+            "not an RFC 3339 time",
+        ),
+        (
+            json!({"expires_at": rfc(now - chrono::Duration::minutes(1))}),
+            "expires_at",
+            "is not in the future",
+        ),
+        (
+            json!({"expires_at": rfc(now + chrono::Duration::seconds(10))}),
+            "expires_at",
+            "is out of range",
+        ),
+        (
+            json!({"expires_at": rfc(now + chrono::Duration::days(40))}),
+            "expires_at",
+            "is out of range",
+        ),
+        (
+            json!({"ttl": "1h", "expires_at": rfc(at)}),
+            "expires_at",
+            "give ttl or expires_at, not both",
+        ),
+        (
+            json!({"ttl": "1h", "send_at": rfc(now + chrono::Duration::hours(3))}),
+            "ttl",
+            "not after send_at",
+        ),
+    ] {
+        let (status, body) = problem(
+            s.post("/v1/notifications", &key, &note(extra.clone()))
+                .await,
+        )
+        .await;
+        assert_eq!(status, 422, "{extra}: {body}");
+        assert_eq!(
+            body["type"], "https://tuma.dev/problems/invalid-field",
+            "{extra}"
+        );
+        assert_eq!(body["field"], field, "{extra}: {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains(reason),
+            "{extra}: {body}"
+        );
+    }
+    assert_eq!(
+        s.delivery_count().await,
+        before,
+        "a refused send writes nothing"
+    );
+
+    // Each item of a batch likewise, named within the batch.
+    let batch = s
+        .post(
+            "/v1/notifications/batch",
+            &key,
+            &json!({"items": [
+                note(json!({"ttl": "1m"})),
+                note(json!({"ttl": "10s"})),
+                note(json!({"expires_at": rfc(at)})),
+            ]}),
+        )
+        .await;
+    assert_eq!(batch.status(), 200);
+    let batch: Value = batch.json().await.unwrap();
+    assert_eq!(batch["accepted"], 2, "{batch}");
+    assert_eq!(
+        expiry(&batch["items"][0]),
+        now + chrono::Duration::seconds(60)
+    );
+    assert_eq!(
+        batch["items"][1]["problem"]["field"], "items[1].ttl",
+        "{batch}"
+    );
+    assert_eq!(expiry(&batch["items"][2]), at);
+
+    // Two minutes on, the one-minute ones are expired; the rest are sent.
+    s.t.advance(Duration::from_secs(120)).await;
+    s.t.drain().await;
+    let status = |id: &Value| {
+        let id = id.as_str().unwrap().to_owned();
+        let s = &s;
+        async move { s.t.delivery(&id).await.status.as_str().to_owned() }
+    };
+    assert_eq!(status(&by_ttl["id"]).await, "expired");
+    assert_eq!(status(&batch["items"][0]["id"]).await, "expired");
+    assert_eq!(status(&by_time["id"]).await, "sent");
+    assert_eq!(status(&batch["items"][2]["id"]).await, "sent");
+    assert_eq!(status(&without["id"]).await, "sent");
+    s.stop().await;
+}
+on_both_backends!(
+    a_notification_takes_its_deadline_as_ttl_or_expires_at_and_bad_ones_are_refused_naming_the_field
+);

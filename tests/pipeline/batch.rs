@@ -30,6 +30,7 @@ async fn notification(t: &TestApp, to: &str) -> DeliveryJob {
             locale: None,
             vars: Map::from_iter([("name".to_owned(), json!("Amina"))]),
             send_at: None,
+            expires: None,
         })
         .await
         .unwrap();

@@ -129,6 +129,7 @@ async fn a_delivery_a_provider_has_or_had_is_not_canceled(backend: Backend) {
             locale: None,
             vars: Map::from_iter([("name".into(), "Amina".into())]),
             send_at: None,
+            expires: None,
         })
         .await
         .unwrap();

@@ -256,6 +256,7 @@ async fn a_worker_killed_mid_run_finishes_every_delivery_after_a_restart(backend
                 locale: None,
                 vars: serde_json::Map::from_iter([("name".to_owned(), serde_json::json!("Amina"))]),
                 send_at: None,
+                expires: None,
             })
             .await
             .unwrap();
@@ -712,3 +713,404 @@ fn a_closed_stdout_ends_every_short_command_quietly_and_logs_are_not_coloured_in
     assert!(!err.is_empty(), "the worker logged something");
     assert!(!err.contains('\u{1b}'), "ANSI codes in a pipe: {err:?}");
 }
+
+/// A copy of the shipped templates in `dir/templates`, changed by `change`,
+/// and a configuration using it: the configuration file.
+fn config_with_templates(dir: &Path, change: impl Fn(&Path)) -> std::path::PathBuf {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+    let templates = dir.join("templates");
+    let _ = std::fs::remove_dir_all(&templates);
+    copy(&templates_dir(), &templates);
+    change(&templates);
+    let text = config_text(dir, 6).replace(
+        &templates_dir().display().to_string(),
+        &templates.display().to_string(),
+    );
+    let file = dir.join("providers.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_serve_refuse_the_same_bad_templates_and_accept_the_same_good_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let url = format!("sqlite://{}", db.display());
+    fn write(file: &'static str, text: &'static str) -> impl Fn(&Path) {
+        move |t: &Path| {
+            let path = t.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+    }
+    fn remove(file: &'static str) -> impl Fn(&Path) {
+        move |t: &Path| std::fs::remove_file(t.join(file)).unwrap()
+    }
+    type Change = Box<dyn Fn(&Path)>;
+    let bad: Vec<(&str, Change, &str)> = vec![
+        (
+            "a locale missing one channel",
+            Box::new(|t: &Path| {
+                for part in ["email.subject.txt", "email.txt", "email.html"] {
+                    std::fs::remove_file(t.join("welcome/sw").join(part)).unwrap();
+                }
+            }),
+            "welcome: is sent by email in en but not in sw",
+        ),
+        (
+            "an email without its subject",
+            Box::new(remove("welcome/en/email.subject.txt")),
+            "welcome/en: an email needs email.subject.txt and email.txt, and email.subject.txt is missing",
+        ),
+        (
+            "no default locale",
+            Box::new(|t: &Path| std::fs::remove_dir_all(t.join("welcome/en")).unwrap()),
+            "welcome: has no locale `en` (templates.default_locale)",
+        ),
+        (
+            "a filter that does not exist",
+            Box::new(write("welcome/sw/sms.txt", "Karibu {{ name | shout }}")),
+            "welcome/sw/sms.txt: unknown filter",
+        ),
+        (
+            "a part that does not parse",
+            Box::new(write("welcome/en/sms.txt", "Welcome {{ name ")),
+            "welcome/en/sms.txt: syntax error",
+        ),
+        (
+            "a locale folder with no template in it",
+            Box::new(write("welcome/fr/sms.text", "Bienvenue {{ name }}")),
+            "welcome/fr: holds none of sms.txt",
+        ),
+    ];
+    for (what, change, problem) in &bad {
+        let config = config_with_templates(dir.path(), change);
+        for args in [&["check"][..], &["serve", "--listen", "127.0.0.1:0"][..]] {
+            let out = tuma_command(&config, &url)
+                .args(args)
+                .output()
+                .await
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{args:?} accepted {what}");
+            assert!(
+                err.contains("providers.toml: templates.dir: ") && err.contains(problem),
+                "{args:?} with {what}: {err}"
+            );
+            assert!(!db.exists(), "{args:?} with {what} touched the database");
+        }
+    }
+
+    // A template whose variables the samples lack is fine for both: `check`
+    // says its length depends on them, and `serve` starts.
+    let config = config_with_templates(dir.path(), |t: &Path| {
+        write(
+            "invoice/en/sms.txt",
+            "Invoice {{ number }}: {{ amount }} due",
+        )(t);
+        write("invoice/sw/sms.txt", "Ankara {{ number }}: {{ amount }}")(t);
+    });
+    let checked = tuma_ok(tuma_command(&config, &url).arg("check")).await;
+    assert!(
+        checked.contains("invoice      en   not counted: its length depends on `amount`"),
+        "{checked}"
+    );
+    let (serve, _) =
+        spawn_serve(tuma_command(&config, &url).args(["serve", "--listen", "127.0.0.1:0"])).await;
+    stop_child(serve).await;
+}
+
+#[test]
+fn the_database_pool_size_is_validated_naming_the_key_and_defaults_to_what_tuma_always_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("providers.toml");
+    let base = config_text(dir.path(), 6);
+    let load = |extra: &str| {
+        std::fs::write(&path, format!("{base}\n{extra}\n")).unwrap();
+        tuma::config::Config::load(&path)
+    };
+    let pg = "postgres://tuma@db/tuma";
+    let sqlite = "sqlite://tuma.db";
+    // The defaults: a connection per worker slot up to 16, and six more, on
+    // Postgres (22 with the default [worker]); four on SQLite.
+    let c = load("").unwrap();
+    assert_eq!(c.database.max_connections, None);
+    assert_eq!(tuma::app::App::pool_size(&c, sqlite), 4);
+    assert_eq!(tuma::app::App::pool_size(&c, pg), 22);
+    let c = load("[database]\nmax_connections = 3\n").unwrap();
+    assert_eq!(tuma::app::App::pool_size(&c, pg), 3);
+    assert_eq!(tuma::app::App::pool_size(&c, sqlite), 3);
+    assert!(load("[database]\nmax_connections = 1000\n").is_ok());
+    for (extra, reason) in [
+        ("max_connections = 2", "2 is below the minimum 3"),
+        ("max_connections = 0", "0 is below the minimum 3"),
+        ("max_connections = 1001", "1001 is above the maximum 1000"),
+        ("max_connection = 10", "unknown field `max_connection`"),
+    ] {
+        let e = load(&format!("[database]\n{extra}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("providers.toml: "), "{extra}: {e}");
+        if !extra.starts_with("max_connection ") {
+            assert!(e.contains("database.max_connections: "), "{extra}: {e}");
+        }
+        assert!(e.contains(reason), "{extra}: {e}");
+    }
+    // As every configuration error: before the database is touched.
+    let db = dir.path().join("t.db");
+    std::fs::write(&path, format!("{base}\n[database]\nmax_connections = 2\n")).unwrap();
+    let out = tuma(&path, &format!("sqlite://{}", db.display()))
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database.max_connections"));
+    assert!(!db.exists());
+}
+
+/// The backends of the process connected as `application_name` to the
+/// database of `admin` (a connection of the test's own).
+async fn backends_of(admin: &mut sqlx::PgConnection, application_name: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = $1",
+    )
+    .bind(application_name)
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_with_max_connections_3_never_holds_more_than_3_postgres_connections() {
+    use sqlx::Connection;
+    if postgres_admin_url().is_none() {
+        return;
+    }
+    let db = TestDb::new(Backend::Postgres).await;
+    let path = db.path().join("providers.toml");
+    // A request waits at most 2 s on the database, for a connection or a lock.
+    let text = format!(
+        "{}\n[database]\nmax_connections = 3\n\n[api]\nrequest_timeout = \"2s\"\n",
+        config_text(db.path(), 6)
+    );
+    std::fs::write(&path, text).unwrap();
+    let key = tuma_ok(tuma_command(&path, &db.url).args([
+        "keys", "create", "--name", "pool", "--scope", "send", "--scope", "read",
+    ]))
+    .await;
+    let key = key.trim().to_owned();
+    // The serving process, and only it, connects under this name.
+    let name = "tuma-pool-under-test";
+    let url = format!("{}?application_name={name}", db.url);
+    let (serve, base) =
+        spawn_serve(tuma_command(&path, &url).args(["serve", "--listen", "127.0.0.1:0"])).await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.unwrap();
+
+    // Work: sends through the API, delivered by its workers.
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let answer = client
+            .post(format!("{base}/v1/notifications"))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({
+                "to": format!("amina+{i}@example.org"),
+                "template": "welcome",
+                "vars": {"name": "Amina"},
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 202);
+        let body: serde_json::Value = answer.json().await.unwrap();
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let started = Instant::now();
+    for id in &ids {
+        loop {
+            let d: serde_json::Value = client
+                .get(format!("{base}/v1/deliveries/{id}"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if d["status"] == "sent" {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "not sent: {d}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(backends_of(&mut admin, name).await <= 3);
+
+    // A jam: every statement on `deliveries` waits behind the test's lock,
+    // and twelve requests each want a connection for one. Each answers 503
+    // after waiting its 2 s, for the lock or for a connection; by then each
+    // has had every chance to open one, and a pool of 22 would hold twelve.
+    let mut lock = admin.begin().await.unwrap();
+    sqlx::query("LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let answers = futures::future::join_all((0..12).map(|i| {
+        let (client, base, key) = (client.clone(), base.clone(), key.clone());
+        async move {
+            client
+                .get(format!("{base}/v1/deliveries/{}", ids_or(i)))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    }))
+    .await;
+    assert!(answers.iter().all(|s| *s == 503), "{answers:?}");
+    let mut counter = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let held = backends_of(&mut counter, name).await;
+    assert_eq!(
+        held, 3,
+        "the process holds {held} connections; it may hold 3"
+    );
+    lock.rollback().await.unwrap();
+
+    // The jam over, the same three serve as before.
+    let d = client
+        .get(format!("{base}/v1/deliveries/{}", ids[0]))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.status(), 200);
+    assert!(backends_of(&mut counter, name).await <= 3);
+    stop_child(serve).await;
+}
+
+/// A delivery id no delivery has: the lookup runs, and finds nothing.
+fn ids_or(i: usize) -> String {
+    format!("00000000-0000-7000-8000-{i:012}")
+}
+
+async fn send_notification_takes_its_own_deadline_from_ttl_or_expires_at(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let (config, _) = write_config(db.path(), 6);
+    let send = |extra: &[&str]| {
+        let mut cmd = tuma(&config, &db.url);
+        cmd.args([
+            "send",
+            "notification",
+            "--to",
+            "+254711000720",
+            "--template",
+            "welcome",
+            "--var",
+            "name=Amina",
+            "--format",
+            "json",
+        ])
+        .args(extra);
+        cmd
+    };
+    let expiry = |json: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(json["expires_at"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let before = chrono::Utc::now();
+    let by_ttl: serde_json::Value =
+        serde_json::from_str(&run_ok(&mut send(&["--ttl", "1m"]))).unwrap();
+    let after = chrono::Utc::now();
+    let at = expiry(&by_ttl);
+    assert!(
+        at >= before + chrono::Duration::seconds(60) && at <= after + chrono::Duration::seconds(60),
+        "{by_ttl}"
+    );
+    let until = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let by_time: serde_json::Value =
+        serde_json::from_str(&run_ok(&mut send(&["--expires-at", &until]))).unwrap();
+    assert_eq!(
+        expiry(&by_time),
+        chrono::DateTime::parse_from_rfc3339(&until).unwrap()
+    );
+    let shown = run_ok(tuma(&config, &db.url).args([
+        "deliveries",
+        "show",
+        by_time["id"].as_str().unwrap(),
+    ]));
+    assert!(shown.contains("expires    "), "{shown}");
+
+    let past = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    for (extra, says) in [
+        (&["--expires-at", past.as_str()][..], "expires_at: "),
+        (&["--expires-at", past.as_str()][..], "is not in the future"),
+        (&["--ttl", "10s"][..], "10s is below the minimum 30s"),
+        (&["--ttl", "40d"][..], "is above the maximum"),
+        (
+            &["--ttl", "1m", "--expires-at", until.as_str()][..],
+            "cannot be used with",
+        ),
+    ] {
+        let out = send(extra).output().unwrap();
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{extra:?}: {err}");
+    }
+
+    // A file: each row gets the deadline.
+    let csv = db.path().join("rows.csv");
+    std::fs::write(&csv, "to,name\n+254711000721,Juma\n+254711000722,Neema\n").unwrap();
+    let summary = run_ok(tuma(&config, &db.url).args([
+        "send",
+        "notification",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--template",
+        "welcome",
+        "--ttl",
+        "2h",
+    ]));
+    assert!(summary.starts_with("accepted 2, refused 0"), "{summary}");
+    let listed: serde_json::Value = serde_json::from_str(&run_ok(tuma(&config, &db.url).args([
+        "deliveries",
+        "list",
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    let rows = listed.as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{listed}");
+    assert!(rows.iter().all(|d| d["expires_at"].is_string()), "{listed}");
+
+    // In time, they are sent.
+    run_ok(tuma(&config, &db.url).args(["worker", "--drain"]));
+    let listed: serde_json::Value = serde_json::from_str(&run_ok(tuma(&config, &db.url).args([
+        "deliveries",
+        "list",
+        "--status",
+        "sent",
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 4, "{listed}");
+}
+on_both_backends!(send_notification_takes_its_own_deadline_from_ttl_or_expires_at);

@@ -262,7 +262,7 @@ async fn every_route_answers_as_the_openapi_document_says(backend: Backend) {
         (
             "/v1/notifications",
             json!({"to": "Amina@Example.org", "template": "welcome",
-                   "vars": {"name": "Amina", "points": 12.5, "vip": true}}),
+                   "vars": {"name": "Amina", "points": 12.5, "vip": true}, "ttl": "1h"}),
         ),
     ] {
         let post = |key: Option<&str>| {
@@ -330,7 +330,8 @@ async fn every_route_answers_as_the_openapi_document_says(backend: Backend) {
     // The batch route: accepted and refused items, and the batch's own errors.
     let t = "/v1/notifications/batch";
     let batch = json!({"items": [
-        {"to": PHONE, "template": "welcome", "vars": {"name": "Amina"}, "idempotency_key": "batch-0"},
+        {"to": PHONE, "template": "welcome", "vars": {"name": "Amina"}, "idempotency_key": "batch-0",
+         "ttl": "1h"},
         {"to": "not a number", "template": "welcome", "vars": {"name": "Juma"}},
     ]});
     let r = client

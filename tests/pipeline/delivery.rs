@@ -243,6 +243,7 @@ async fn transient_errors_fail_the_delivery_once_attempts_run_out(backend: Backe
             locale: None,
             vars: Map::from_iter([("name".to_owned(), serde_json::json!("Amina"))]),
             send_at: None,
+            expires: None,
         })
         .await
         .unwrap();
@@ -396,6 +397,7 @@ async fn bad_requests_are_refused_with_the_field_and_nothing_is_written(backend:
             .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
             .collect(),
         send_at: None,
+        expires: None,
     };
     for (req, field, reason) in [
         (
@@ -458,6 +460,7 @@ async fn costs_are_the_providers_when_given_else_estimated_from_the_price_table(
             locale: None,
             vars: Map::from_iter([("name".to_owned(), serde_json::json!(long_text))]),
             send_at: None,
+            expires: None,
         })
         .await
         .unwrap();

@@ -37,6 +37,7 @@ fn welcome(to: &str, send_at: Option<chrono::DateTime<Utc>>) -> NotificationRequ
         locale: None,
         vars: serde_json::Map::from_iter([("name".to_owned(), serde_json::json!("Amina"))]),
         send_at,
+        expires: None,
     }
 }
 

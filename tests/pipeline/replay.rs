@@ -22,6 +22,7 @@ fn welcome(to: &str) -> NotificationRequest {
         locale: None,
         vars,
         send_at: None,
+        expires: None,
     }
 }
 

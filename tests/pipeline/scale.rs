@@ -233,6 +233,7 @@ async fn enqueue(app: &Arc<App>, first: usize, n: usize) {
                         serde_json::json!("Amina"),
                     )]),
                     send_at: None,
+                    expires: None,
                 })
                 .await
                 .unwrap();
@@ -244,7 +245,13 @@ async fn enqueue(app: &Arc<App>, first: usize, n: usize) {
 }
 
 async fn app_for(config: &Path, url: &str) -> Arc<App> {
-    let db = Db::connect(url, 20).await.unwrap();
+    // Twenty on Postgres; tuma's default on SQLite.
+    let size = if url.starts_with("sqlite") {
+        test_pool(url)
+    } else {
+        20
+    };
+    let db = Db::connect(url, size).await.unwrap();
     db.migrate().await.unwrap();
     // Enqueues only: no provider is built in this process.
     let mut config = Config::load(config).unwrap();

@@ -538,3 +538,99 @@ async fn postgres_without_key_env_refuses_to_start_and_says_why() {
     let (ok, _, err) = run(tuma(&config, &db.url).args(["deliveries", "list"]));
     assert!(ok, "read-only commands need no key: {err}");
 }
+
+/// Runs `cmd` to its end, which must come within 60 s (a command that
+/// started serving would run until stopped): its success, stdout, stderr.
+fn run_to_end(cmd: &mut std::process::Command) -> (bool, String, String) {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tuma");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("{cmd:?} was still running after 60 s: it started despite the bad key");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Whether the database at `db` was created or migrated: the SQLite file
+/// exists, or the fresh Postgres database holds a table.
+async fn database_touched(db: &TestDb) -> bool {
+    if db.url.starts_with("sqlite") {
+        return db.path().join("tuma.db").exists();
+    }
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .expect("connect");
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("count tables");
+    tables > 0
+}
+
+async fn an_unset_or_wrong_length_otp_key_stops_every_command_needing_it_before_the_database_is_touched(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    for (lines, reason) in [
+        ("key_env = \"TUMA_TEST_OTP_UNSET\"\n", "is not set"),
+        (
+            "key_env = \"TUMA_TEST_OTP_SHORT_KEY\"\n",
+            "must hold 32 bytes (base64 or hex), but holds 31",
+        ),
+    ] {
+        let (config, _) = config_with_keys(db.path(), lines);
+        for args in [
+            &["serve", "--listen", "127.0.0.1:0"][..],
+            &["serve", "--listen", "127.0.0.1:0", "--no-workers"][..],
+            &["worker"][..],
+            &["worker", "--drain"][..],
+            &["send", "otp", "--to", "0711000670", "--code", "123456"][..],
+            &[
+                "send",
+                "notification",
+                "--to",
+                "0711000670",
+                "--template",
+                "welcome",
+                "--var",
+                "name=Amina",
+            ][..],
+            &["replay", "--status", "failed", "--dry-run"][..],
+        ] {
+            let (ok, _, err) = run_to_end(
+                tuma(&config, &db.url)
+                    .args(args)
+                    .env_remove("TUMA_TEST_OTP_UNSET"),
+            );
+            assert!(!ok, "{args:?} ran with {lines}");
+            // One configuration error: the file, the key, the variable, why.
+            assert!(
+                err.contains("providers.toml: otp.key_env: environment variable TUMA_TEST_OTP_")
+                    && err.contains(reason),
+                "{args:?} with {lines}: {err}"
+            );
+            assert_eq!(err.trim().lines().count(), 1, "one error line: {err}");
+            assert!(
+                !database_touched(&db).await,
+                "{args:?} with {lines} touched the database before refusing the key"
+            );
+        }
+    }
+}
+on_both_backends!(
+    an_unset_or_wrong_length_otp_key_stops_every_command_needing_it_before_the_database_is_touched
+);

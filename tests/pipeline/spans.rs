@@ -20,6 +20,7 @@ async fn a_jobs_log_lines_carry_its_delivery_id_from_one_span(backend: Backend) 
             locale: None,
             vars,
             send_at: None,
+            expires: None,
         })
         .await
         .unwrap();

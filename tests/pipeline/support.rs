@@ -63,6 +63,16 @@ pub fn postgres_admin_url() -> Option<String> {
     }
 }
 
+/// The pool size of the tests' own connections: tuma's default on SQLite
+/// (one writer at a time: more would only wait), ten on Postgres.
+pub fn test_pool(url: &str) -> u32 {
+    if url.starts_with("sqlite") {
+        tuma::config::SQLITE_CONNECTIONS
+    } else {
+        10
+    }
+}
+
 /// A fresh, empty database, and a folder for files.
 pub struct TestDb {
     pub url: String,
@@ -137,7 +147,9 @@ impl TestDb {
 
     /// Opens and migrates the database.
     pub async fn connect(&self) -> Db {
-        let db = Db::connect(&self.url, 10).await.expect("connect");
+        let db = Db::connect(&self.url, test_pool(&self.url))
+            .await
+            .expect("connect");
         db.migrate().await.expect("migrate");
         db
     }
@@ -738,7 +750,7 @@ pub async fn spawn_app_with_text(db: TestDb, url: &str, text: &str) -> TestServe
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).expect("valid test config");
     let clock = new_clock();
-    let store = Db::connect(url, 10).await.expect("connect");
+    let store = Db::connect(url, test_pool(url)).await.expect("connect");
     let providers = Providers::from_config(&config).expect("providers");
     let app = Arc::new(App::with_parts(config, store, providers, clock.clone()).expect("app"));
     let state = tuma::api::ApiState::new(app.clone());
@@ -1059,4 +1071,53 @@ impl wiremock::Respond for Answering {
             .set_body_json(message)
             .set_delay(history.delay)
     }
+}
+
+/// Starts `cmd` (a `tuma serve --listen 127.0.0.1:0`, logging tuma's info
+/// lines, as [`tuma_command`] sets) and waits until it listens: the child
+/// (killed if dropped; its log keeps being read) and its base URL. Panics
+/// when it exits first, with what it said.
+pub async fn spawn_serve(cmd: &mut tokio::process::Command) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = cmd
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tuma serve");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let base = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut said = String::new();
+        while let Some(line) = lines.next_line().await.expect("read the log") {
+            if let Some(at) = line.find("listening on http://") {
+                let rest = &line[at + "listening on ".len()..];
+                return rest
+                    .split(|c: char| c.is_whitespace() || c == '"')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+            said.push_str(&line);
+            said.push('\n');
+        }
+        panic!("tuma serve exited before listening:\n{said}");
+    })
+    .await
+    .expect("tuma serve listens within 60 s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, base)
+}
+
+/// Stops a `tuma serve` or `tuma worker` child with SIGTERM and waits for it
+/// to exit, which it must do cleanly.
+pub async fn stop_child(mut child: tokio::process::Child) {
+    let pid = child.id().expect("running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("stops within 60 s after SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "stopped with {status}");
 }

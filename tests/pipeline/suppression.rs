@@ -43,6 +43,7 @@ fn note(to: &str) -> NotificationRequest {
         locale: None,
         vars: Map::from_iter([("name".to_owned(), serde_json::json!("Amina"))]),
         send_at: None,
+        expires: None,
     }
 }
 

@@ -193,6 +193,7 @@ async fn every_status_change_raises_its_event_for_the_keys_endpoints(backend: Ba
         locale: None,
         vars: [("name".to_owned(), json!("Amina"))].into_iter().collect(),
         send_at: None,
+        expires: None,
     };
     let id_of = |e: tuma::intake::Enqueued| match e {
         tuma::intake::Enqueued::Created { id, .. } => id,
