@@ -482,9 +482,13 @@ async fn the_console_works_in_a_real_browser(backend: Backend) {
             .send_keys("\u{E004}")
             .await
             .unwrap();
+        // The injected delivery's attempt (events of several deliveries go
+        // to one endpoint at once, so it need not be the first listed).
         let on_attempt = c
             .execute(
-                "var a = document.activeElement; return a !== null && a.closest('.endpoint-attempts') !== null && a.tagName === 'A';",
+                &format!(
+                    "var a = document.activeElement; return a !== null && a.closest('.endpoint-attempts') !== null && a.tagName === 'A' && (a.getAttribute('href') || '').endsWith('{injected}');"
+                ),
                 vec![],
             )
             .await
