@@ -91,6 +91,9 @@ pub(super) async fn run(db: &Db, config: &Config, cmd: DeliveriesCommand) -> any
                     if let Some(o) = origin {
                         let by = o.replayed_by.as_deref().unwrap_or("?");
                         println!("replay of  {} (by {by})", o.replay_of);
+                        if let Some(note) = &o.replay_note {
+                            println!("note       {note}");
+                        }
                     }
                     for r in replays {
                         let at = r.replayed_at.map(|t| t.to_rfc3339()).unwrap_or_default();

@@ -388,6 +388,9 @@ pub struct ReplayLink {
     pub replayed_by: String,
     /// When.
     pub replayed_at: DateTime<Utc>,
+    /// What ops should know of how it was made: that it was sent past the
+    /// suppression list, by whom, and what the suppression said.
+    pub note: Option<String>,
 }
 
 pub(crate) const DELIVERY_COLUMNS: &str = "id, kind, channel, recipient, template, locale, vars, subject, body, \
@@ -1096,7 +1099,8 @@ impl Db {
 /// bound by [`insert_guarded_sqlite`] and the arrays of [`insert_guarded_pg`].
 const INSERT_COLUMNS: &str = "id, kind, channel, recipient, template, locale, vars, subject, body, \
     body_html, otp_code, max_attempts, next_attempt_at, expires_at, job_id, created_at, \
-    segments, encoding, replay_of, replayed_by, replayed_at, api_key_name, purpose, country";
+    segments, encoding, replay_of, replayed_by, replayed_at, api_key_name, purpose, country, \
+    replay_note";
 
 /// What `deliveries.country` keeps: an SMS recipient's region code (empty
 /// when it has none), so the cost rollups group by country without parsing
@@ -1190,7 +1194,7 @@ async fn insert_guarded_sqlite(
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO deliveries ({INSERT_COLUMNS}, status, attempts, updated_at, send_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-         $17, $18, $19, $20, $21, $22, $23, $24, 'pending', 0, $16, $13)"
+         $17, $18, $19, $20, $21, $22, $23, $24, $25, 'pending', 0, $16, $13)"
     )))
     .bind(&d.id)
     .bind(d.kind.as_str())
@@ -1216,6 +1220,7 @@ async fn insert_guarded_sqlite(
     .bind(&d.api_key_name)
     .bind(&d.purpose)
     .bind(country_column(d))
+    .bind(link.and_then(|l| l.note.as_deref()))
     .execute(&mut *tx)
     .await
     .doing("recording the delivery")?;
@@ -1370,7 +1375,7 @@ async fn insert_guarded_pg(
          $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
          $11::text[], $12::bigint[], $13::timestamptz[], $14::timestamptz[], $15::text[], \
          $16::timestamptz[], $17::bigint[], $18::text[], $19::text[], $20::text[], \
-         $21::timestamptz[], $22::text[], $23::text[], $24::text[]) AS n ({INSERT_COLUMNS})"
+         $21::timestamptz[], $22::text[], $23::text[], $24::text[], $25::text[]) AS n ({INSERT_COLUMNS})"
     );
     let query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(column(&created, |(d, _, _)| d.id.as_str()))
@@ -1400,7 +1405,10 @@ async fn insert_guarded_pg(
         .bind(column(&created, |(_, g, _)| link(g).map(|l| l.replayed_at)))
         .bind(column(&created, |(d, _, _)| d.api_key_name.as_deref()))
         .bind(column(&created, |(d, _, _)| d.purpose.as_deref()))
-        .bind(column(&created, |(d, _, _)| country_column(d)));
+        .bind(column(&created, |(d, _, _)| country_column(d)))
+        .bind(column(&created, |(_, g, _)| {
+            link(g).and_then(|l| l.note.as_deref())
+        }));
     // The `deliveries_wake_inserted` trigger notifies the lanes at commit.
     query
         .execute(&mut *tx)

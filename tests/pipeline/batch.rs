@@ -481,6 +481,7 @@ async fn guarded_inserts_in_one_batch_answer_as_if_one_after_another(backend: Ba
             replay_of: "no-such-delivery".into(),
             replayed_by: "ops".into(),
             replayed_at: t.clock.now(),
+            note: None,
         }),
         ..InsertGuards::default()
     };

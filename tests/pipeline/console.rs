@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tuma::clock::Clock;
+use tuma::replay::ReplayRules;
 use tuma::store::Outcome;
 
 use crate::on_both_backends;
@@ -963,7 +964,7 @@ async fn cost_rollups_follow_receipts_reconciled_prices_replays_and_the_receipt_
     // A replay of the failure is a new delivery today, sent by the worker.
     let replay =
         s.t.app
-            .replay_delivery(&failed, "ops-amina", false, false)
+            .replay_delivery(&failed, "ops-amina", ReplayRules::default(), false)
             .await
             .unwrap();
     assert_eq!(replay.replayed.len(), 1, "{replay:?}");
