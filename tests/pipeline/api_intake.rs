@@ -491,3 +491,105 @@ async fn an_unknown_field_with_an_empty_name_is_named_readably(backend: Backend)
     s.stop().await;
 }
 on_both_backends!(an_unknown_field_with_an_empty_name_is_named_readably);
+
+async fn otps_to_satellite_and_international_network_numbers_are_refused_unless_allowed(
+    backend: Backend,
+) {
+    let s = spawn_app(backend).await;
+    let key = s.key("auth-service", &["send"]).await;
+    let otp = |to: &str| json!({"to": to, "code": "1234"});
+    for (to, network) in [
+        ("+881631234567", "Iridium satellite"),
+        ("+881712345678", "Iridium satellite"),
+        ("+881212345678", "satellite"),
+        ("+870773111632", "Inmarsat satellite"),
+        ("+883510012345", "international network"),
+    ] {
+        let (status, body) = problem(s.post("/v1/otp", &key, &otp(to)).await).await;
+        assert_eq!(status, 422, "{to}: {body}");
+        assert_eq!(body["field"], "to", "{to}");
+        assert_eq!(body["rule"], "otp.number_type", "{to}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(network), "{to}: {detail}");
+        assert!(detail.contains("allow_satellite"), "{to}: {detail}");
+    }
+    assert_eq!(s.delivery_count().await, 0);
+    s.stop().await;
+
+    // Allowed by config, the satellite numbers the plan calls mobile pass.
+    let db = TestDb::new(backend).await;
+    let url = db.url.clone();
+    let text = config_text(db.path(), 6).replacen("[otp]\n", "[otp]\nallow_satellite = true\n", 1);
+    let s = spawn_app_with_text(db, &url, &text).await;
+    let key = s.key("auth-service", &["send"]).await;
+    for to in ["+881631234567", "+870773111632"] {
+        let r = s.post("/v1/otp", &key, &otp(to)).await;
+        assert_eq!(r.status(), 202, "{to}");
+    }
+    s.stop().await;
+}
+on_both_backends!(otps_to_satellite_and_international_network_numbers_are_refused_unless_allowed);
+
+async fn notifications_to_premium_rate_and_shared_cost_numbers_are_refused_unless_allowed(
+    backend: Backend,
+) {
+    let s = spawn_app(backend).await;
+    let key = s.key("shop", &["send"]).await;
+    let note = |to: &str| json!({"to": to, "template": "welcome", "vars": {"name": "Amina"}});
+    for (to, kind) in [
+        ("+254900223456", "premium-rate"),
+        ("+449012345678", "premium-rate"),
+        ("+33890123456", "premium-rate"),
+        ("+33810123456", "shared-cost"),
+        ("+611300123456", "shared-cost"),
+    ] {
+        let (status, body) = problem(s.post("/v1/notifications", &key, &note(to)).await).await;
+        assert_eq!(status, 422, "{to}: {body}");
+        assert_eq!(body["type"], "https://tuma.dev/problems/refused", "{to}");
+        assert_eq!(body["field"], "to", "{to}");
+        assert_eq!(body["rule"], "notification.number_type", "{to}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(kind), "{to}: {detail}");
+    }
+    assert_eq!(s.delivery_count().await, 0);
+    // Mobile, fixed and toll-free numbers still get notifications.
+    for to in ["+254711000001", "+254202012345", "+254800223456"] {
+        assert_eq!(
+            s.post("/v1/notifications", &key, &note(to)).await.status(),
+            202,
+            "{to}"
+        );
+    }
+    // The CLI's send is held to it too.
+    let cli =
+        s.t.app
+            .enqueue_notification(NotificationRequest {
+                to: "+254900223456".into(),
+                template: "welcome".into(),
+                locale: None,
+                vars: Map::from_iter([("name".to_owned(), json!("Amina"))]),
+                send_at: None,
+            })
+            .await;
+    assert!(
+        matches!(
+            &cli,
+            Err(IntakeError::Refused {
+                rule: "notification.number_type",
+                field: "to",
+                ..
+            })
+        ),
+        "{cli:?}"
+    );
+    s.stop().await;
+
+    let s = spawn_app_with(backend, "[api]\nallow_premium_rate = true\n").await;
+    let key = s.key("shop", &["send"]).await;
+    let r = s
+        .post("/v1/notifications", &key, &note("+254900223456"))
+        .await;
+    assert_eq!(r.status(), 202);
+    s.stop().await;
+}
+on_both_backends!(notifications_to_premium_rate_and_shared_cost_numbers_are_refused_unless_allowed);
