@@ -693,6 +693,7 @@ impl App {
             kind,
             channel,
             recipient: recipient.as_str().to_owned(),
+            quota_key: (kind == DeliveryKind::Otp).then(|| recipient.quota_key()),
             template: template.to_owned(),
             locale,
             vars: Value::Object(vars),

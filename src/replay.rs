@@ -533,6 +533,8 @@ impl App {
             kind: d.kind,
             channel: d.channel,
             recipient: row.recipient.clone(),
+            // Only notifications are replayed: none counts against an OTP limit.
+            quota_key: None,
             template: row.template.clone(),
             locale: row.locale.clone(),
             vars: serde_json::Value::Object(vars),

@@ -593,3 +593,60 @@ async fn notifications_to_premium_rate_and_shared_cost_numbers_are_refused_unles
     s.stop().await;
 }
 on_both_backends!(notifications_to_premium_rate_and_shared_cost_numbers_are_refused_unless_allowed);
+
+async fn an_email_otp_limit_counts_tagged_and_dotted_gmail_variants_of_one_mailbox_as_one(
+    backend: Backend,
+) {
+    let s = spawn_app_with(
+        backend,
+        "[api]\notp_per_recipient = { max = 2, per = \"15m\" }\n",
+    )
+    .await;
+    let key = s.key("auth-service", &["send"]).await;
+    let otp = |to: &str| json!({"to": to, "code": "1234"});
+    let status = |r: reqwest::Response| r.status().as_u16();
+
+    let first = s.post("/v1/otp", &key, &otp("amina+1@example.com")).await;
+    assert_eq!(first.status(), 202);
+    let id = first.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        status(s.post("/v1/otp", &key, &otp("amina+2@example.com")).await),
+        202
+    );
+    for to in ["amina@example.com", "Amina+3@example.com"] {
+        assert_eq!(
+            status(s.post("/v1/otp", &key, &otp(to)).await),
+            429,
+            "{to} is the same mailbox"
+        );
+    }
+    // The code still goes to the address as given.
+    assert_eq!(s.t.delivery(&id).await.row.recipient, "amina+1@example.com");
+    // Another mailbox has its own quota: dots count outside Gmail.
+    assert_eq!(
+        status(s.post("/v1/otp", &key, &otp("a.mina@example.com")).await),
+        202
+    );
+
+    // Gmail ignores dots, and googlemail.com is gmail.com.
+    for to in ["a.mina@gmail.com", "amina+x@googlemail.com"] {
+        assert_eq!(status(s.post("/v1/otp", &key, &otp(to)).await), 202, "{to}");
+    }
+    for to in [
+        "amina@gmail.com",
+        "am.ina+y@gmail.com",
+        "A.M.I.N.A@googlemail.com",
+    ] {
+        assert_eq!(
+            status(s.post("/v1/otp", &key, &otp(to)).await),
+            429,
+            "{to} is the same Gmail mailbox"
+        );
+    }
+    assert_eq!(s.delivery_count().await, 5);
+    s.stop().await;
+}
+on_both_backends!(an_email_otp_limit_counts_tagged_and_dotted_gmail_variants_of_one_mailbox_as_one);

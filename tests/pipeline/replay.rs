@@ -368,6 +368,7 @@ async fn replaying_the_same_delivery_twice_at_once_replays_it_once(backend: Back
         kind: DeliveryKind::Notification,
         channel: Channel::Sms,
         recipient: "+254711000009".into(),
+        quota_key: None,
         template: "welcome".into(),
         locale: "en".into(),
         vars: serde_json::json!({ "name": n }),

@@ -597,6 +597,7 @@ pub async fn seed(db: &Db, s: Seed) -> String {
         kind: s.kind,
         channel,
         recipient: s.to.clone(),
+        quota_key: None,
         template: s.template.into(),
         locale: "en".into(),
         vars: if otp {
