@@ -23,7 +23,8 @@ pub(super) enum DeliveriesCommand {
         #[arg(long, value_enum, default_value_t = ShowFormat::Text)]
         format: ShowFormat,
     },
-    /// Cancel a delivery no provider has had yet (pending): it is never sent.
+    /// Cancel a delivery no provider has had yet (pending, or held for its
+    /// budget): it is never sent.
     Cancel {
         /// The delivery id.
         id: String,
