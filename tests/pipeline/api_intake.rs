@@ -650,3 +650,73 @@ async fn an_email_otp_limit_counts_tagged_and_dotted_gmail_variants_of_one_mailb
     s.stop().await;
 }
 on_both_backends!(an_email_otp_limit_counts_tagged_and_dotted_gmail_variants_of_one_mailbox_as_one);
+
+async fn otps_written_before_the_upgrade_are_keyed_by_mailbox_as_new_ones_are(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let db = t.connect().await;
+    let addresses = [
+        "amina+1@example.com",
+        "a.mina+2@example.com",
+        "a.mina@gmail.com",
+        "a.m.ina+x@googlemail.com",
+        "amina@example.com",
+        "+254711000001",
+    ];
+    for to in addresses {
+        let mut s = Seed::notification("2026-11-10T08:00:00Z", to, "primary", SeedEnd::Expired);
+        s.kind = tuma::domain::DeliveryKind::Otp;
+        s.template = "otp";
+        seed(&db, s).await;
+    }
+    // As the rows were before the migration: no key.
+    let (dir, file) = match backend {
+        Backend::Sqlite => ("sqlite", "20261208002001_otp_quota_key.sql"),
+        Backend::Postgres => ("postgres", "20261208002001_otp_quota_key.sql"),
+    };
+    let migration = std::fs::read_to_string(format!(
+        "{}/migrations/{dir}/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let mut statements = vec!["UPDATE deliveries SET quota_key = NULL".to_owned()];
+    statements.extend(
+        migration
+            .split(';')
+            .map(|s| {
+                s.lines()
+                    .filter(|l| !l.trim_start().starts_with("--"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .filter(|s| s.trim_start().starts_with("UPDATE")),
+    );
+    for sql in &statements {
+        match &db {
+            tuma::store::Db::Sqlite(pool) => {
+                sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+            tuma::store::Db::Postgres(pool) => {
+                sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let read = "SELECT recipient, quota_key FROM deliveries ORDER BY recipient";
+    let rows: Vec<(String, Option<String>)> = match &db {
+        tuma::store::Db::Sqlite(pool) => sqlx::query_as(read).fetch_all(pool).await.unwrap(),
+        tuma::store::Db::Postgres(pool) => sqlx::query_as(read).fetch_all(pool).await.unwrap(),
+    };
+    assert_eq!(rows.len(), addresses.len());
+    for (recipient, key) in rows {
+        let expected = tuma::domain::Recipient::parse(&recipient, "KE".parse().unwrap())
+            .unwrap()
+            .quota_key();
+        assert_eq!(key.as_deref(), Some(expected.as_str()), "{recipient}");
+    }
+}
+on_both_backends!(otps_written_before_the_upgrade_are_keyed_by_mailbox_as_new_ones_are);
