@@ -149,6 +149,9 @@ pub struct ApiConfig {
     /// SMS only to numbers starting with one of these E.164 prefixes; empty
     /// allows every number a route carries.
     pub sms_prefix_allowlist: Vec<String>,
+    /// Send notifications to premium-rate and shared-cost numbers too; off,
+    /// they are refused (`notification.number_type`), whoever sends.
+    pub allow_premium_rate: bool,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// Longest a request may wait on the database before it gets a 503.
@@ -242,6 +245,9 @@ pub struct OtpConfig {
     /// Send OTPs to fixed lines too (some countries deliver SMS to them);
     /// off, an OTP goes only to mobile numbers.
     pub allow_fixed_line: bool,
+    /// Send OTPs to satellite and international-network numbers too (+870,
+    /// +881, +882, +883: revenue-share fraud's favourites); off, refused.
+    pub allow_satellite: bool,
     /// The variable holding the key codes are sealed with at rest; without
     /// it, SQLite uses a key file beside the database (see `secrets`).
     pub key_env: Option<String>,
@@ -558,6 +564,7 @@ struct RawApi {
     /// A `{ max, per }` table, or `"off"`.
     otp_per_recipient: toml::Value,
     sms_prefix_allowlist: Vec<String>,
+    allow_premium_rate: bool,
     max_body_bytes: usize,
     request_timeout: String,
     metrics_need_key: bool,
@@ -576,6 +583,7 @@ impl Default for RawApi {
                 ("per".to_owned(), toml::Value::String("15m".into())),
             ])),
             sms_prefix_allowlist: Vec::new(),
+            allow_premium_rate: false,
             max_body_bytes: 16 * 1024,
             request_timeout: "5s".into(),
             metrics_need_key: false,
@@ -687,6 +695,7 @@ struct RawOtp {
     ttl: String,
     default_region: String,
     allow_fixed_line: bool,
+    allow_satellite: bool,
     key_env: Option<String>,
     previous_key_env: Option<String>,
 }
@@ -697,6 +706,7 @@ impl Default for RawOtp {
             ttl: "5m".into(),
             default_region: "KE".into(),
             allow_fixed_line: false,
+            allow_satellite: false,
             key_env: None,
             previous_key_env: None,
         }

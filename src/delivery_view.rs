@@ -290,6 +290,9 @@ pub struct ReplayOfView {
     pub replayed_by: Option<String>,
     /// When.
     pub replayed_at: Option<DateTime<Utc>>,
+    /// How it was made, when ops should know: set when it was sent past the
+    /// suppression list, naming who asked and what the suppression said.
+    pub note: Option<String>,
 }
 
 /// A replay of this delivery: a new delivery with its own id and history.
@@ -322,6 +325,7 @@ impl From<&ReplayOrigin> for ReplayOfView {
             id: o.replay_of.clone(),
             replayed_by: o.replayed_by.clone(),
             replayed_at: o.replayed_at,
+            note: o.replay_note.clone(),
         }
     }
 }

@@ -498,6 +498,9 @@ impl App {
             .expires
             .map(|d| d.resolve(self.clock.now(), req.send_at))
             .transpose()?;
+        if let Recipient::Phone(number) = &recipient {
+            self.check_notification_line(number)?;
+        }
         self.prepare(
             DeliveryKind::Notification,
             recipient,
@@ -658,6 +661,19 @@ impl App {
     /// to. Fixed lines only with `[otp] allow_fixed_line`. Every OTP send,
     /// the CLI's too: this is about the number, not the caller.
     fn check_otp_line(&self, number: &PhoneNumber) -> Result<(), IntakeError> {
+        if let Some(network) = number.international_network()
+            && !self.config.otp.allow_satellite
+        {
+            return Err(IntakeError::Refused {
+                rule: "otp.number_type",
+                field: "to",
+                reason: format!(
+                    "{number} is a {network} number, a revenue-share fraud destination; one-time \
+                     codes are not sent to satellite or international-network numbers (set [otp] \
+                     allow_satellite = true if your users have them)"
+                ),
+            });
+        }
         let line = number.line_type();
         if line.is_mobile() || (line == LineType::FixedLine && self.config.otp.allow_fixed_line) {
             return Ok(());
@@ -672,6 +688,27 @@ impl App {
             field: "to",
             reason: format!(
                 "{number} is a {line} number; one-time codes are sent only to mobile numbers{hint}"
+            ),
+        })
+    }
+
+    /// A notification does not go to a premium-rate or shared-cost number
+    /// (its owner is paid for what reaches it) unless `[api]
+    /// allow_premium_rate`; every notification send, the CLI's too.
+    fn check_notification_line(&self, number: &PhoneNumber) -> Result<(), IntakeError> {
+        let line = number.line_type();
+        if self.config.api.allow_premium_rate
+            || !matches!(line, LineType::PremiumRate | LineType::SharedCost)
+        {
+            return Ok(());
+        }
+        Err(IntakeError::Refused {
+            rule: "notification.number_type",
+            field: "to",
+            reason: format!(
+                "{number} is a {line} number: what reaches it is paid for by the sender; \
+                 notifications are not sent to premium-rate or shared-cost numbers (set [api] \
+                 allow_premium_rate = true to allow them)"
             ),
         })
     }
@@ -747,6 +784,7 @@ impl App {
             kind,
             channel,
             recipient: recipient.as_str().to_owned(),
+            quota_key: (kind == DeliveryKind::Otp).then(|| recipient.quota_key()),
             template: template.to_owned(),
             locale,
             vars: Value::Object(vars),

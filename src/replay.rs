@@ -12,6 +12,10 @@
 //!   issue a new one;
 //! - a delivery whose last attempt failed permanently (invalid number,
 //!   blacklisted) would fail again: refused unless forced;
+//! - a delivery to a suppressed recipient is refused, forced or not (force
+//!   overrides these rules, not the suppression list), unless ops ignore
+//!   the suppression explicitly; such a replay carries a note saying so,
+//!   who asked and what the suppression said;
 //! - a delivery with a replay still going or gone through is not replayed
 //!   again; the database enforces this (a unique index), so two replays of the
 //!   same delivery at once record one.
@@ -21,6 +25,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use tracing::warn;
 
 use crate::app::App;
 use crate::domain::attempt::Outcome;
@@ -29,7 +34,7 @@ use crate::domain::phone::PhoneNumber;
 use crate::domain::segments::count_segments;
 use crate::domain::{Channel, DeliveryKind, DeliveryStatus};
 use crate::queue::Lane;
-use crate::store::{Delivery, ListFilter, NewDelivery, ReplayLink, StoreError};
+use crate::store::{Delivery, ListFilter, NewDelivery, ReplayLink, StoreError, Suppression};
 
 /// The most deliveries one filtered replay considers unless told otherwise.
 pub const DEFAULT_REPLAY_LIMIT: i64 = 10_000;
@@ -48,11 +53,43 @@ pub struct ReplayFilter {
     pub provider: Option<String>,
     /// Provider error code of the latest attempt.
     pub error_code: Option<String>,
-    /// Replay even when the last attempt failed permanently.
+    /// Replay even when the last attempt failed permanently (or its status is
+    /// `unknown`). Does not pass the suppression list.
     #[serde(default)]
     pub force: bool,
+    /// Replay to suppressed recipients too; each such replay records who
+    /// asked and the suppression it ignored.
+    #[serde(default)]
+    pub ignore_suppression: bool,
     /// At most this many ([`DEFAULT_REPLAY_LIMIT`] when absent), newest first.
     pub limit: Option<i64>,
+}
+
+/// Which rules a replay may pass, as ops asked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayRules {
+    /// Replay permanent failures and `unknown` deliveries too.
+    pub force: bool,
+    /// Replay to suppressed recipients too (`--ignore-suppression`).
+    pub ignore_suppression: bool,
+}
+
+impl ReplayRules {
+    /// Force only: the suppression list is honoured.
+    pub const FORCE: ReplayRules = ReplayRules {
+        force: true,
+        ignore_suppression: false,
+    };
+}
+
+impl ReplayFilter {
+    /// The rules this filter asks to pass.
+    pub fn rules(&self) -> ReplayRules {
+        ReplayRules {
+            force: self.force,
+            ignore_suppression: self.ignore_suppression,
+        }
+    }
 }
 
 /// Why a delivery is not replayed.
@@ -74,6 +111,8 @@ pub enum RefusalReason {
     PermanentError,
     /// It already has a replay that is going or went through.
     AlreadyReplayed,
+    /// Its recipient is suppressed and `ignore_suppression` was not given.
+    Suppressed,
     /// Its template, locale or recipient no longer works.
     Unrenderable,
 }
@@ -172,7 +211,7 @@ impl App {
     pub async fn plan_replay(
         &self,
         ids: &[String],
-        force: bool,
+        rules: ReplayRules,
     ) -> Result<ReplayPlan, ReplayError> {
         let mut plan = ReplayPlan::default();
         let mut seen = std::collections::HashSet::new();
@@ -180,7 +219,7 @@ impl App {
             if !seen.insert(id.as_str()) {
                 continue;
             }
-            match self.check_replay(id, force).await? {
+            match self.check_replay(id, rules).await?.map(|(c, _)| c) {
                 Ok(c) => plan.replayable.push(c),
                 Err(r) => plan.refused.push(r),
             }
@@ -217,7 +256,7 @@ impl App {
             .rev()
             .map(|d| d.row.id)
             .collect();
-        self.plan_replay(&ids, filter.force).await
+        self.plan_replay(&ids, filter.rules()).await
     }
 
     /// Replays what `plan` lists as replayable, as `actor`, checking each
@@ -227,7 +266,7 @@ impl App {
         &self,
         plan: &ReplayPlan,
         actor: &str,
-        force: bool,
+        rules: ReplayRules,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<ReplayReport, ReplayError> {
         let mut report = ReplayReport {
@@ -237,7 +276,7 @@ impl App {
         };
         let total = plan.replayable.len();
         for (i, c) in plan.replayable.iter().enumerate() {
-            match self.replay_one(&c.id, actor, force).await? {
+            match self.replay_one(&c.id, actor, rules).await? {
                 Ok(new_id) => report.replayed.push(Replayed {
                     original: c.id.clone(),
                     replay: new_id,
@@ -254,11 +293,11 @@ impl App {
         &self,
         id: &str,
         actor: &str,
-        force: bool,
+        rules: ReplayRules,
         dry_run: bool,
     ) -> Result<ReplayReport, ReplayError> {
-        let plan = self.plan_replay(&[id.to_owned()], force).await?;
-        self.finish(plan, actor, force, dry_run).await
+        let plan = self.plan_replay(&[id.to_owned()], rules).await?;
+        self.finish(plan, actor, rules, dry_run).await
     }
 
     /// `POST /v1/replays`: replays every delivery `filter` selects, as `actor`.
@@ -269,14 +308,14 @@ impl App {
         dry_run: bool,
     ) -> Result<ReplayReport, ReplayError> {
         let plan = self.plan_replay_matching(filter).await?;
-        self.finish(plan, actor, filter.force, dry_run).await
+        self.finish(plan, actor, filter.rules(), dry_run).await
     }
 
     async fn finish(
         &self,
         plan: ReplayPlan,
         actor: &str,
-        force: bool,
+        rules: ReplayRules,
         dry_run: bool,
     ) -> Result<ReplayReport, ReplayError> {
         if dry_run {
@@ -293,15 +332,17 @@ impl App {
                 refused: plan.refused,
             });
         }
-        self.execute_replay(&plan, actor, force, |_, _| {}).await
+        self.execute_replay(&plan, actor, rules, |_, _| {}).await
     }
 
-    /// The rules for one delivery.
+    /// The rules for one delivery: the candidate, and the suppression in
+    /// force for its recipient when `rules` ignore it.
     async fn check_replay(
         &self,
         id: &str,
-        force: bool,
-    ) -> Result<Result<Candidate, Refusal>, StoreError> {
+        rules: ReplayRules,
+    ) -> Result<Result<(Candidate, Option<Suppression>), Refusal>, StoreError> {
+        let force = rules.force;
         let Some(d) = self.db.delivery(id).await? else {
             return Ok(Err(refuse(
                 id,
@@ -360,6 +401,17 @@ impl App {
                 ),
             )));
         }
+        // Before the permanent-error rule: force does not pass this one.
+        let suppression = crate::suppression::in_force(self, d.channel, &d.row.recipient).await?;
+        if let Some(s) = &suppression
+            && !rules.ignore_suppression
+        {
+            return Ok(Err(refuse(
+                id,
+                RefusalReason::Suppressed,
+                crate::suppression::replay_refusal(s),
+            )));
+        }
         let attempts = self.db.attempts(id).await?;
         let last = attempts.last();
         if !force && last.and_then(|a| a.outcome) == Some(Outcome::Permanent) {
@@ -385,18 +437,21 @@ impl App {
         {
             return Ok(Err(already(id, &r.id, r.status)));
         }
-        Ok(Ok(Candidate {
-            id: d.row.id.clone(),
-            kind: d.kind,
-            channel: d.channel,
-            recipient: d.row.recipient.clone(),
-            template: d.row.template.clone(),
-            status,
-            provider: last.map(|a| a.provider.clone()),
-            error_code: last.and_then(|a| a.error_code.clone()),
-            last_error: d.row.last_error.clone(),
-            created_at: d.row.created_at,
-        }))
+        Ok(Ok((
+            Candidate {
+                id: d.row.id.clone(),
+                kind: d.kind,
+                channel: d.channel,
+                recipient: d.row.recipient.clone(),
+                template: d.row.template.clone(),
+                status,
+                provider: last.map(|a| a.provider.clone()),
+                error_code: last.and_then(|a| a.error_code.clone()),
+                last_error: d.row.last_error.clone(),
+                created_at: d.row.created_at,
+            },
+            suppression,
+        )))
     }
 
     /// Checks the rules once more and records the replay with its job.
@@ -404,11 +459,12 @@ impl App {
         &self,
         id: &str,
         actor: &str,
-        force: bool,
+        rules: ReplayRules,
     ) -> Result<Result<String, Refusal>, StoreError> {
-        if let Err(r) = self.check_replay(id, force).await? {
-            return Ok(Err(r));
-        }
+        let ignored = match self.check_replay(id, rules).await? {
+            Err(r) => return Ok(Err(r)),
+            Ok((_, suppression)) => suppression,
+        };
         let Some(original) = self.db.delivery(id).await? else {
             return Ok(Err(refuse(
                 id,
@@ -424,9 +480,16 @@ impl App {
             replay_of: id.to_owned(),
             replayed_by: actor.to_owned(),
             replayed_at: new.created_at,
+            note: ignored
+                .as_ref()
+                .map(|s| crate::suppression::ignored_note(s, actor)),
         };
         match self.db.insert_replay(&new, &link).await? {
             Some(_) => {
+                if ignored.is_some() {
+                    // Names no recipient: the delivery does.
+                    warn!(actor, replay = %new.id, "replayed past the suppression list");
+                }
                 self.wakers.wake(Lane::for_kind(new.kind));
                 Ok(Ok(new.id))
             }
@@ -483,6 +546,8 @@ impl App {
             kind: d.kind,
             channel: d.channel,
             recipient: row.recipient.clone(),
+            // Only notifications are replayed: none counts against an OTP limit.
+            quota_key: None,
             template: row.template.clone(),
             locale: row.locale.clone(),
             vars: serde_json::Value::Object(vars),

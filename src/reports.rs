@@ -366,6 +366,23 @@ pub async fn cost_report_from_rollups(
     let horizon = horizon_of(query)?;
     let mut groups = Groups::new();
     for r in db.cost_rollups(from, to).await? {
+        // As in `add_source`: what counts in no column makes no row.
+        let empty = [
+            r.messages,
+            r.segments,
+            r.delivered,
+            r.undelivered,
+            r.failed,
+            r.expired,
+            r.sent,
+        ]
+        .iter()
+        .all(|n| *n == 0)
+            && r.actual_micros == 0
+            && r.estimated_micros == 0;
+        if empty {
+            continue;
+        }
         let group = query
             .group_by
             .iter()
@@ -436,6 +453,21 @@ fn add_source(
 ) -> Result<(), ReportError> {
     let (group, currency) = group_of(query, row);
     let has_cost = currency.is_some();
+    // A delivery that counts in no column (canceled, or not yet sent) makes
+    // no row: a canceled one would otherwise show as an all-zero row of
+    // provider "none".
+    let counted = has_cost
+        || matches!(
+            row.status,
+            DeliveryStatus::Sent
+                | DeliveryStatus::Delivered
+                | DeliveryStatus::Undelivered
+                | DeliveryStatus::Failed
+                | DeliveryStatus::Expired
+        );
+    if !counted {
+        return Ok(());
+    }
     let acc = groups.entry((group, currency.clone())).or_default();
     let c = &mut acc.counts;
     let reached = match row.status {

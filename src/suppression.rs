@@ -9,13 +9,15 @@
 //! suppressions (`tuma suppressions`); they lapse after
 //! `suppression.expire_after`, since numbers are recycled. CLI sends are
 //! refused the same way (a CSV send counts such rows as refused), unless
-//! `--ignore-suppression` says ops know better.
+//! `--ignore-suppression` says ops know better. Replays are refused too,
+//! forced or not (`replay.rs`), unless ops ignore the suppression, which the
+//! replay records (`deliveries.replay_note`).
 
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
 use crate::app::App;
-use crate::domain::Recipient;
+use crate::domain::{Channel, Recipient};
 use crate::refusal::IntakeError;
 use crate::store::{Delivery, StoreError, Suppression};
 
@@ -28,18 +30,49 @@ pub fn in_force_since(app: &App, now: DateTime<Utc>) -> DateTime<Utc> {
         .unwrap_or(chrono::Duration::MAX)
 }
 
+/// The suppression in force now for `recipient` on `channel`, if any.
+pub async fn in_force(
+    app: &App,
+    channel: Channel,
+    recipient: &str,
+) -> Result<Option<Suppression>, StoreError> {
+    let now = app.clock.now();
+    app.db
+        .suppression(channel, recipient, in_force_since(app, now))
+        .await
+}
+
+/// Why a replay to a suppressed recipient is refused: the reason and since
+/// when. It names no delivery, since the one that caused it may be another
+/// client's.
+pub fn replay_refusal(s: &Suppression) -> String {
+    format!(
+        "the recipient is suppressed since {}: {} (provider {} code {}); a replay would be \
+         spent on it again: replay with --ignore-suppression (the API's and console's \
+         ignore_suppression) if ops know better, or lift it (tuma suppressions remove)",
+        s.created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        s.reason,
+        s.provider,
+        s.error_code.as_deref().unwrap_or("none"),
+    )
+}
+
+/// The note a replay sent past `s` carries: who asked, and what was ignored.
+pub fn ignored_note(s: &Suppression, actor: &str) -> String {
+    format!(
+        "suppression ignored by {actor}: the recipient was suppressed since {}: {} (provider {} code {})",
+        s.created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        s.reason,
+        s.provider,
+        s.error_code.as_deref().unwrap_or("none"),
+    )
+}
+
 /// Refuses a send to a suppressed recipient (nothing is written).
 pub async fn check(app: &App, recipient: &Recipient) -> Result<(), IntakeError> {
-    let now = app.clock.now();
-    let Some(s) = app
-        .db
-        .suppression(
-            recipient.channel(),
-            recipient.as_str(),
-            in_force_since(app, now),
-        )
-        .await?
-    else {
+    let Some(s) = in_force(app, recipient.channel(), recipient.as_str()).await? else {
         return Ok(());
     };
     Err(IntakeError::Refused {

@@ -22,7 +22,7 @@ use crate::store::Canceled;
     description = "Scope `send` for the deliveries this key created, or `ops` for any. Another \
         key's delivery answers 403 to a key that may read it (scope `read`) and 404, as for an \
         id that does not exist, to one that may not. A `pending` delivery (queued, scheduled or waiting for a retry) \
-        becomes `canceled`: final, its OTP code wiped, never sent. One a provider already has \
+        or a `held` one (waiting for its budget) becomes `canceled`: final, its OTP code wiped, never sent. One a provider already has \
         (`sending`, `sent`, …) or that is finished answers 409 with its status. Canceling a \
         canceled delivery answers 409 too.",
     params(("id" = String, Path, description = "The delivery id")),

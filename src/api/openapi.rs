@@ -67,7 +67,7 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     /// The configuration rule that refused the send (`api.sms_prefix_allowlist`,
-    /// `otp.number_type`).
+    /// `otp.number_type`, `notification.number_type`, `suppressed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     /// With `not-cancelable`: the delivery's status.

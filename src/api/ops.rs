@@ -17,7 +17,7 @@ use super::auth::{Caller, Scope};
 use super::body::parse_json;
 use super::error::ApiError;
 use super::handlers::{check_params, check_path_id};
-use crate::replay::{ReplayError, ReplayFilter, ReplayReport};
+use crate::replay::{ReplayError, ReplayFilter, ReplayReport, ReplayRules};
 use crate::reports::{CostParams, CostQuery, CostReport, ReportError, cost_report};
 
 /// A batch replay may take longer than one request's database budget; past
@@ -130,9 +130,15 @@ pub async fn costs(
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayOne {
-    /// Replay even when the last attempt failed permanently.
+    /// Replay even when the last attempt failed permanently (or its status is
+    /// `unknown`). Does not pass the suppression list.
     #[serde(default)]
     force: bool,
+    /// Replay even when the recipient is suppressed (refused otherwise, with
+    /// `reason = "suppressed"`, forced or not); the replay records that the
+    /// suppression was ignored and by which key.
+    #[serde(default)]
+    ignore_suppression: bool,
     /// Show what would happen; change nothing.
     #[serde(default)]
     dry_run: bool,
@@ -146,7 +152,8 @@ pub struct ReplayOne {
     tag = "operations",
     summary = "Replay a failed, undelivered or expired delivery as a new one",
     description = "Scope `ops`. The body is optional (send none, or JSON). A replay is a new \
-        delivery linked by `replay_of`; OTPs, sent and delivered ones are refused, with reasons.",
+        delivery linked by `replay_of`; OTPs, sent and delivered ones are refused, with reasons, as \
+        is one to a suppressed recipient unless `ignore_suppression`.",
     params(("id" = String, Path, description = "The delivery id")),
     request_body(content = Option<ReplayOne>, description = "Optional"),
     responses((status = 200, description = "What was replayed and what was refused", body = ReplayReport))
@@ -178,7 +185,10 @@ pub async fn replay_one(
         .within_timeout(state.app.replay_delivery(
             &id,
             &caller.key.name,
-            options.force,
+            ReplayRules {
+                force: options.force,
+                ignore_suppression: options.ignore_suppression,
+            },
             options.dry_run,
         ))
         .await?;

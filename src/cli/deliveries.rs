@@ -23,7 +23,8 @@ pub(super) enum DeliveriesCommand {
         #[arg(long, value_enum, default_value_t = ShowFormat::Text)]
         format: ShowFormat,
     },
-    /// Cancel a delivery no provider has had yet (pending): it is never sent.
+    /// Cancel a delivery no provider has had yet (pending, or held for its
+    /// budget): it is never sent.
     Cancel {
         /// The delivery id.
         id: String,
@@ -91,6 +92,9 @@ pub(super) async fn run(db: &Db, config: &Config, cmd: DeliveriesCommand) -> any
                     if let Some(o) = origin {
                         let by = o.replayed_by.as_deref().unwrap_or("?");
                         println!("replay of  {} (by {by})", o.replay_of);
+                        if let Some(note) = &o.replay_note {
+                            println!("note       {note}");
+                        }
                     }
                     for r in replays {
                         let at = r.replayed_at.map(|t| t.to_rfc3339()).unwrap_or_default();

@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::{check_provider_filter, parse_since};
 use crate::app::App;
-use crate::replay::{ReplayFilter, ReplayPlan, os_user};
+use crate::replay::{ReplayFilter, ReplayPlan, ReplayRules, os_user};
 
 #[derive(Debug, Args)]
 pub(super) struct ReplayArgs {
@@ -36,6 +36,10 @@ pub(super) struct ReplayArgs {
     /// Replay permanent-error failures too (they will probably fail again).
     #[arg(long)]
     force: bool,
+    /// Replay to suppressed recipients too (--force does not); each such
+    /// replay records that you ignored the suppression.
+    #[arg(long)]
+    ignore_suppression: bool,
     /// Show what would be replayed and refused; change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -46,6 +50,10 @@ pub(super) struct ReplayArgs {
 
 /// `tuma replay`: show the plan, ask, replay with progress, summarise.
 pub(super) async fn run(app: &App, a: ReplayArgs) -> anyhow::Result<()> {
+    let rules = ReplayRules {
+        force: a.force,
+        ignore_suppression: a.ignore_suppression,
+    };
     let plan = if a.ids.is_empty() {
         if let Some(name) = &a.provider {
             check_provider_filter(&app.db, &app.config, name).await?;
@@ -65,11 +73,12 @@ pub(super) async fn run(app: &App, a: ReplayArgs) -> anyhow::Result<()> {
             provider: a.provider,
             error_code: a.error_code,
             force: a.force,
+            ignore_suppression: a.ignore_suppression,
             limit: Some(a.limit),
         };
         app.plan_replay_matching(&filter).await?
     } else {
-        app.plan_replay(&a.ids, a.force).await?
+        app.plan_replay(&a.ids, rules).await?
     };
     print_plan(&plan);
     if a.dry_run || plan.replayable.is_empty() {
@@ -95,7 +104,7 @@ pub(super) async fn run(app: &App, a: ReplayArgs) -> anyhow::Result<()> {
     let actor = os_user();
     let step = (plan.replayable.len() / 10).max(100);
     let report = app
-        .execute_replay(&plan, &actor, a.force, |done, total| {
+        .execute_replay(&plan, &actor, rules, |done, total| {
             if total > 100 && (done % step == 0 || done == total) {
                 eprintln!("replayed {done}/{total}");
             }

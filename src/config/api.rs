@@ -62,6 +62,7 @@ pub(super) fn check(a: RawApi, cx: &Cx) -> Result<ApiConfig, ConfigError> {
     Ok(ApiConfig {
         otp_per_recipient,
         sms_prefix_allowlist: a.sms_prefix_allowlist,
+        allow_premium_rate: a.allow_premium_rate,
         max_body_bytes: a.max_body_bytes,
         request_timeout,
         metrics_need_key: a.metrics_need_key,

@@ -12,6 +12,7 @@ pub(super) fn check(o: RawOtp, cx: &Cx) -> Result<OtpConfig, ConfigError> {
             |e: crate::domain::phone::PhoneError| err("otp.default_region", e.to_string()),
         )?,
         allow_fixed_line: o.allow_fixed_line,
+        allow_satellite: o.allow_satellite,
         key_env: env_name(o.key_env).map_err(|e| err("otp.key_env", e))?,
         previous_key_env: env_name(o.previous_key_env)
             .map_err(|e| err("otp.previous_key_env", e))?,

@@ -482,6 +482,7 @@ pub async fn delivery(
             "origin": origin.map(|o| json!({
                 "id": o.replay_of,
                 "by": o.replayed_by.unwrap_or_else(|| "?".into()),
+                "note": o.replay_note,
             })),
             "replays": replays.iter().map(|x| json!({
                 "id": x.id,

@@ -18,7 +18,7 @@ use super::view::{ConsoleError, field, read_form, render, within};
 use crate::api::ApiState;
 use crate::api::auth::Scope;
 use crate::domain::DeliveryStatus;
-use crate::replay::{ReplayError, ReplayFilter, ReplayPlan};
+use crate::replay::{ReplayError, ReplayFilter, ReplayPlan, ReplayRules};
 use crate::store::ConsoleFilter;
 
 /// At most this many deliveries in one console replay (run it again for more).
@@ -167,6 +167,11 @@ pub async fn plan(
     let form = read_form(body).await?;
     session.check_csrf(&form)?;
     let force = field(&form, "force").is_some();
+    let ignore_suppression = field(&form, "ignore_suppression").is_some();
+    let rules = ReplayRules {
+        force,
+        ignore_suppression,
+    };
     let ids = ids_of(&form)?;
     let plan = if field(&form, "mode") == Some("filter") {
         let status = field(&form, "status")
@@ -181,6 +186,7 @@ pub async fn plan(
             provider: field(&form, "provider").map(str::to_owned),
             error_code: field(&form, "error_code").map(str::to_owned),
             force,
+            ignore_suppression,
             limit: Some(MAX_REPLAY as i64),
         };
         within(&state, state.app.plan_replay_matching(&filter)).await?
@@ -191,7 +197,7 @@ pub async fn plan(
                 "select at least one delivery, or dry-run a whole group",
             ));
         }
-        within(&state, state.app.plan_replay(&ids, force)).await?
+        within(&state, state.app.plan_replay(&ids, rules)).await?
     };
     render(
         "replay_plan.html",
@@ -199,6 +205,7 @@ pub async fn plan(
             "nav": session.nav("failures"),
             "plan": plan_view(&plan),
             "force": force,
+            "ignore_suppression": ignore_suppression,
             "max": MAX_REPLAY,
         }),
     )
@@ -214,15 +221,18 @@ pub async fn execute(
     session.require(Scope::Ops)?;
     let form = read_form(body).await?;
     session.check_csrf(&form)?;
-    let force = field(&form, "force").is_some();
+    let rules = ReplayRules {
+        force: field(&form, "force").is_some(),
+        ignore_suppression: field(&form, "ignore_suppression").is_some(),
+    };
     let ids = ids_of(&form)?;
     if ids.is_empty() {
         return Err(ConsoleError::invalid("id", "nothing to replay"));
     }
-    let plan = within(&state, state.app.plan_replay(&ids, force)).await?;
+    let plan = within(&state, state.app.plan_replay(&ids, rules)).await?;
     let report = state
         .app
-        .execute_replay(&plan, &session.key_name, force, |_, _| {})
+        .execute_replay(&plan, &session.key_name, rules, |_, _| {})
         .await?;
     tracing::info!(
         key = %session.key_name,

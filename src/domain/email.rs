@@ -132,6 +132,21 @@ impl EmailAddress {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The mailbox the address reaches, for counting: without a `+tag`
+    /// (`amina+1@example.com` is `amina@example.com`), and for Gmail without
+    /// dots in the local part and with `googlemail.com` read as `gmail.com`
+    /// (`a.mina@googlemail.com` is `amina@gmail.com`). Mail still goes to the
+    /// address as given. The migration `*_otp_quota_key.sql` does the same
+    /// in SQL for rows written before.
+    pub fn mailbox(&self) -> String {
+        let (local, domain) = self.0.rsplit_once('@').unwrap_or((self.0.as_str(), ""));
+        let local = local.split_once('+').map_or(local, |(base, _)| base);
+        match domain {
+            "gmail.com" | "googlemail.com" => format!("{}@gmail.com", local.replace('.', "")),
+            _ => format!("{local}@{domain}"),
+        }
+    }
 }
 
 /// Whether `label` may be one dot-separated part of a host name: ASCII
@@ -167,6 +182,22 @@ impl<'de> Deserialize<'de> for EmailAddress {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_mailbox_is_the_address_without_its_tag_and_for_gmail_without_dots() {
+        let cases = [
+            ("amina+1@example.com", "amina@example.com"),
+            ("Amina+shop+2@Example.com", "amina@example.com"),
+            ("a.mina@example.com", "a.mina@example.com"),
+            ("a.mina+x@gmail.com", "amina@gmail.com"),
+            ("A.Mina@googlemail.com", "amina@gmail.com"),
+            ("amina@example.com", "amina@example.com"),
+        ];
+        for (input, mailbox) in cases {
+            let address = super::EmailAddress::parse(input).expect(input);
+            assert_eq!(address.mailbox(), mailbox, "{input}");
+        }
+    }
+
     use super::*;
 
     #[test]

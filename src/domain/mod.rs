@@ -139,6 +139,16 @@ impl Recipient {
             Recipient::Email(e) => e.as_str(),
         }
     }
+
+    /// Who the per-recipient OTP limit counts this as: the number, or the
+    /// mailbox the address reaches ([`email::EmailAddress::mailbox`]), so
+    /// `+tag` variants of one address share one quota.
+    pub fn quota_key(&self) -> String {
+        match self {
+            Recipient::Phone(p) => p.as_str().to_owned(),
+            Recipient::Email(e) => e.mailbox(),
+        }
+    }
 }
 
 impl fmt::Display for Recipient {

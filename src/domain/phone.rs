@@ -130,6 +130,16 @@ impl fmt::Display for LineType {
     }
 }
 
+/// Country codes that belong to no country: satellite and international
+/// networks, whose calls and texts cost the sender dearly and whose operators
+/// share that revenue (the favourite destinations of SMS pumping).
+const INTERNATIONAL_NETWORKS: [(u16, &str); 4] = [
+    (870, "Inmarsat satellite"),
+    (881, "satellite (Global Mobile Satellite System)"),
+    (882, "international network"),
+    (883, "international network"),
+];
+
 /// The kinds checked before fixed and mobile lines, in libphonenumber's order
 /// (a premium-rate range wins over a general fixed-line pattern).
 const SPECIAL_KINDS: [(Type, LineType); 8] = [
@@ -266,6 +276,23 @@ impl PhoneNumber {
     /// (numbers such as `+800` freephone numbers belong to none).
     pub fn region(&self) -> Option<Region> {
         region_of(&self.0)
+    }
+
+    /// The satellite or international network the number belongs to
+    /// (`+870`, `+881`, `+882`, `+883`), named, if it belongs to one.
+    pub fn international_network(&self) -> Option<&'static str> {
+        let code = self.country_code();
+        if code == 881 {
+            // +8816 and +8817 are Iridium's; the rest of +881 other systems'.
+            let digit = self.as_str().as_bytes().get(4).copied();
+            if matches!(digit, Some(b'6' | b'7')) {
+                return Some("Iridium satellite");
+            }
+        }
+        INTERNATIONAL_NETWORKS
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, name)| *name)
     }
 
     /// The kind of line the number is, read from the metadata of its region
@@ -623,6 +650,33 @@ mod tests {
                 expected == LineType::Mobile || expected == LineType::FixedLineOrMobile
             );
         }
+    }
+
+    #[test]
+    fn satellite_and_international_network_numbers_are_named_though_the_plan_calls_them_mobile() {
+        let cases = [
+            ("+881631234567", Some("Iridium satellite")),
+            ("+881712345678", Some("Iridium satellite")),
+            (
+                "+881212345678",
+                Some("satellite (Global Mobile Satellite System)"),
+            ),
+            ("+870773111632", Some("Inmarsat satellite")),
+            ("+883510012345", Some("international network")),
+            ("+254711000001", None),
+            ("+447400123456", None),
+        ];
+        for (input, expected) in cases {
+            let number = PhoneNumber::parse_e164(input).expect(input);
+            assert_eq!(number.international_network(), expected, "{input}");
+        }
+        // The plan alone would let a code through to these.
+        assert!(
+            PhoneNumber::parse_e164("+881631234567")
+                .expect("iridium")
+                .line_type()
+                .is_mobile()
+        );
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl DeliveryStatus {
         let ok = matches!(
             (self, to),
             (Pending, Sending | Expired | Failed | Canceled | Held)
-                | (Held, Pending | Expired)
+                | (Held, Pending | Expired | Canceled)
                 | (Sending, Sent | Failed | Pending | Unknown)
                 | (Unknown, Sent | Failed | Pending)
                 | (Sent, Delivered | Undelivered)

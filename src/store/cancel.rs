@@ -20,23 +20,30 @@ pub enum Canceled {
 }
 
 impl Db {
-    /// Cancels the delivery `id` if no provider has had it yet (`pending`):
-    /// guarded by that status, like every change, so a worker that opened an
-    /// attempt first wins and the cancel answers `TooLate(sending)`, and a
-    /// worker coming after finds it canceled and sends nothing.
+    /// Cancels the delivery `id` if no provider has had it yet (`pending`, or
+    /// `held` for its budget, which reserves nothing): guarded by the statuses
+    /// `DeliveryStatus::allowed_sources` gives, like every change, so a worker
+    /// that opened an attempt first wins and the cancel answers
+    /// `TooLate(sending)`, and a worker coming after finds it canceled and
+    /// sends nothing.
     pub async fn cancel_delivery(
         &self,
         id: &str,
         by: &str,
         now: DateTime<Utc>,
     ) -> Result<Canceled, StoreError> {
-        DeliveryStatus::Pending
-            .check_transition(DeliveryStatus::Canceled)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        const UPDATE: &str = "UPDATE deliveries SET status = 'canceled', job_id = NULL, \
-             lease_until = NULL, leased_by = NULL, \
+        let sources: Vec<String> = DeliveryStatus::allowed_sources(DeliveryStatus::Canceled)
+            .into_iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        // The guard lists only the fixed status names, never request data.
+        let update = format!(
+            "UPDATE deliveries SET status = 'canceled', job_id = NULL, \
+             lease_until = NULL, leased_by = NULL, held_budget = NULL, \
              next_attempt_at = NULL, otp_code = NULL, last_error = $2, updated_at = $3 \
-             WHERE id = $1 AND status = 'pending'";
+             WHERE id = $1 AND status IN ({})",
+            sources.join(", ")
+        );
         const STATUS: &str = "SELECT status FROM deliveries WHERE id = $1";
         let reason = format!("canceled by {by}");
         let (changed, status): (u64, Option<String>) = match self {
@@ -45,7 +52,7 @@ impl Db {
                     .begin_with("BEGIN IMMEDIATE")
                     .await
                     .doing("starting a transaction")?;
-                let changed = sqlx::query(UPDATE)
+                let changed = sqlx::query(sqlx::AssertSqlSafe(update.as_str()))
                     .bind(id)
                     .bind(&reason)
                     .bind(now)
@@ -63,7 +70,7 @@ impl Db {
             }
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await.doing("starting a transaction")?;
-                let changed = sqlx::query(UPDATE)
+                let changed = sqlx::query(sqlx::AssertSqlSafe(update.as_str()))
                     .bind(id)
                     .bind(&reason)
                     .bind(now)

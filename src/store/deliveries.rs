@@ -27,6 +27,9 @@ pub struct NewDelivery {
     pub channel: Channel,
     /// E.164 number or email address.
     pub recipient: String,
+    /// For an OTP, who the per-recipient limit counts it as
+    /// (`Recipient::quota_key`); the recipient when absent.
+    pub quota_key: Option<String>,
     /// Template name.
     pub template: String,
     /// Template locale.
@@ -389,6 +392,9 @@ pub struct ReplayLink {
     pub replayed_by: String,
     /// When.
     pub replayed_at: DateTime<Utc>,
+    /// What ops should know of how it was made: that it was sent past the
+    /// suppression list, by whom, and what the suppression said.
+    pub note: Option<String>,
 }
 
 pub(crate) const DELIVERY_COLUMNS: &str = "id, kind, channel, recipient, template, locale, vars, subject, body, \
@@ -1093,11 +1099,18 @@ impl Db {
     }
 }
 
+/// The `quota_key` column: an OTP's key as intake gave it, else its
+/// recipient; a notification has none.
+fn quota_key(d: &NewDelivery) -> Option<&str> {
+    (d.kind == DeliveryKind::Otp).then(|| d.quota_key.as_deref().unwrap_or(&d.recipient))
+}
+
 /// The columns a new delivery is inserted with, in the order of the values
 /// bound by [`insert_guarded_sqlite`] and the arrays of [`insert_guarded_pg`].
 const INSERT_COLUMNS: &str = "id, kind, channel, recipient, template, locale, vars, subject, body, \
     body_html, otp_code, max_attempts, next_attempt_at, expires_at, job_id, created_at, \
-    segments, encoding, replay_of, replayed_by, replayed_at, api_key_name, purpose, country";
+    segments, encoding, replay_of, replayed_by, replayed_at, api_key_name, purpose, country, \
+    replay_note, quota_key";
 
 /// What `deliveries.country` keeps: an SMS recipient's region code (empty
 /// when it has none), so the cost rollups group by country without parsing
@@ -1151,10 +1164,10 @@ async fn insert_guarded_sqlite(
     }
     if let Some(limit) = &guards.otp_limit {
         let recent: Vec<DateTime<Utc>> = sqlx::query_scalar(
-            "SELECT created_at FROM deliveries WHERE recipient = $1 AND kind = 'otp' \
+            "SELECT created_at FROM deliveries WHERE quota_key = $1 AND kind = 'otp' \
              AND created_at > $2 ORDER BY created_at",
         )
-        .bind(&d.recipient)
+        .bind(quota_key(d))
         .bind(limit.since)
         .fetch_all(&mut *tx)
         .await
@@ -1191,7 +1204,7 @@ async fn insert_guarded_sqlite(
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO deliveries ({INSERT_COLUMNS}, status, attempts, updated_at, send_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-         $17, $18, $19, $20, $21, $22, $23, $24, 'pending', 0, $16, $13)"
+         $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, 'pending', 0, $16, $13)"
     )))
     .bind(&d.id)
     .bind(d.kind.as_str())
@@ -1217,6 +1230,8 @@ async fn insert_guarded_sqlite(
     .bind(&d.api_key_name)
     .bind(&d.purpose)
     .bind(country_column(d))
+    .bind(link.and_then(|l| l.note.as_deref()))
+    .bind(quota_key(d))
     .execute(&mut *tx)
     .await
     .doing("recording the delivery")?;
@@ -1286,7 +1301,7 @@ async fn insert_guarded_pg(
     // ones accepted below join them.
     let mut recent: HashMap<String, Vec<DateTime<Utc>>> = HashMap::new();
     if let Some(since) = limited.iter().map(|(_, l)| l.since).min() {
-        let recipients = column(&limited, |(d, _)| d.recipient.as_str());
+        let recipients = column(&limited, |(d, _)| quota_key(d).unwrap_or_default());
         let rows: Vec<(String, DateTime<Utc>)> =
             sqlx::query_as("SELECT recipient, created_at FROM tuma_lock_recent_otps($1, $2)")
                 .bind(&recipients)
@@ -1316,7 +1331,9 @@ async fn insert_guarded_pg(
             continue;
         }
         if let Some(limit) = &g.otp_limit {
-            let window = recent.entry(d.recipient.clone()).or_default();
+            let window = recent
+                .entry(quota_key(d).unwrap_or_default().to_owned())
+                .or_default();
             let inside: Vec<DateTime<Utc>> = window
                 .iter()
                 .copied()
@@ -1338,7 +1355,11 @@ async fn insert_guarded_pg(
             answers.push(Inserted::Pumped(refusal));
             continue;
         }
-        if let Some(window) = g.otp_limit.as_ref().and(recent.get_mut(&d.recipient)) {
+        if let Some(window) = g
+            .otp_limit
+            .as_ref()
+            .and(recent.get_mut(quota_key(d).unwrap_or_default()))
+        {
             window.push(d.created_at);
         }
         if d.kind == DeliveryKind::Otp {
@@ -1371,7 +1392,7 @@ async fn insert_guarded_pg(
          $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
          $11::text[], $12::bigint[], $13::timestamptz[], $14::timestamptz[], $15::text[], \
          $16::timestamptz[], $17::bigint[], $18::text[], $19::text[], $20::text[], \
-         $21::timestamptz[], $22::text[], $23::text[], $24::text[]) AS n ({INSERT_COLUMNS})"
+         $21::timestamptz[], $22::text[], $23::text[], $24::text[], $25::text[], $26::text[]) AS n ({INSERT_COLUMNS})"
     );
     let query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(column(&created, |(d, _, _)| d.id.as_str()))
@@ -1401,7 +1422,11 @@ async fn insert_guarded_pg(
         .bind(column(&created, |(_, g, _)| link(g).map(|l| l.replayed_at)))
         .bind(column(&created, |(d, _, _)| d.api_key_name.as_deref()))
         .bind(column(&created, |(d, _, _)| d.purpose.as_deref()))
-        .bind(column(&created, |(d, _, _)| country_column(d)));
+        .bind(column(&created, |(d, _, _)| country_column(d)))
+        .bind(column(&created, |(_, g, _)| {
+            link(g).and_then(|l| l.note.as_deref())
+        }))
+        .bind(column(&created, |(d, _, _)| quota_key(d)));
     // The `deliveries_wake_inserted` trigger notifies the lanes at commit.
     query
         .execute(&mut *tx)

@@ -33,6 +33,8 @@ pub struct ReplayOrigin {
     pub replayed_by: Option<String>,
     /// When.
     pub replayed_at: Option<DateTime<Utc>>,
+    /// How it was made, when ops should know (sent past the suppression list).
+    pub replay_note: Option<String>,
 }
 
 impl Db {
@@ -82,7 +84,7 @@ impl Db {
     pub async fn replay_origin(&self, id: &str) -> Result<Option<ReplayOrigin>, StoreError> {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT replay_of, replayed_by, replayed_at FROM deliveries \
+                "SELECT replay_of, replayed_by, replayed_at, replay_note FROM deliveries \
                  WHERE id = $1 AND replay_of IS NOT NULL",
             )
             .bind(id)

@@ -49,6 +49,7 @@ struct OriginOf {
     replay_of: String,
     replayed_by: Option<String>,
     replayed_at: Option<DateTime<Utc>>,
+    replay_note: Option<String>,
 }
 
 /// Everything shown beside the delivery rows of a page, by delivery id.
@@ -173,7 +174,7 @@ impl Db {
         }
         let origins: Vec<OriginOf> = self
             .rows_for_ids(
-                "SELECT id, replay_of, replayed_by, replayed_at FROM deliveries \
+                "SELECT id, replay_of, replayed_by, replayed_at, replay_note FROM deliveries \
                  WHERE replay_of IS NOT NULL AND id",
                 "",
                 ids,
@@ -187,6 +188,7 @@ impl Db {
                     replay_of: o.replay_of,
                     replayed_by: o.replayed_by,
                     replayed_at: o.replayed_at,
+                    replay_note: o.replay_note,
                 },
             );
         }

@@ -608,7 +608,7 @@ async fn a_notification_past_its_own_deadline_is_expired_and_never_sent_one_in_t
     // within its deadline is replayed under the same deadline.
     let report = t
         .app
-        .replay_delivery(&late.row.id, "ops", true, false)
+        .replay_delivery(&late.row.id, "ops", tuma::replay::ReplayRules::FORCE, false)
         .await
         .unwrap();
     assert!(report.replayed.is_empty());
@@ -631,7 +631,12 @@ async fn a_notification_past_its_own_deadline_is_expired_and_never_sent_one_in_t
     .await;
     let report = t
         .app
-        .replay_delivery(&failed.row.id, "ops", true, false)
+        .replay_delivery(
+            &failed.row.id,
+            "ops",
+            tuma::replay::ReplayRules::FORCE,
+            false,
+        )
         .await
         .unwrap();
     assert!(report.refused.is_empty(), "{:?}", report.refused);
@@ -830,3 +835,233 @@ async fn a_notification_takes_its_deadline_as_ttl_or_expires_at_and_bad_ones_are
 on_both_backends!(
     a_notification_takes_its_deadline_as_ttl_or_expires_at_and_bad_ones_are_refused_naming_the_field
 );
+
+async fn otps_to_satellite_and_international_network_numbers_are_refused_unless_allowed(
+    backend: Backend,
+) {
+    let s = spawn_app(backend).await;
+    let key = s.key("auth-service", &["send"]).await;
+    let otp = |to: &str| json!({"to": to, "code": "1234"});
+    for (to, network) in [
+        ("+881631234567", "Iridium satellite"),
+        ("+881712345678", "Iridium satellite"),
+        ("+881212345678", "satellite"),
+        ("+870773111632", "Inmarsat satellite"),
+        ("+883510012345", "international network"),
+    ] {
+        let (status, body) = problem(s.post("/v1/otp", &key, &otp(to)).await).await;
+        assert_eq!(status, 422, "{to}: {body}");
+        assert_eq!(body["field"], "to", "{to}");
+        assert_eq!(body["rule"], "otp.number_type", "{to}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(network), "{to}: {detail}");
+        assert!(detail.contains("allow_satellite"), "{to}: {detail}");
+    }
+    assert_eq!(s.delivery_count().await, 0);
+    s.stop().await;
+
+    // Allowed by config, the satellite numbers the plan calls mobile pass.
+    let db = TestDb::new(backend).await;
+    let url = db.url.clone();
+    let text = config_text(db.path(), 6).replacen("[otp]\n", "[otp]\nallow_satellite = true\n", 1);
+    let s = spawn_app_with_text(db, &url, &text).await;
+    let key = s.key("auth-service", &["send"]).await;
+    for to in ["+881631234567", "+870773111632"] {
+        let r = s.post("/v1/otp", &key, &otp(to)).await;
+        assert_eq!(r.status(), 202, "{to}");
+    }
+    s.stop().await;
+}
+on_both_backends!(otps_to_satellite_and_international_network_numbers_are_refused_unless_allowed);
+
+async fn notifications_to_premium_rate_and_shared_cost_numbers_are_refused_unless_allowed(
+    backend: Backend,
+) {
+    let s = spawn_app(backend).await;
+    let key = s.key("shop", &["send"]).await;
+    let note = |to: &str| json!({"to": to, "template": "welcome", "vars": {"name": "Amina"}});
+    for (to, kind) in [
+        ("+254900223456", "premium-rate"),
+        ("+449012345678", "premium-rate"),
+        ("+33890123456", "premium-rate"),
+        ("+33810123456", "shared-cost"),
+        ("+611300123456", "shared-cost"),
+    ] {
+        let (status, body) = problem(s.post("/v1/notifications", &key, &note(to)).await).await;
+        assert_eq!(status, 422, "{to}: {body}");
+        assert_eq!(body["type"], "https://tuma.dev/problems/refused", "{to}");
+        assert_eq!(body["field"], "to", "{to}");
+        assert_eq!(body["rule"], "notification.number_type", "{to}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(kind), "{to}: {detail}");
+    }
+    assert_eq!(s.delivery_count().await, 0);
+    // Mobile, fixed and toll-free numbers still get notifications.
+    for to in ["+254711000001", "+254202012345", "+254800223456"] {
+        assert_eq!(
+            s.post("/v1/notifications", &key, &note(to)).await.status(),
+            202,
+            "{to}"
+        );
+    }
+    // The CLI's send is held to it too.
+    let cli =
+        s.t.app
+            .enqueue_notification(NotificationRequest {
+                to: "+254900223456".into(),
+                template: "welcome".into(),
+                locale: None,
+                vars: Map::from_iter([("name".to_owned(), json!("Amina"))]),
+                send_at: None,
+                expires: None,
+            })
+            .await;
+    assert!(
+        matches!(
+            &cli,
+            Err(IntakeError::Refused {
+                rule: "notification.number_type",
+                field: "to",
+                ..
+            })
+        ),
+        "{cli:?}"
+    );
+    s.stop().await;
+
+    let s = spawn_app_with(backend, "[api]\nallow_premium_rate = true\n").await;
+    let key = s.key("shop", &["send"]).await;
+    let r = s
+        .post("/v1/notifications", &key, &note("+254900223456"))
+        .await;
+    assert_eq!(r.status(), 202);
+    s.stop().await;
+}
+on_both_backends!(notifications_to_premium_rate_and_shared_cost_numbers_are_refused_unless_allowed);
+
+async fn an_email_otp_limit_counts_tagged_and_dotted_gmail_variants_of_one_mailbox_as_one(
+    backend: Backend,
+) {
+    let s = spawn_app_with(
+        backend,
+        "[api]\notp_per_recipient = { max = 2, per = \"15m\" }\n",
+    )
+    .await;
+    let key = s.key("auth-service", &["send"]).await;
+    let otp = |to: &str| json!({"to": to, "code": "1234"});
+    let status = |r: reqwest::Response| r.status().as_u16();
+
+    let first = s.post("/v1/otp", &key, &otp("amina+1@example.com")).await;
+    assert_eq!(first.status(), 202);
+    let id = first.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        status(s.post("/v1/otp", &key, &otp("amina+2@example.com")).await),
+        202
+    );
+    for to in ["amina@example.com", "Amina+3@example.com"] {
+        assert_eq!(
+            status(s.post("/v1/otp", &key, &otp(to)).await),
+            429,
+            "{to} is the same mailbox"
+        );
+    }
+    // The code still goes to the address as given.
+    assert_eq!(s.t.delivery(&id).await.row.recipient, "amina+1@example.com");
+    // Another mailbox has its own quota: dots count outside Gmail.
+    assert_eq!(
+        status(s.post("/v1/otp", &key, &otp("a.mina@example.com")).await),
+        202
+    );
+
+    // Gmail ignores dots, and googlemail.com is gmail.com.
+    for to in ["a.mina@gmail.com", "amina+x@googlemail.com"] {
+        assert_eq!(status(s.post("/v1/otp", &key, &otp(to)).await), 202, "{to}");
+    }
+    for to in [
+        "amina@gmail.com",
+        "am.ina+y@gmail.com",
+        "A.M.I.N.A@googlemail.com",
+    ] {
+        assert_eq!(
+            status(s.post("/v1/otp", &key, &otp(to)).await),
+            429,
+            "{to} is the same Gmail mailbox"
+        );
+    }
+    assert_eq!(s.delivery_count().await, 5);
+    s.stop().await;
+}
+on_both_backends!(an_email_otp_limit_counts_tagged_and_dotted_gmail_variants_of_one_mailbox_as_one);
+
+async fn otps_written_before_the_upgrade_are_keyed_by_mailbox_as_new_ones_are(backend: Backend) {
+    let t = TestDb::new(backend).await;
+    let db = t.connect().await;
+    let addresses = [
+        "amina+1@example.com",
+        "a.mina+2@example.com",
+        "a.mina@gmail.com",
+        "a.m.ina+x@googlemail.com",
+        "amina@example.com",
+        "+254711000001",
+    ];
+    for to in addresses {
+        let mut s = Seed::notification("2026-11-10T08:00:00Z", to, "primary", SeedEnd::Expired);
+        s.kind = tuma::domain::DeliveryKind::Otp;
+        s.template = "otp";
+        seed(&db, s).await;
+    }
+    // As the rows were before the migration: no key.
+    let (dir, file) = match backend {
+        Backend::Sqlite => ("sqlite", "20261208002001_otp_quota_key.sql"),
+        Backend::Postgres => ("postgres", "20261208002001_otp_quota_key.sql"),
+    };
+    let migration = std::fs::read_to_string(format!(
+        "{}/migrations/{dir}/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let mut statements = vec!["UPDATE deliveries SET quota_key = NULL".to_owned()];
+    statements.extend(
+        migration
+            .split(';')
+            .map(|s| {
+                s.lines()
+                    .filter(|l| !l.trim_start().starts_with("--"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .filter(|s| s.trim_start().starts_with("UPDATE")),
+    );
+    for sql in &statements {
+        match &db {
+            tuma::store::Db::Sqlite(pool) => {
+                sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+            tuma::store::Db::Postgres(pool) => {
+                sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let read = "SELECT recipient, quota_key FROM deliveries ORDER BY recipient";
+    let rows: Vec<(String, Option<String>)> = match &db {
+        tuma::store::Db::Sqlite(pool) => sqlx::query_as(read).fetch_all(pool).await.unwrap(),
+        tuma::store::Db::Postgres(pool) => sqlx::query_as(read).fetch_all(pool).await.unwrap(),
+    };
+    assert_eq!(rows.len(), addresses.len());
+    for (recipient, key) in rows {
+        let expected = tuma::domain::Recipient::parse(&recipient, "KE".parse().unwrap())
+            .unwrap()
+            .quota_key();
+        assert_eq!(key.as_deref(), Some(expected.as_str()), "{recipient}");
+    }
+}
+on_both_backends!(otps_written_before_the_upgrade_are_keyed_by_mailbox_as_new_ones_are);

@@ -289,6 +289,7 @@ fn new_otp(t: &TestApp, to: &str) -> NewDelivery {
         kind: DeliveryKind::Otp,
         channel: Channel::Sms,
         recipient: to.into(),
+        quota_key: None,
         template: "otp".into(),
         locale: "en".into(),
         vars: json!({ "ttl_minutes": 5 }),
@@ -482,6 +483,7 @@ async fn guarded_inserts_in_one_batch_answer_as_if_one_after_another(backend: Ba
             replay_of: "no-such-delivery".into(),
             replayed_by: "ops".into(),
             replayed_at: t.clock.now(),
+            note: None,
         }),
         ..InsertGuards::default()
     };
@@ -715,7 +717,7 @@ async fn stored(db: &Db, id: &str, role: &str) -> String {
         for row in rows {
             let mut row: serde_json::Value = serde_json::from_str(&row).unwrap();
             let fields = row.as_object_mut().unwrap();
-            for gone in ["id", "job_id", "recipient", "country"] {
+            for gone in ["id", "job_id", "recipient", "quota_key", "country"] {
                 fields.remove(gone);
             }
             if let Some(code) = fields.get_mut("otp_code") {

@@ -284,3 +284,90 @@ async fn a_send_key_cancels_its_own_deliveries_and_only_ops_cancels_any(backend:
     s.stop().await;
 }
 on_both_backends!(a_send_key_cancels_its_own_deliveries_and_only_ops_cancels_any);
+
+/// A pending notification to `to`, held for its budget as the spend guard holds it.
+async fn held(s: &TestServer, key: &str, to: &str) -> String {
+    let r = s
+        .post(
+            "/v1/notifications",
+            key,
+            &serde_json::json!({"to": to, "template": "welcome", "vars": {"name": "Amina"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = s.t.delivery(&id).await.row.job_id.unwrap();
+    let now = s.t.clock.now();
+    assert!(
+        s.t.app
+            .db
+            .hold_delivery(
+                &id,
+                &job,
+                "KES/month",
+                now + chrono::Duration::days(20),
+                "held: budget KES/month reached",
+                now,
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.t.delivery(&id).await.status, DeliveryStatus::Held);
+    id
+}
+
+async fn a_held_delivery_is_canceled_over_http_and_from_the_command_line_and_never_sent(
+    backend: Backend,
+) {
+    let s = spawn_app_with(backend, "").await;
+    let key = s.key("shop", &["send"]).await;
+    let over_http = held(&s, &key, "+254711000001").await;
+    let r = s
+        .client
+        .post(s.url(&format!("/v1/deliveries/{over_http}/cancel")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "canceled", "{body}");
+
+    let from_cli = held(&s, &key, "+254711000002").await;
+    let (config, _) = write_config(s.t.db.path(), 6);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tuma"))
+        .env("TUMA_CONFIG", &config)
+        .env("DATABASE_URL", &s.t.db.url)
+        .env("RUST_LOG", "warn")
+        .env("USER", "amina-ops")
+        .args(["deliveries", "cancel", &from_cli])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for id in [&over_http, &from_cli] {
+        let d = s.t.delivery(id).await;
+        assert_eq!(d.status, DeliveryStatus::Canceled, "{id}");
+        assert_eq!(d.row.attempts, 0);
+    }
+    // Released or rolled over, the budget finds nothing held to send.
+    let released =
+        s.t.app
+            .db
+            .release_held(&Default::default(), true, 100, s.t.clock.now())
+            .await
+            .unwrap();
+    assert!(released.is_empty(), "{released:?}");
+    assert!(s.t.app.db.held_counts().await.unwrap().is_empty());
+    s.stop().await;
+}
+on_both_backends!(a_held_delivery_is_canceled_over_http_and_from_the_command_line_and_never_sent);

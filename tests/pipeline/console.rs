@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tuma::clock::Clock;
+use tuma::replay::ReplayRules;
 use tuma::store::Outcome;
 
 use crate::on_both_backends;
@@ -963,7 +964,7 @@ async fn cost_rollups_follow_receipts_reconciled_prices_replays_and_the_receipt_
     // A replay of the failure is a new delivery today, sent by the worker.
     let replay =
         s.t.app
-            .replay_delivery(&failed, "ops-amina", false, false)
+            .replay_delivery(&failed, "ops-amina", ReplayRules::default(), false)
             .await
             .unwrap();
     assert_eq!(replay.replayed.len(), 1, "{replay:?}");
@@ -1127,3 +1128,94 @@ async fn the_keys_page_shows_each_keys_webhook_endpoints_and_their_latest_attemp
     s.stop().await;
 }
 on_both_backends!(the_keys_page_shows_each_keys_webhook_endpoints_and_their_latest_attempts);
+
+async fn a_console_replay_to_a_suppressed_recipient_needs_the_ignore_suppression_box_and_shows_who_ticked_it(
+    backend: Backend,
+) {
+    let s = spawn_app(backend).await;
+    let now = s.t.clock.now();
+    let db = &s.t.app.db;
+    let to = "+254711000060";
+    let failed = seed(
+        db,
+        Seed::notification(
+            &now.to_rfc3339(),
+            to,
+            "primary",
+            SeedEnd::Failed(Outcome::Transient, Some("500")),
+        ),
+    )
+    .await;
+    db.suppress(&tuma::store::Suppression {
+        channel: "sms".into(),
+        recipient: to.into(),
+        reason: "number not in service".into(),
+        delivery_id: "another-clients-delivery-0003".into(),
+        provider: "primary".into(),
+        error_code: Some("21614".into()),
+        created_at: now - chrono::Duration::hours(1),
+    })
+    .await
+    .unwrap();
+    let key = s.key("ops-amina", &["read", "ops"]).await;
+    let mut c = Console::new(&s);
+    c.sign_in(&key).await;
+    let csrf = c.csrf().await;
+
+    let failures = c.page("/console/failures").await;
+    assert!(
+        failures.contains("name=\"ignore_suppression\""),
+        "{failures}"
+    );
+    let forced = c
+        .post(
+            "/console/replay",
+            &[("csrf", &csrf), ("id", &failed), ("force", "1")],
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(forced.contains("suppressed since"), "{forced}");
+    assert!(db.replays_of(&failed).await.unwrap().is_empty());
+
+    let plan = c
+        .post(
+            "/console/replay/plan",
+            &[
+                ("csrf", &csrf),
+                ("id", &failed),
+                ("ignore_suppression", "1"),
+            ],
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(plan.contains("id=\"replayable-count\">1<"), "{plan}");
+    assert!(
+        plan.contains("name=\"ignore_suppression\" value=\"1\""),
+        "the confirmation carries it: {plan}"
+    );
+    let done = c
+        .post(
+            "/console/replay",
+            &[
+                ("csrf", &csrf),
+                ("id", &failed),
+                ("ignore_suppression", "1"),
+            ],
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(done.contains("id=\"replayed-count\">1<"), "{done}");
+    let replay = db.replays_of(&failed).await.unwrap()[0].id.clone();
+    let page = c.page(&format!("/console/deliveries/{replay}")).await;
+    assert!(page.contains("suppression ignored by ops-amina"), "{page}");
+    s.stop().await;
+}
+on_both_backends!(
+    a_console_replay_to_a_suppressed_recipient_needs_the_ignore_suppression_box_and_shows_who_ticked_it
+);

@@ -163,3 +163,83 @@ async fn ops_replay_failures_over_http_and_refusals_say_why(backend: Backend) {
     s.stop().await;
 }
 on_both_backends!(ops_replay_failures_over_http_and_refusals_say_why);
+
+async fn an_http_replay_to_a_suppressed_recipient_is_refused_unless_the_body_says_ignore_suppression(
+    backend: Backend,
+) {
+    let s = spawn_app(backend).await;
+    let now = chrono::Utc::now();
+    let to = "+254711000030";
+    let failed = seed(
+        &s.t.app.db,
+        Seed::notification(
+            &now.to_rfc3339(),
+            to,
+            "primary",
+            SeedEnd::Failed(Outcome::Transient, Some("500")),
+        ),
+    )
+    .await;
+    s.t.app
+        .db
+        .suppress(&tuma::store::Suppression {
+            channel: "sms".into(),
+            recipient: to.into(),
+            reason: "number not in service".into(),
+            delivery_id: "another-clients-delivery-0002".into(),
+            provider: "primary".into(),
+            error_code: Some("21614".into()),
+            created_at: s.t.app.clock.now() - chrono::Duration::hours(1),
+        })
+        .await
+        .unwrap();
+    let ops = s.key("ops-team", &["ops", "read"]).await;
+    let path = format!("/v1/deliveries/{failed}/replay");
+
+    let forced: Value = s
+        .post(&path, &ops, &json!({"force": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(forced["replayed"].as_array().unwrap().len(), 0, "{forced}");
+    assert_eq!(forced["refused"][0]["reason"], "suppressed", "{forced}");
+    let message = forced["refused"][0]["message"].as_str().unwrap();
+    assert!(message.contains("suppressed since"), "{message}");
+    assert!(!message.contains("another-clients"), "{message}");
+    let many: Value = s
+        .post(
+            "/v1/replays",
+            &ops,
+            &json!({"filter": {"status": "failed", "force": true}, "dry_run": true}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(many["refused"][0]["reason"], "suppressed", "{many}");
+
+    let done: Value = s
+        .post(&path, &ops, &json!({"ignore_suppression": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let replay = done["replayed"][0]["replay"].as_str().unwrap().to_owned();
+    let view: Value = s
+        .get(&format!("/v1/deliveries/{replay}"), &ops)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["replay_of"]["replayed_by"], "ops-team", "{view}");
+    let note = view["replay_of"]["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("suppression ignored by ops-team:"),
+        "{note}"
+    );
+    s.stop().await;
+}
+on_both_backends!(
+    an_http_replay_to_a_suppressed_recipient_is_refused_unless_the_body_says_ignore_suppression
+);

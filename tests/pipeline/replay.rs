@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use tuma::clock::Clock;
 use tuma::domain::{Channel, DeliveryKind, DeliveryStatus};
 use tuma::intake::{NotificationRequest, OtpRequest};
-use tuma::replay::{RefusalReason, ReplayFilter};
+use tuma::replay::{RefusalReason, ReplayFilter, ReplayRules};
 use tuma::store::{ListFilter, NewDelivery, Outcome, ReplayLink};
 
 use crate::on_both_backends;
@@ -58,7 +58,7 @@ async fn a_failed_notification_is_replayed_as_a_new_delivery_linked_to_the_origi
 
     let report = t
         .app
-        .replay_delivery(&original.row.id, "amina-ops", false, false)
+        .replay_delivery(&original.row.id, "amina-ops", ReplayRules::default(), false)
         .await
         .unwrap();
     assert!(report.refused.is_empty(), "{report:?}");
@@ -103,7 +103,7 @@ async fn a_failed_notification_is_replayed_as_a_new_delivery_linked_to_the_origi
     // Replayed once it went through, never again; nor is the sent replay.
     let again = t
         .app
-        .replay_delivery(&original.row.id, "amina-ops", false, false)
+        .replay_delivery(&original.row.id, "amina-ops", ReplayRules::default(), false)
         .await
         .unwrap();
     assert_eq!(reasons(&again), [RefusalReason::AlreadyReplayed]);
@@ -113,7 +113,7 @@ async fn a_failed_notification_is_replayed_as_a_new_delivery_linked_to_the_origi
     );
     let of_replay = t
         .app
-        .replay_delivery(&replay_id, "amina-ops", false, false)
+        .replay_delivery(&replay_id, "amina-ops", ReplayRules::default(), false)
         .await
         .unwrap();
     assert_eq!(reasons(&of_replay), [RefusalReason::NotReplayableStatus]);
@@ -166,7 +166,7 @@ async fn sent_delivered_and_unfinished_deliveries_are_refused(backend: Backend) 
         "no-such-id".to_owned(),
         undelivered.clone(),
     ];
-    let plan = t.app.plan_replay(&ids, true).await.unwrap();
+    let plan = t.app.plan_replay(&ids, ReplayRules::FORCE).await.unwrap();
     let refused: Vec<(&str, RefusalReason, &str)> = plan
         .refused
         .iter()
@@ -237,7 +237,7 @@ async fn an_otp_is_refused_because_the_auth_service_must_issue_a_new_code(backen
 
     let report = t
         .app
-        .replay_delivery(&failed.row.id, "ops", true, false)
+        .replay_delivery(&failed.row.id, "ops", ReplayRules::FORCE, false)
         .await
         .unwrap();
     assert!(report.replayed.is_empty());
@@ -249,7 +249,7 @@ async fn an_otp_is_refused_because_the_auth_service_must_issue_a_new_code(backen
 
     let report = t
         .app
-        .replay_delivery(&expired, "ops", true, false)
+        .replay_delivery(&expired, "ops", ReplayRules::FORCE, false)
         .await
         .unwrap();
     assert_eq!(reasons(&report), [RefusalReason::OtpExpired]);
@@ -275,7 +275,7 @@ async fn a_permanent_failure_is_refused_unless_forced(backend: Backend) {
 
     let refused = t
         .app
-        .replay_delivery(&d.row.id, "ops", false, false)
+        .replay_delivery(&d.row.id, "ops", ReplayRules::default(), false)
         .await
         .unwrap();
     assert_eq!(reasons(&refused), [RefusalReason::PermanentError]);
@@ -287,7 +287,7 @@ async fn a_permanent_failure_is_refused_unless_forced(backend: Backend) {
 
     let forced = t
         .app
-        .replay_delivery(&d.row.id, "ops", true, false)
+        .replay_delivery(&d.row.id, "ops", ReplayRules::FORCE, false)
         .await
         .unwrap();
     assert_eq!(forced.replayed.len(), 1);
@@ -340,8 +340,10 @@ async fn replaying_the_same_delivery_twice_at_once_replays_it_once(backend: Back
         )
         .await;
         let (a, b) = tokio::join!(
-            t.app.replay_delivery(&id, "amina", false, false),
-            t.app.replay_delivery(&id, "baraka", false, false)
+            t.app
+                .replay_delivery(&id, "amina", ReplayRules::default(), false),
+            t.app
+                .replay_delivery(&id, "baraka", ReplayRules::default(), false)
         );
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(a.replayed.len() + b.replayed.len(), 1, "{a:?} {b:?}");
@@ -367,6 +369,7 @@ async fn replaying_the_same_delivery_twice_at_once_replays_it_once(backend: Back
         kind: DeliveryKind::Notification,
         channel: Channel::Sms,
         recipient: "+254711000009".into(),
+        quota_key: None,
         template: "welcome".into(),
         locale: "en".into(),
         vars: serde_json::json!({ "name": n }),
@@ -387,6 +390,7 @@ async fn replaying_the_same_delivery_twice_at_once_replays_it_once(backend: Back
         replay_of: id.clone(),
         replayed_by: "ops".into(),
         replayed_at: t.clock.now(),
+        note: None,
     };
     assert!(
         t.app
@@ -690,3 +694,193 @@ async fn deliveries_list_filters_by_provider_and_error_code_from_the_command_lin
     assert_eq!(ids, [wanted.as_str()]);
 }
 on_both_backends!(deliveries_list_filters_by_provider_and_error_code_from_the_command_line);
+
+/// Suppresses `to` on SMS as if another client's delivery had found it gone.
+async fn suppress_as_another_clients(t: &TestApp, to: &str) -> chrono::DateTime<chrono::Utc> {
+    let at = t.clock.now() - chrono::Duration::hours(3);
+    t.app
+        .db
+        .suppress(&tuma::store::Suppression {
+            channel: "sms".into(),
+            recipient: to.into(),
+            reason: "number not in service".into(),
+            delivery_id: "another-clients-delivery-0001".into(),
+            provider: "primary".into(),
+            error_code: Some("21614".into()),
+            created_at: at,
+        })
+        .await
+        .unwrap();
+    at
+}
+
+async fn a_replay_to_a_suppressed_recipient_is_refused_forced_or_not_saying_why_and_since_when(
+    backend: Backend,
+) {
+    let (t, provider) = app_failing_once(backend, transient("gateway busy")).await;
+    let to = "+254711000020";
+    let original = t.app.enqueue_notification(welcome(to)).await.unwrap();
+    t.drain().await;
+    assert_eq!(
+        t.delivery(&original.row.id).await.status,
+        DeliveryStatus::Failed
+    );
+    let since = suppress_as_another_clients(&t, to).await;
+    let calls = provider.calls().len();
+    let before = count(&t.app.db, "SELECT COUNT(*) FROM deliveries").await;
+
+    for rules in [ReplayRules::default(), ReplayRules::FORCE] {
+        let report = t
+            .app
+            .replay_delivery(&original.row.id, "amina-ops", rules, false)
+            .await
+            .unwrap();
+        assert!(report.replayed.is_empty(), "{rules:?}: {report:?}");
+        assert_eq!(
+            reasons(&report),
+            vec![RefusalReason::Suppressed],
+            "{rules:?}"
+        );
+        let message = &report.refused[0].message;
+        let stamp = since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        assert!(message.contains("number not in service"), "{message}");
+        assert!(message.contains(&format!("since {stamp}")), "{message}");
+        assert!(message.contains("--ignore-suppression"), "{message}");
+        assert!(
+            !message.contains("another-clients-delivery"),
+            "names no other client's delivery: {message}"
+        );
+    }
+    // A filtered replay refuses it too, and nothing was written.
+    let filtered = t
+        .app
+        .replay_matching(
+            &ReplayFilter {
+                force: true,
+                ..ReplayFilter::default()
+            },
+            "amina-ops",
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reasons(&filtered), vec![RefusalReason::Suppressed]);
+    assert_eq!(
+        count(&t.app.db, "SELECT COUNT(*) FROM deliveries").await,
+        before
+    );
+    t.drain().await;
+    assert_eq!(
+        provider.calls().len(),
+        calls,
+        "nothing sent to the suppressed number"
+    );
+}
+on_both_backends!(
+    a_replay_to_a_suppressed_recipient_is_refused_forced_or_not_saying_why_and_since_when
+);
+
+async fn a_replay_past_the_suppression_list_is_sent_and_records_who_ignored_it(backend: Backend) {
+    let (t, provider) = app_failing_once(backend, transient("gateway busy")).await;
+    let to = "+254711000021";
+    let original = t.app.enqueue_notification(welcome(to)).await.unwrap();
+    t.drain().await;
+    suppress_as_another_clients(&t, to).await;
+    let calls = provider.calls().len();
+
+    let report = t
+        .app
+        .replay_delivery(
+            &original.row.id,
+            "amina-ops",
+            ReplayRules {
+                force: false,
+                ignore_suppression: true,
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(report.refused.is_empty(), "{report:?}");
+    let replay = report.replayed[0].replay.clone();
+    t.drain().await;
+    assert_eq!(t.delivery(&replay).await.status, DeliveryStatus::Sent);
+    assert_eq!(
+        provider.calls().len(),
+        calls + 1,
+        "sent to the number as asked"
+    );
+
+    let origin = t.app.db.replay_origin(&replay).await.unwrap().unwrap();
+    assert_eq!(origin.replayed_by.as_deref(), Some("amina-ops"));
+    let note = origin.replay_note.unwrap();
+    assert!(
+        note.starts_with("suppression ignored by amina-ops:"),
+        "{note}"
+    );
+    assert!(note.contains("number not in service"), "{note}");
+    // A replay to a recipient not suppressed carries no note.
+    let plain = t.app.db.replay_origin(&original.row.id).await.unwrap();
+    assert!(plain.is_none());
+}
+on_both_backends!(a_replay_past_the_suppression_list_is_sent_and_records_who_ignored_it);
+
+async fn tuma_replay_refuses_a_suppressed_recipient_even_with_force_and_sends_with_ignore_suppression(
+    backend: Backend,
+) {
+    let t = TestApp::new(backend, 3).await;
+    let (config, _) = write_config(t.db.path(), 3);
+    let to = "+254711000022";
+    let created = (t.clock.now() - chrono::Duration::minutes(30)).to_rfc3339();
+    let id = seed(
+        &t.app.db,
+        Seed::notification(
+            &created,
+            to,
+            "primary",
+            SeedEnd::Failed(Outcome::Transient, Some("500")),
+        ),
+    )
+    .await;
+    suppress_as_another_clients(&t, to).await;
+    let tuma = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tuma"))
+            .env("TUMA_CONFIG", &config)
+            .env("DATABASE_URL", &t.db.url)
+            .env("RUST_LOG", "warn")
+            .env("USER", "amina-ops")
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+
+    let forced = tuma(&["replay", &id, "--force", "--yes"]);
+    assert!(forced.contains("refused: 1\n"), "{forced}");
+    assert!(
+        forced.contains("the recipient is suppressed since"),
+        "{forced}"
+    );
+    assert!(forced.contains("nothing replayed"), "{forced}");
+
+    let ignored = tuma(&["replay", &id, "--ignore-suppression", "--yes"]);
+    assert!(
+        ignored.contains("replayed 1 as amina-ops, refused 0"),
+        "{ignored}"
+    );
+    let replay = t.app.db.replays_of(&id).await.unwrap()[0].id.clone();
+    let shown = tuma(&["deliveries", "show", &replay]);
+    assert!(
+        shown.contains("note       suppression ignored by amina-ops:"),
+        "{shown}"
+    );
+}
+on_both_backends!(
+    tuma_replay_refuses_a_suppressed_recipient_even_with_force_and_sends_with_ignore_suppression
+);

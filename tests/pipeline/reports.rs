@@ -315,3 +315,48 @@ async fn the_report_command_prints_csv_with_a_header_row_and_json(backend: Backe
     assert!(table.contains("(UTC; end excluded)"), "{table}");
 }
 on_both_backends!(the_report_command_prints_csv_with_a_header_row_and_json);
+
+async fn a_canceled_delivery_adds_no_all_zero_provider_none_row_to_the_cost_report(
+    backend: Backend,
+) {
+    let t = TestDb::new(backend).await;
+    let db = t.connect().await;
+    seed(
+        &db,
+        Seed::notification(
+            "2026-11-10T08:00:00Z",
+            "+254711000001",
+            "africastalking",
+            SeedEnd::Sent(cost("0.80", "KES", false)),
+        ),
+    )
+    .await;
+    seed(
+        &db,
+        Seed::notification(
+            "2026-11-11T08:00:00Z",
+            "+254711000002",
+            "africastalking",
+            SeedEnd::Canceled,
+        ),
+    )
+    .await;
+    let expected = "provider,messages,segments,delivered,undelivered,failed,expired,no_receipt,awaiting_receipt,currency,actual_cost,estimated_cost\n\
+         africastalking,1,1,0,0,0,0,1,0,KES,0.80,0.00\n";
+    // The CLI's report, read delivery by delivery.
+    assert_eq!(november(&db, "provider").await.to_csv().unwrap(), expected);
+    // The console's, read from the rollups.
+    let params = CostParams {
+        from: Some("2026-11-01".into()),
+        to: Some("2026-12-01".into()),
+        by: Some("provider".into()),
+        ..Default::default()
+    };
+    let now = "2026-12-01T12:00:00Z".parse().unwrap();
+    let query = CostQuery::from_params(&params, now).unwrap();
+    let rolled = tuma::reports::cost_report_from_rollups(&db, &query, now)
+        .await
+        .unwrap();
+    assert_eq!(rolled.to_csv().unwrap(), expected);
+}
+on_both_backends!(a_canceled_delivery_adds_no_all_zero_provider_none_row_to_the_cost_report);

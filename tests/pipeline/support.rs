@@ -550,6 +550,8 @@ pub enum SeedEnd {
     Failed(tuma::store::Outcome, Option<&'static str>),
     /// An OTP whose TTL passed before a send.
     Expired,
+    /// Canceled by ops before any send.
+    Canceled,
 }
 
 /// A delivery written through the store with exactly controlled times,
@@ -609,6 +611,7 @@ pub async fn seed(db: &Db, s: Seed) -> String {
         kind: s.kind,
         channel,
         recipient: s.to.clone(),
+        quota_key: None,
         template: s.template.into(),
         locale: "en".into(),
         vars: if otp {
@@ -638,6 +641,14 @@ pub async fn seed(db: &Db, s: Seed) -> String {
             .await
             .unwrap();
         assert!(closed);
+        return id;
+    }
+    if let SeedEnd::Canceled = s.end {
+        let canceled = db.cancel_delivery(&id, "ops", finished_at).await.unwrap();
+        assert!(
+            matches!(canceled, tuma::store::Canceled::Done),
+            "{canceled:?}"
+        );
         return id;
     }
     let start = AttemptStart::new(&job, s.provider, "primary", s.created_at);
@@ -675,7 +686,7 @@ pub async fn seed(db: &Db, s: Seed) -> String {
             r.error_code = code.map(Into::into);
             (r, NextStep::Failed, None)
         }
-        SeedEnd::Expired => unreachable!("handled above"),
+        SeedEnd::Expired | SeedEnd::Canceled => unreachable!("handled above"),
     };
     let lane = tuma::queue::Lane::for_kind(s.kind);
     let end = AttemptEnd {

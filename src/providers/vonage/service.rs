@@ -245,7 +245,9 @@ pub const STATUS: [(&str, &str, Class, Alert); 21] = [
     ("6", "Invalid Message", Class::Permanent, Alert::No),
     ("7", "Number Barred", Class::Permanent, Alert::No),
     ("8", "Partner Account Barred", Class::Permanent, Alert::Yes),
-    ("9", "Partner Quota Violation", Class::Permanent, Alert::Yes),
+    // "Partner quota exceeded": the account is out of credit. Another
+    // provider can send meanwhile, and this one again once topped up.
+    ("9", "Partner Quota Violation", Class::Transient, Alert::Yes),
     ("10", "Too Many Existing Binds", Class::Transient, Alert::No),
     (
         "11",
@@ -469,10 +471,14 @@ fn refusal(status: &str, error_text: Option<String>) -> SendError {
         };
     };
     if alert == Alert::Yes {
-        tracing::error!(
-            status = %status,
-            "Vonage: {name} ({said}); check the account and this provider's configuration"
-        );
+        // A transient alert is the balance (status 9): sends fail over until
+        // someone tops it up; a permanent one is the account or the config.
+        let todo = if class == Class::Transient {
+            "the account is out of credit: top it up (sends fail over meanwhile, and retry)"
+        } else {
+            "check the account and this provider's configuration"
+        };
+        tracing::error!(status = %status, "Vonage: {name} ({said}); {todo}");
     }
     let message = if said.is_empty() {
         name.to_owned()

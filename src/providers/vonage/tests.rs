@@ -374,13 +374,14 @@ async fn every_status_of_the_table_is_classified_through_the_adapter() {
         ("1", Class::Transient),
         ("5", Class::Transient),
         ("13", Class::Transient),
+        ("9", Class::Transient),
     ] {
         assert!(
             STATUS.iter().any(|r| r.0 == status && r.2 == class),
             "{status}"
         );
     }
-    for permanent in ["2", "3", "4", "6", "7", "8", "9", "12", "14", "15"] {
+    for permanent in ["2", "3", "4", "6", "7", "8", "12", "14", "15"] {
         assert!(
             STATUS
                 .iter()
@@ -392,6 +393,52 @@ async fn every_status_of_the_table_is_classified_through_the_adapter() {
         Err(SendError::Transient { code, .. }) => assert_eq!(code.as_deref(), Some("99")),
         other => panic!("an unlisted status is transient: {other:?}"),
     }
+}
+
+fn logs_of<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("not poisoned").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let bytes = capture.0.lock().expect("not poisoned").clone();
+    (out, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[test]
+fn status_9_partner_quota_exceeded_is_transient_and_logged_as_an_error_to_top_up() {
+    let (result, logs) = logs_of(|| {
+        classify(
+            StatusCode::OK,
+            &refused("9", "Partner quota exceeded"),
+            eur(),
+        )
+    });
+    match result {
+        Err(SendError::Transient { code, message }) => {
+            assert_eq!(code.as_deref(), Some("9"));
+            assert!(message.starts_with("Partner Quota Violation"), "{message}");
+        }
+        other => panic!("status 9 fails over and is retried: {other:?}"),
+    }
+    assert!(
+        logs.contains("ERROR") && logs.contains("top it up"),
+        "{logs}"
+    );
 }
 
 #[tokio::test]
