@@ -118,12 +118,12 @@ pub async fn handle_claimed(
     let unknowns: Vec<&AttemptSummary> = history.iter().filter(|a| is_call_unknown(a)).collect();
     let attempt = u32::try_from(delivery.row.attempts + 1).unwrap_or(u32::MAX);
     let mut candidates = app.router.providers_for_attempt(&recipient, attempt);
+    let mut message = match build_message(app, &delivery, code.as_deref(), &recipient) {
+        Ok(m) => m,
+        Err(reason) => return fail_unsendable(app, job, &reason).await,
+    };
     let mut resend = None;
     if let Some(last) = history.last().filter(|a| is_call_unknown(a)) {
-        let mut message = match build_message(app, &delivery, code.as_deref(), &recipient) {
-            Ok(m) => m,
-            Err(reason) => return fail_unsendable(app, job, &reason).await,
-        };
         match rule {
             AfterUnknown::Resolve => {
                 match resolve(app, &delivery, job, last, &mut message, now).await? {
@@ -163,10 +163,6 @@ pub async fn handle_claimed(
     let Some(handle) = app.providers.get(provider_name) else {
         let reason = format!("provider `{provider_name}` is not configured");
         return fail_unsendable(app, job, &reason).await;
-    };
-    let mut message = match build_message(app, &delivery, code.as_deref(), &recipient) {
-        Ok(m) => m,
-        Err(reason) => return fail_unsendable(app, job, &reason).await,
     };
 
     if !crate::global_rate::slot(app, handle, app.config.worker.rate_limit_wait).await? {
@@ -664,36 +660,22 @@ async fn resolve(
     message.valid_for = None;
     match lookup.find_sent(message, since).await {
         Ok(Lookup::Found(found)) => {
-            let cost = found
-                .cost
-                .map(|m| (m, false))
-                .or_else(|| match &message.content {
-                    Content::Sms { to, text } => app
-                        .pricing
-                        .estimate(
-                            &last.provider,
-                            to.as_str(),
-                            found.segments.unwrap_or(count_segments(text).segments),
-                        )
-                        .map(|m| (m, true)),
-                    Content::Email { .. } => None,
-                });
-            let result = AttemptResult {
-                outcome: Outcome::Accepted,
-                finished_at: now,
-                provider_message_id: Some(found.provider_message_id),
+            let Some(handle) = app.providers.get(&last.provider) else {
+                return Ok(Resolved::SendAgain(format!(
+                    "resend: attempt {} ({}) had no answer, and {} is no longer configured",
+                    last.attempt, last.provider, last.provider
+                )));
+            };
+            // Recorded as the acceptance that never reached tuma would have been.
+            let accepted = Accepted {
+                provider_message_id: found.provider_message_id,
                 provider_status: found.provider_status,
-                error_code: None,
-                error: None,
-                cost,
-                segments: match &message.content {
-                    Content::Sms { text, .. } => Some(count_segments(text).segments),
-                    Content::Email { .. } => None,
-                },
-                provider_segments: found.segments,
-                latency_ms: None,
+                cost: found.cost,
+                segments: found.segments,
                 part_ids: Vec::new(),
             };
+            let (mut result, _) = result_of(app, handle, message, Ok(accepted), now, 0);
+            result.latency_ms = None;
             let record = app
                 .db
                 .record_late_answer(&delivery.row.id, last.attempt, &result, now)
